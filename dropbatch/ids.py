@@ -1,0 +1,67 @@
+"""Identifiers derived from content, never from uuid4, so reruns produce identical bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def batch_id_for(tenant: str, job: str, manifest_sha256: str) -> str:
+    """One batch per (tenant, job, exact manifest bytes): duplicate S3 events map to it."""
+    return "batch_" + _digest("batch", tenant, job, manifest_sha256)[:32]
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    """The File id of a batch's ``output`` or ``errors`` object (stable per batch)."""
+    return "file-" + _digest("result", batch_id, kind)[:24]
+
+
+def request_line_id(content_sha256: str, custom_id: str) -> str:
+    """``batch_req_…`` id of one output/error line, stable for the same work."""
+    return "batch_req_" + _digest("line", content_sha256, custom_id)[:32]
+
+
+def response_request_id(content_sha256: str, custom_id: str) -> str:
+    """``response.request_id`` of one output line."""
+    return "req_" + _digest("request", content_sha256, custom_id)[:32]
+
+
+def completion_id(content_sha256: str, custom_id: str, prefix: str) -> str:
+    """``chatcmpl-…`` / ``cmpl-…`` id inside a response body."""
+    return f"{prefix}-" + _digest("completion", content_sha256, custom_id)[:24]
+
+
+def content_address(
+    *,
+    input_sha256s: Sequence[str],
+    model: str,
+    endpoint: str,
+    engine_fingerprint: Mapping[str, Any],
+) -> str:
+    """The sha256 that names an output prefix: input bytes + model + endpoint + engine parameters.
+
+    Two jobs with the same address are the same work; the second is answered from
+    the first's outbox prefix without running the engine.
+    """
+    document = {
+        "inputs": list(input_sha256s),
+        "model": model,
+        "endpoint": endpoint,
+        "engine": dict(engine_fingerprint),
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,205 @@
+"""OpenAI batch JSONL: streaming line splitting, request-line validation, result lines.
+
+Input line:   {"custom_id", "method": "POST", "url", "body"}
+Result line:  {"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
+               "error": {"code", "message"} | null}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dropbatch.errors import InvalidRequest
+from dropbatch.ids import request_line_id, response_request_id
+from dropbatch.models import ENDPOINTS
+
+MAX_CUSTOM_ID_LENGTH = 512
+# What a request body must carry, by endpoint.
+_REQUIRED_BODY_FIELD = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+
+
+@dataclass(frozen=True)
+class RawLine:
+    """One line of an input object: its 1-based number, byte offset, length and bytes.
+
+    ``data`` is None when the line was longer than the limit: it was skipped
+    without ever being held whole in memory.
+    """
+
+    number: int
+    offset: int
+    length: int
+    data: bytes | None
+
+
+def iter_lines(
+    chunks: Iterable[bytes], *, max_line_bytes: int, start_offset: int = 0, first_number: int = 1
+) -> Iterator[RawLine]:
+    """Split a byte stream into lines (``\\n``, with or without a final newline).
+
+    Blank lines are skipped but counted, as editors and OpenAI count them. Memory is
+    bounded by ``max_line_bytes`` plus one chunk, however large the object.
+    """
+    buffer = bytearray()
+    overflow = False  # the current line passed the limit; its bytes are being dropped
+    number = first_number
+    line_start = position = start_offset  # position: offset of the current chunk
+    for chunk in chunks:
+        pos = 0
+        while True:
+            newline = chunk.find(b"\n", pos)
+            end = len(chunk) if newline < 0 else newline
+            if not overflow:
+                if len(buffer) + end - pos > max_line_bytes:
+                    overflow = True
+                    buffer.clear()
+                else:
+                    buffer += chunk[pos:end]
+            if newline < 0:
+                break
+            line_end = position + newline
+            if overflow or buffer.strip():
+                yield RawLine(number, line_start, line_end - line_start, None if overflow else bytes(buffer))
+            number += 1
+            buffer.clear()
+            overflow = False
+            line_start = line_end + 1
+            pos = newline + 1
+        position += len(chunk)
+    if overflow or buffer.strip():
+        yield RawLine(number, line_start, position - line_start, None if overflow else bytes(buffer))
+
+
+@dataclass(frozen=True)
+class RequestLine:
+    custom_id: str
+    method: str
+    url: str
+    body: dict[str, Any]
+    line: int
+
+
+def parse_request_line(raw: RawLine, *, endpoint: str, model: str) -> RequestLine:
+    """Validate one input line as OpenAI does; raises ``InvalidRequest`` naming the line."""
+    n = raw.number
+
+    def bad(code: str, message: str, param: str | None = None) -> InvalidRequest:
+        return InvalidRequest(message, code=code, param=param, line=n)
+
+    if raw.data is None:
+        raise bad("line_too_long", f"Line {n} is longer than the maximum line size.")
+    try:
+        obj = json.loads(raw.data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad("invalid_json_line", f"Line {n} is not valid UTF-8 JSON.") from None
+    if not isinstance(obj, dict):
+        raise bad("invalid_json_line", f"Line {n} must be a JSON object.")
+    for name in ("custom_id", "method", "url", "body"):
+        if name not in obj:
+            raise bad("missing_required_parameter", f"Line {n} is missing required parameter '{name}'.", name)
+    custom_id = obj["custom_id"]
+    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID_LENGTH:
+        raise bad(
+            "invalid_custom_id",
+            f"Line {n}: custom_id must be a non-empty string of at most {MAX_CUSTOM_ID_LENGTH} characters.",
+            "custom_id",
+        )
+    if obj["method"] != "POST":
+        raise bad("invalid_method", f"Line {n}: method must be 'POST'.", "method")
+    url = obj["url"]
+    if url not in ENDPOINTS:
+        raise bad("invalid_url", f"Line {n}: url must be one of {', '.join(ENDPOINTS)}.", "url")
+    if url != endpoint:
+        raise bad(
+            "mismatched_endpoint",
+            f"Line {n}: url {url!r} does not match the batch endpoint {endpoint!r}.",
+            "url",
+        )
+    body = obj["body"]
+    if not isinstance(body, dict):
+        raise bad("invalid_body", f"Line {n}: body must be a JSON object.", "body")
+    if body.get("model") != model:
+        raise bad(
+            "mismatched_model",
+            f"Line {n}: body.model {body.get('model')!r} does not match the batch model {model!r}; "
+            "a batch uses one model.",
+            "body.model",
+        )
+    _check_body(body, endpoint, bad)
+    return RequestLine(custom_id=custom_id, method="POST", url=url, body=body, line=n)
+
+
+def _check_body(body: dict[str, Any], endpoint: str, bad) -> None:
+    field = _REQUIRED_BODY_FIELD[endpoint]
+    if field not in body:
+        raise bad("missing_required_parameter", f"body.{field} is required for {endpoint}.", f"body.{field}")
+    value = body[field]
+    if endpoint == "/v1/chat/completions":
+        if not isinstance(value, list) or not value:
+            raise bad("invalid_body", "body.messages must be a non-empty array.", "body.messages")
+        for message in value:
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+                raise bad("invalid_body", "each message needs a string 'role' and a 'content'.", "body.messages")
+    elif endpoint == "/v1/completions":
+        if not isinstance(value, str) and not (
+            isinstance(value, list) and value and all(isinstance(p, str) for p in value) and len(value) == 1
+        ):
+            raise bad("invalid_body", "body.prompt must be a string (or a one-element array of strings).", "body.prompt")
+    else:
+        if isinstance(value, str):
+            ok = bool(value)
+        else:
+            ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+        if not ok:
+            raise bad("invalid_body", "body.input must be a non-empty string or array of strings.", "body.input")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool) or body[name] < 1):
+            raise bad("invalid_body", f"body.{name} must be a positive integer.", f"body.{name}")
+    if body.get("n", 1) != 1:
+        raise bad("invalid_body", "body.n must be 1 in batches served by dropbatch.", "body.n")
+    if body.get("stream"):
+        raise bad("invalid_body", "body.stream is not supported in batches.", "body.stream")
+
+
+def result_line(content_sha256: str, custom_id: str, status_code: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A line for the output file (2xx) or, with a 4xx/5xx ``status_code``, the error file."""
+    return {
+        "id": request_line_id(content_sha256, custom_id),
+        "custom_id": custom_id,
+        "response": {
+            "status_code": status_code,
+            "request_id": response_request_id(content_sha256, custom_id),
+            "body": body,
+        },
+        "error": None,
+    }
+
+
+def error_line(content_sha256: str, custom_id: str, code: str, message: str) -> dict[str, Any]:
+    """A line for the error file when no response exists (expired, cancelled, failed after retries)."""
+    return {
+        "id": request_line_id(content_sha256, custom_id),
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+def is_success(line: dict[str, Any]) -> bool:
+    response = line.get("response")
+    return line.get("error") is None and response is not None and 200 <= response["status_code"] < 300
+
+
+def encode(line: dict[str, Any]) -> bytes:
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."

@@ -1,0 +1,205 @@
+"""OpenAI's Batch and File shapes, and the records dropbatch keeps around them."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dropbatch.errors import Conflict
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+class BatchStatus(str, Enum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def timestamp_field(self) -> str:
+        return f"{self.value}_at"
+
+
+TERMINAL = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+
+_NEXT: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.VALIDATING: frozenset({BatchStatus.FAILED, BatchStatus.IN_PROGRESS, BatchStatus.COMPLETED, BatchStatus.CANCELLING}),
+    BatchStatus.IN_PROGRESS: frozenset(
+        {BatchStatus.FINALIZING, BatchStatus.EXPIRED, BatchStatus.CANCELLING, BatchStatus.FAILED}
+    ),
+    BatchStatus.FINALIZING: frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED}),
+    BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RequestCounts(_Model):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class InputTokensDetails(_Model):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(_Model):
+    reasoning_tokens: int = 0
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int = 0
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.total_tokens = self.input_tokens + self.output_tokens
+
+
+class BatchError(_Model):
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+class BatchErrors(_Model):
+    object: Literal["list"] = "list"
+    data: list[BatchError] = Field(default_factory=list)
+
+
+class Batch(_Model):
+    """The OpenAI Batch object, field for field."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None = None
+    input_file_id: str
+    completion_window: str = "24h"
+    status: BatchStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class InputObject(_Model):
+    """One input object of a job, as its manifest binds it."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class Chunk(_Model):
+    """A byte range of one input holding whole lines: the unit of work and of progress."""
+
+    index: int
+    input: int
+    start: int
+    end: int
+    first_line: int
+    lines: int
+    sha256: str
+
+
+class ResultLocation(_Model):
+    bucket: str
+    prefix: str
+    output_key: str
+    errors_key: str
+    summary_key: str
+
+
+class BatchRecord(Batch):
+    """A Batch plus what the services need to run it; stored in the control bucket."""
+
+    tenant: str
+    job: str
+    source: Literal["dropbox", "api"] = "dropbox"
+    manifest_key: str | None = None
+    inputs: list[InputObject] = Field(default_factory=list)
+    chunks: list[Chunk] = Field(default_factory=list)
+    content_sha256: str | None = None
+    result: ResultLocation | None = None
+    cached: bool = Field(False, description="Completed from an existing outbox prefix; no engine run.")
+    retry_config: dict[str, float] | None = None
+    updated_at: int = 0
+
+    def openai(self) -> dict[str, Any]:
+        """The public Batch object (what the gateway returns)."""
+        return Batch.model_validate(self.model_dump(include=set(Batch.model_fields))).model_dump(mode="json")
+
+    def transition(self, status: BatchStatus, now: int) -> None:
+        """Move to ``status`` along OpenAI's lifecycle, stamping ``<status>_at``."""
+        if status == self.status:
+            return
+        if status not in _NEXT.get(self.status, frozenset()):
+            raise Conflict(
+                f"batch {self.id} is {self.status.value}; it cannot become {status.value}",
+                code="invalid_state",
+            )
+        self.status = status
+        setattr(self, status.timestamp_field, now)
+        self.updated_at = now
+
+    def fail(self, errors: list[BatchError], now: int) -> None:
+        self.errors = BatchErrors(data=errors)
+        self.transition(BatchStatus.FAILED, now)
+
+
+class FileObject(_Model):
+    """The OpenAI File object."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileRecord(FileObject):
+    """A File plus where its bytes live."""
+
+    tenant: str
+    bucket: str
+    key: str
+    sha256: str | None = None
+    batch_id: str | None = None
+
+    def openai(self) -> dict[str, Any]:
+        return FileObject.model_validate(self.model_dump(include=set(FileObject.model_fields))).model_dump(mode="json")

@@ -1,0 +1,189 @@
+"""JSON records in the control bucket, changed only by conditional writes.
+
+Create is ``If-None-Match: *``; change is read → mutate → ``If-Match`` the ETag read,
+retried when another replica won the race. That is the whole concurrency story:
+no locks, no database, any number of gateways, watchers and runners.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from dropbatch.errors import NotFound, ObjectNotFound, StaleWrite, StorageError
+from dropbatch.models import BatchRecord, FileRecord
+from dropbatch.storage.base import ObjectStore
+from dropbatch.storage.keys import ControlKeys, JobRef
+
+M = TypeVar("M", bound=BaseModel)
+Clock = Callable[[], float]
+
+
+def dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=False).encode("utf-8")
+
+
+class Records:
+    """Typed JSON documents in one bucket with create-once and compare-and-swap."""
+
+    def __init__(self, store: ObjectStore, bucket: str) -> None:
+        self.store = store
+        self.bucket = bucket
+
+    def create(self, key: str, model: BaseModel) -> str:
+        """Write ``model`` at ``key`` only if nothing is there (``ObjectExists`` otherwise)."""
+        return self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type="application/json")
+
+    def put(self, key: str, model: BaseModel) -> str:
+        return self.store.put(self.bucket, key, dump(model), content_type="application/json")
+
+    def load(self, key: str, cls: type[M]) -> tuple[M, str]:
+        data, etag = self.store.get(self.bucket, key)
+        return cls.model_validate_json(data), etag
+
+    def get(self, key: str, cls: type[M]) -> M | None:
+        try:
+            return self.load(key, cls)[0]
+        except ObjectNotFound:
+            return None
+
+    def update(self, key: str, cls: type[M], mutate: Callable[[M], None], *, attempts: int = 20) -> M:
+        """Apply ``mutate`` to the current record and write it back if nobody wrote in between.
+
+        ``mutate`` changes the record in place and may raise to abort. It can run more
+        than once (after a lost race), so it must depend only on the record it is given.
+        """
+        for attempt in range(attempts):
+            record, etag = self.load(key, cls)
+            before = dump(record)
+            mutate(record)
+            after = dump(record)
+            if after == before:
+                return record
+            try:
+                self.store.put(self.bucket, key, after, if_match=etag, content_type="application/json")
+                return record
+            except StaleWrite:
+                time.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + secrets.randbelow(1000) / 1000))
+        raise StorageError(f"s3://{self.bucket}/{key}: gave up after {attempts} conflicting writes")
+
+    def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        for info in self.store.list(self.bucket, prefix, start_after=start_after):
+            yield info.key
+
+
+class BatchStore:
+    """Batch records of every tenant, with a newest-first index for listing."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    def create(self, record: BatchRecord) -> None:
+        """Store a new batch; raises ``ObjectExists`` if this id was already created."""
+        self.records.create(ControlKeys.batch(record.tenant, record.id), record)
+        self.records.store.put(
+            self.records.bucket, ControlKeys.batch_index(record.tenant, record.created_at, record.id), b""
+        )
+
+    def get(self, tenant: str, batch_id: str) -> BatchRecord:
+        record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
+        if record is None:
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        return record
+
+    def update(self, tenant: str, batch_id: str, mutate: Callable[[BatchRecord], None]) -> BatchRecord:
+        try:
+            return self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, mutate)
+        except ObjectNotFound:
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id") from None
+
+    def point_job(self, ref: JobRef, batch_id: str) -> None:
+        """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
+        self.records.store.put(
+            self.records.bucket,
+            ControlKeys.job(ref),
+            json.dumps({"batch_id": batch_id}).encode(),
+            content_type="application/json",
+        )
+
+    def for_job(self, ref: JobRef) -> BatchRecord:
+        try:
+            data, _ = self.records.store.get(self.records.bucket, ControlKeys.job(ref))
+        except ObjectNotFound:
+            raise NotFound(f"No batch found for job '{ref}'.", param="job") from None
+        return self.get(ref.tenant, json.loads(data)["batch_id"])
+
+    def list(self, tenant: str, *, after: str | None = None, limit: int = 20) -> tuple[list[BatchRecord], bool]:
+        """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""
+        start_after = None
+        if after is not None:
+            anchor = self.get(tenant, after)
+            start_after = ControlKeys.batch_index(tenant, anchor.created_at, anchor.id)
+        page: list[BatchRecord] = []
+        for key in self.records.list_keys(ControlKeys.batch_index_prefix(tenant), start_after=start_after):
+            batch_id = _indexed_id(key)
+            record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
+            if record is None:
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(record)
+        return page, False
+
+
+class FileStore:
+    """File records of every tenant (uploads and batch results)."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    def create(self, record: FileRecord) -> None:
+        self.records.create(ControlKeys.file(record.tenant, record.id), record)
+        self.records.store.put(
+            self.records.bucket, ControlKeys.file_index(record.tenant, record.created_at, record.id), b""
+        )
+
+    def get(self, tenant: str, file_id: str) -> FileRecord:
+        record = self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        if record is None:
+            raise NotFound(f"No such File object: {file_id}", param="file_id")
+        return record
+
+    def delete(self, tenant: str, file_id: str) -> FileRecord:
+        record = self.get(tenant, file_id)
+        self.records.store.delete(self.records.bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
+        self.records.store.delete(self.records.bucket, ControlKeys.file(tenant, file_id))
+        return record
+
+    def list(self, tenant: str, *, after: str | None = None, limit: int = 10_000) -> tuple[list[FileRecord], bool]:
+        start_after = None
+        if after is not None:
+            anchor = self.get(tenant, after)
+            start_after = ControlKeys.file_index(tenant, anchor.created_at, anchor.id)
+        page: list[FileRecord] = []
+        for key in self.records.list_keys(ControlKeys.file_index_prefix(tenant), start_after=start_after):
+            file_id = _indexed_id(key)
+            record = self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+            if record is None:
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(record)
+        return page, False
+
+
+def _indexed_id(index_key: str) -> str:
+    """The id in an index key ``index/<kind>/<tenant>/<rank>_<id>``."""
+    return index_key.rsplit("/", 1)[1].split("_", 1)[1]
+
+
+def audit(records: Records, event: str, *, now: float, **fields: object) -> None:
+    """Append one event to the control bucket's audit log (never secrets)."""
+    event_id = secrets.token_hex(6)
+    body = json.dumps({"event": event, "at": now, **fields}, sort_keys=True, default=str).encode()
+    records.store.put(records.bucket, ControlKeys.audit(now, event_id), body, if_none_match=True)

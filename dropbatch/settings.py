@@ -1,0 +1,310 @@
+"""Settings: one frozen value object, built once from an injected environment mapping.
+
+``Settings.from_env(os.environ)`` at an entrypoint is the only place the process
+environment is read; everything below receives the object (or one of its groups).
+Every ``DROPBATCH_*`` variable is listed in ``ENV_VARS`` so the README and
+``dropbatch config`` print the same table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dropbatch.errors import ConfigError
+
+DEFAULT_TIER_QUOTAS = {"free": 100, "basic": 500, "premium": 2000, "enterprise": 10000}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageSettings(_Frozen):
+    """Where the three buckets and the intake queue live."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="S3/SQS endpoint (moto, LocalStack). Unset means real AWS; "
+        "`dropbatch up` then starts an embedded moto server on 127.0.0.1:4566.",
+    )
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    inbox_bucket: str = "dropbatch-inbox"
+    outbox_bucket: str = "dropbatch-outbox"
+    control_bucket: str = "dropbatch-control"
+    queue_name: str = Field(
+        "dropbatch-intake",
+        description="SQS queue that receives the inbox's manifest.json events.",
+    )
+    queue_url: str | None = Field(
+        None, description="Explicit queue URL (e.g. from Terraform outputs); else looked up by name."
+    )
+    max_attempts: int = Field(
+        8, description="botocore retry attempts for throttling, 5xx and connection errors."
+    )
+
+
+class EngineSettings(_Frozen):
+    """The inference engine: which model, and how vLLM is asked to run it."""
+
+    model: str = Field(
+        ".dropbatch/models/dropbatch-tiny",
+        description="Weights: a local path or a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct).",
+    )
+    model_name: str = Field(
+        "dropbatch-tiny", description="The name clients put in body.model and --model."
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto picks gpu when Ray sees one, else vLLM's CPU build."
+    )
+    dtype: str = "bfloat16"
+    max_model_len: int | None = Field(
+        512, description="Context length; prompts longer than this become error lines."
+    )
+    enforce_eager: bool = Field(
+        True, description="Skip torch.compile/CUDA graphs: ~17 s vs ~49 s engine load on CPU."
+    )
+    enable_chunked_prefill: bool | None = Field(
+        None, description="Interleave long prefills with decodes; better latency under mixed load."
+    )
+    enable_prefix_caching: bool | None = Field(
+        None, description="Reuse KV cache across prompts sharing a prefix (system prompts)."
+    )
+    speculative_config: dict[str, Any] | None = Field(
+        None, description="vLLM speculative decoding config (JSON), e.g. a draft model or ngram."
+    )
+    kv_cache_dtype: str | None = Field(
+        None, description="'fp8' halves KV-cache memory on GPUs that support it."
+    )
+    tensor_parallel_size: int = Field(1, description="Shard each layer across this many GPUs.")
+    pipeline_parallel_size: int = Field(1, description="Split the layers across this many GPUs/nodes.")
+    max_num_seqs: int | None = Field(
+        None, description="Sequences scheduled at once; the planner derives it if unset."
+    )
+    max_num_batched_tokens: int | None = Field(
+        None, description="Token budget per engine step; the planner derives it if unset."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, description="Fraction of GPU memory vLLM may take for weights + KV cache."
+    )
+    cpu_kvcache_gib: float = Field(
+        1.0, description="VLLM_CPU_KVCACHE_SPACE on the CPU build; unset makes start-up flaky."
+    )
+    batch_size: int | None = Field(
+        None, description="Rows per Ray Data batch into the engine; the planner derives it if unset."
+    )
+    concurrency: int = Field(1, description="Engine replicas (data parallel) in one pipeline run.")
+    default_max_tokens: int = Field(
+        256, description="max_tokens for a request line that does not set one."
+    )
+    ray_address: str | None = Field(
+        None, description="Attach to a Ray cluster (RAY_ADDRESS); unset starts Ray locally."
+    )
+    ray_num_cpus: int | None = Field(
+        None,
+        description="Logical CPUs for a local Ray; more than the cores so small stages never "
+        "deadlock on a 2-core machine.",
+    )
+
+
+class LimitSettings(_Frozen):
+    """What one batch may be, and how it is cut into work."""
+
+    max_file_lines: int = 50_000
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_line_bytes: int = Field(
+        4 * 1024 * 1024, description="A longer line is rejected without being held in memory."
+    )
+    completion_window_seconds: int = Field(
+        86_400, description="The '24h' window; tests shorten it to seconds."
+    )
+    chunk_lines: int = Field(
+        500, description="Lines per chunk: the unit of streaming, checkpointing and progress."
+    )
+    coalesce_max_lines: int = Field(
+        50_000, description="Queued batches are run together in one pipeline up to this many lines."
+    )
+    tier_quotas: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_TIER_QUOTAS),
+        description="Request lines per rolling hour, by tier.",
+    )
+
+
+class ServiceSettings(_Frozen):
+    """How the services run: addresses, cadence, leases."""
+
+    home: Path = Field(Path(".dropbatch"), description="Local state: built model, logs.")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    watcher_port: int = 9101
+    runner_port: int = 9102
+    intake: Literal["auto", "sqs", "poll"] = Field(
+        "auto", description="auto: SQS events when the queue exists, plus a slower listing sweep."
+    )
+    poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox / runner checks the queue.")
+    sweep_seconds: float = Field(
+        30.0, description="With SQS intake, a full inbox listing this often catches lost events."
+    )
+    lease_seconds: int = Field(
+        60, description="A runner that stops renewing loses its batch after this long."
+    )
+    admin_token: str | None = Field(None, description="Bearer token for /admin routes.")
+    log_level: str = "INFO"
+
+
+class Settings(_Frozen):
+    """Everything dropbatch is configured by."""
+
+    storage: StorageSettings = StorageSettings()
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``environ`` (pass ``os.environ`` at an entrypoint, a dict in tests)."""
+        groups: dict[str, dict[str, Any]] = {"storage": {}, "engine": {}, "limits": {}, "service": {}}
+        for var, (group, field, parse, fallbacks) in ENV_VARS.items():
+            raw = environ.get(var)
+            for fallback in fallbacks:
+                if raw is None:
+                    raw = environ.get(fallback)
+            if raw is None or raw == "":
+                continue
+            try:
+                groups[group][field] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r} is not valid: {exc}") from exc
+        storage = groups["storage"]
+        if storage.get("endpoint_url") and "access_key_id" not in storage:
+            # Local emulators accept any credentials; real AWS uses boto3's own chain.
+            storage.setdefault("access_key_id", "test")
+            storage.setdefault("secret_access_key", "test")
+        try:
+            return cls(**{name: _GROUP_TYPES[name](**values) for name, values in groups.items()})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def with_endpoint(self, endpoint_url: str) -> Settings:
+        """A copy pointing at ``endpoint_url`` (used by `dropbatch up` for its embedded server)."""
+        storage = self.storage.model_copy(
+            update={
+                "endpoint_url": endpoint_url,
+                "access_key_id": self.storage.access_key_id or "test",
+                "secret_access_key": self.storage.secret_access_key or "test",
+            }
+        )
+        return self.model_copy(update={"storage": storage})
+
+    def to_env(self) -> dict[str, str]:
+        """The ``DROPBATCH_*`` variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for var, (group, field, _parse, _fallbacks) in ENV_VARS.items():
+            value = getattr(getattr(self, group), field)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                env[var] = "1" if value else "0"
+            elif isinstance(value, dict):
+                env[var] = json.dumps(value) if field != "tier_quotas" else ",".join(f"{k}={v}" for k, v in value.items())
+            else:
+                env[var] = str(value)
+        return env
+
+
+_GROUP_TYPES = {
+    "storage": StorageSettings,
+    "engine": EngineSettings,
+    "limits": LimitSettings,
+    "service": ServiceSettings,
+}
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _optional_int(raw: str) -> int | None:
+    return None if raw.strip().lower() in {"none", "auto"} else int(raw)
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _quotas(raw: str) -> dict[str, int]:
+    quotas = dict(DEFAULT_TIER_QUOTAS)
+    for item in raw.split(","):
+        name, _, limit = item.partition("=")
+        if not name.strip() or not limit.strip():
+            raise ValueError("expected tier=limit,tier=limit")
+        quotas[name.strip()] = int(limit)
+    return quotas
+
+
+# variable: (group, field, parser, fallback variables read when the first is unset)
+ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
+    "DROPBATCH_S3_ENDPOINT": ("storage", "endpoint_url", str, ("AWS_ENDPOINT_URL",)),
+    "DROPBATCH_REGION": ("storage", "region", str, ("AWS_DEFAULT_REGION", "AWS_REGION")),
+    "DROPBATCH_ACCESS_KEY_ID": ("storage", "access_key_id", str, ("AWS_ACCESS_KEY_ID",)),
+    "DROPBATCH_SECRET_ACCESS_KEY": ("storage", "secret_access_key", str, ("AWS_SECRET_ACCESS_KEY",)),
+    "DROPBATCH_INBOX_BUCKET": ("storage", "inbox_bucket", str, ()),
+    "DROPBATCH_OUTBOX_BUCKET": ("storage", "outbox_bucket", str, ()),
+    "DROPBATCH_CONTROL_BUCKET": ("storage", "control_bucket", str, ()),
+    "DROPBATCH_QUEUE_NAME": ("storage", "queue_name", str, ()),
+    "DROPBATCH_QUEUE_URL": ("storage", "queue_url", str, ()),
+    "DROPBATCH_S3_MAX_ATTEMPTS": ("storage", "max_attempts", int, ()),
+    "DROPBATCH_MODEL": ("engine", "model", str, ()),
+    "DROPBATCH_MODEL_NAME": ("engine", "model_name", str, ()),
+    "DROPBATCH_DEVICE": ("engine", "device", str, ()),
+    "DROPBATCH_DTYPE": ("engine", "dtype", str, ()),
+    "DROPBATCH_MAX_MODEL_LEN": ("engine", "max_model_len", _optional_int, ()),
+    "DROPBATCH_ENFORCE_EAGER": ("engine", "enforce_eager", _bool, ()),
+    "DROPBATCH_ENABLE_CHUNKED_PREFILL": ("engine", "enable_chunked_prefill", _bool, ()),
+    "DROPBATCH_ENABLE_PREFIX_CACHING": ("engine", "enable_prefix_caching", _bool, ()),
+    "DROPBATCH_SPECULATIVE_CONFIG": ("engine", "speculative_config", _json_object, ()),
+    "DROPBATCH_KV_CACHE_DTYPE": ("engine", "kv_cache_dtype", str, ()),
+    "DROPBATCH_TENSOR_PARALLEL_SIZE": ("engine", "tensor_parallel_size", int, ()),
+    "DROPBATCH_PIPELINE_PARALLEL_SIZE": ("engine", "pipeline_parallel_size", int, ()),
+    "DROPBATCH_MAX_NUM_SEQS": ("engine", "max_num_seqs", _optional_int, ()),
+    "DROPBATCH_MAX_NUM_BATCHED_TOKENS": ("engine", "max_num_batched_tokens", _optional_int, ()),
+    "DROPBATCH_GPU_MEMORY_UTILIZATION": ("engine", "gpu_memory_utilization", float, ()),
+    "DROPBATCH_CPU_KVCACHE_GIB": ("engine", "cpu_kvcache_gib", float, ()),
+    "DROPBATCH_ENGINE_BATCH_SIZE": ("engine", "batch_size", _optional_int, ()),
+    "DROPBATCH_ENGINE_CONCURRENCY": ("engine", "concurrency", int, ()),
+    "DROPBATCH_DEFAULT_MAX_TOKENS": ("engine", "default_max_tokens", int, ()),
+    "DROPBATCH_RAY_ADDRESS": ("engine", "ray_address", str, ("RAY_ADDRESS",)),
+    "DROPBATCH_RAY_NUM_CPUS": ("engine", "ray_num_cpus", _optional_int, ()),
+    "DROPBATCH_MAX_FILE_LINES": ("limits", "max_file_lines", int, ()),
+    "DROPBATCH_MAX_FILE_BYTES": ("limits", "max_file_bytes", int, ()),
+    "DROPBATCH_MAX_LINE_BYTES": ("limits", "max_line_bytes", int, ()),
+    "DROPBATCH_COMPLETION_WINDOW_SECONDS": ("limits", "completion_window_seconds", int, ()),
+    "DROPBATCH_CHUNK_LINES": ("limits", "chunk_lines", int, ()),
+    "DROPBATCH_COALESCE_MAX_LINES": ("limits", "coalesce_max_lines", int, ()),
+    "DROPBATCH_TIER_QUOTAS": ("limits", "tier_quotas", _quotas, ()),
+    "DROPBATCH_HOME": ("service", "home", Path, ()),
+    "DROPBATCH_GATEWAY_HOST": ("service", "gateway_host", str, ()),
+    "DROPBATCH_GATEWAY_PORT": ("service", "gateway_port", int, ()),
+    "DROPBATCH_WATCHER_PORT": ("service", "watcher_port", int, ()),
+    "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),
+    "DROPBATCH_INTAKE": ("service", "intake", str, ()),
+    "DROPBATCH_POLL_SECONDS": ("service", "poll_seconds", float, ()),
+    "DROPBATCH_SWEEP_SECONDS": ("service", "sweep_seconds", float, ()),
+    "DROPBATCH_LEASE_SECONDS": ("service", "lease_seconds", int, ()),
+    "DROPBATCH_ADMIN_TOKEN": ("service", "admin_token", str, ()),
+    "DROPBATCH_LOG_LEVEL": ("service", "log_level", str, ()),
+}

@@ -1,0 +1,190 @@
+"""Every object key dropbatch reads or writes, in one place.
+
+inbox    <tenant>/<job>/<name>.jsonl          client inputs (drop-box)
+         <tenant>/<job>/manifest.json         arrives last; starts the job
+         <tenant>/<job>/rejection.json        why a job did not run (client-readable)
+         <tenant>/.files/<file_id>            uploads through the gateway's /v1/files
+outbox   <tenant>/<sha256>/output.jsonl       successful result lines
+         <tenant>/<sha256>/errors.jsonl       failed lines
+         <tenant>/<sha256>/summary.json       counts, usage; written last
+control  see ``ControlKeys``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dropbatch.errors import InvalidRequest
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MANIFEST_NAME = "manifest.json"
+REJECTION_NAME = "rejection.json"
+FILES_DIR = ".files"
+
+
+def check_name(value: str, what: str) -> str:
+    """A tenant or job name: letters, digits, ``._-``, not starting with a dot; no traversal."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise InvalidRequest(
+            f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            code=f"invalid_{what}",
+            param=what,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A drop-box job: one ``<tenant>/<job>/`` prefix in the inbox."""
+
+    tenant: str
+    job: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.tenant}/{self.job}/"
+
+    @property
+    def manifest_key(self) -> str:
+        return self.prefix + MANIFEST_NAME
+
+    @property
+    def rejection_key(self) -> str:
+        return self.prefix + REJECTION_NAME
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.job}"
+
+    @classmethod
+    def parse(cls, text: str) -> JobRef:
+        """``TENANT/JOB`` as typed on the command line."""
+        tenant, sep, job = text.strip("/").partition("/")
+        if not sep:
+            raise InvalidRequest(f"expected TENANT/JOB, got {text!r}", code="invalid_job")
+        return cls(check_name(tenant, "tenant"), check_name(job, "job"))
+
+
+def job_of_manifest_key(key: str) -> JobRef | None:
+    """The job a ``<tenant>/<job>/manifest.json`` key starts, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[2] != MANIFEST_NAME:
+        return None
+    if not _NAME.match(parts[0]) or not _NAME.match(parts[1]) or ".." in key:
+        return None
+    return JobRef(parts[0], parts[1])
+
+
+def uploaded_file_key(tenant: str, file_id: str) -> str:
+    return f"{tenant}/{FILES_DIR}/{file_id}.jsonl"
+
+
+@dataclass(frozen=True)
+class OutputPrefix:
+    """Where one piece of work's results live: ``outbox/<tenant>/<sha256>/``.
+
+    Partial results (an expired or cancelled batch) go one level down, in
+    ``<sha256>/partial-<batch_id>/``, so they never stand in for the complete work.
+    """
+
+    tenant: str
+    sha256: str
+    partial_of: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        base = f"{self.tenant}/{self.sha256}/"
+        return base + (f"partial-{self.partial_of}/" if self.partial_of else "")
+
+    @property
+    def output_key(self) -> str:
+        return self.prefix + "output.jsonl"
+
+    @property
+    def errors_key(self) -> str:
+        return self.prefix + "errors.jsonl"
+
+    @property
+    def summary_key(self) -> str:
+        return self.prefix + "summary.json"
+
+
+class ControlKeys:
+    """Keys in the service-only control bucket."""
+
+    @staticmethod
+    def tenant(tenant: str) -> str:
+        return f"tenants/{tenant}.json"
+
+    @staticmethod
+    def signing_key(key_id: str) -> str:
+        return f"signing-keys/{key_id}.json"
+
+    @staticmethod
+    def nonce(tenant: str, nonce: str) -> str:
+        return f"nonces/{tenant}/{nonce}"
+
+    @staticmethod
+    def batch(tenant: str, batch_id: str) -> str:
+        return f"batches/{tenant}/{batch_id}.json"
+
+    @staticmethod
+    def batch_index(tenant: str, created_at: int, batch_id: str) -> str:
+        # Newest first in S3's ascending key order: index by time remaining to 10^11.
+        return f"index/batches/{tenant}/{10**11 - created_at:011d}_{batch_id}"
+
+    @staticmethod
+    def batch_index_prefix(tenant: str) -> str:
+        return f"index/batches/{tenant}/"
+
+    @staticmethod
+    def job(ref: JobRef) -> str:
+        return f"jobs/{ref.tenant}/{ref.job}.json"
+
+    @staticmethod
+    def file(tenant: str, file_id: str) -> str:
+        return f"files/{tenant}/{file_id}.json"
+
+    @staticmethod
+    def file_index(tenant: str, created_at: int, file_id: str) -> str:
+        return f"index/files/{tenant}/{10**11 - created_at:011d}_{file_id}"
+
+    @staticmethod
+    def file_index_prefix(tenant: str) -> str:
+        return f"index/files/{tenant}/"
+
+    QUEUE_PREFIX = "queue/"
+
+    @staticmethod
+    def queue_entry(deadline: int, batch_id: str) -> str:
+        # Earliest deadline first is S3's ascending key order.
+        return f"queue/{deadline:012d}_{batch_id}.json"
+
+    @staticmethod
+    def lease(batch_id: str) -> str:
+        return f"leases/{batch_id}.json"
+
+    @staticmethod
+    def chunk_result(batch_id: str, chunk: int) -> str:
+        return f"work/{batch_id}/chunks/{chunk:06d}.jsonl"
+
+    @staticmethod
+    def chunk_prefix(batch_id: str) -> str:
+        return f"work/{batch_id}/chunks/"
+
+    @staticmethod
+    def quota(tenant: str) -> str:
+        return f"quota/{tenant}.json"
+
+    @staticmethod
+    def token(token_hash: str) -> str:
+        return f"tokens/{token_hash}.json"
+
+    @staticmethod
+    def token_id(token_id: str) -> str:
+        return f"token-ids/{token_id}.json"
+
+    @staticmethod
+    def audit(timestamp: float, event_id: str) -> str:
+        return f"audit/{int(timestamp):011d}_{event_id}.json"

@@ -1,0 +1,256 @@
+"""The S3 object store over boto3; the one place botocore errors are translated."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+
+from dropbatch.errors import (
+    ObjectExists,
+    ObjectNotFound,
+    StaleWrite,
+    StorageError,
+    StorageUnavailable,
+)
+from dropbatch.settings import StorageSettings
+from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, ObjectInfo
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchUpload"}
+_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "500", "503", "RequestTimeout", "Throttling"}
+
+
+def _translate(exc: Exception, *, bucket: str, key: str, conditional: str | None = None) -> StorageError:
+    """Map a botocore failure to the dropbatch error tree (the only such table)."""
+    where = f"s3://{bucket}/{key}"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            return ObjectNotFound(f"{where} does not exist")
+        # 412 PreconditionFailed; S3 may also answer 409 ConditionalRequestConflict
+        # when two conditional writes race on one key.
+        if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            if conditional == "if_none_match":
+                return ObjectExists(f"{where} already exists")
+            return StaleWrite(f"{where} changed since it was read")
+        if code in _UNAVAILABLE:
+            return StorageUnavailable(f"{where}: {code} after retries")
+        return StorageError(f"{where}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}")
+    if isinstance(exc, (ConnectionError, ReadTimeoutError)):
+        return StorageUnavailable(f"{where}: connection failed after retries: {exc}")
+    return StorageError(f"{where}: {exc}")
+
+
+class S3ObjectStore:
+    """``ObjectStore`` on real S3 (or moto/LocalStack through ``endpoint_url``).
+
+    Transient faults (throttling, 5xx, resets, timeouts) are retried by botocore's
+    ``standard`` mode with backoff and jitter, configured once here; what is still
+    failing afterwards surfaces as ``StorageUnavailable``.
+    """
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._settings = settings
+        self._local = threading.local()
+
+    def _client(self):
+        # boto3 clients are thread-safe but their creation is not; one per thread is simplest.
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = make_client("s3", self._settings)
+            self._local.client = client
+        return client
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            resp = self._client().head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket=bucket, key=key) from exc
+        return ObjectInfo(
+            key=key,
+            size=resp["ContentLength"],
+            etag=resp["ETag"],
+            last_modified=resp["LastModified"].timestamp(),
+            metadata=resp.get("Metadata", {}),
+        )
+
+    def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        try:
+            resp = self._client().get_object(Bucket=bucket, Key=key)
+            return resp["Body"].read(), resp["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket=bucket, key=key) from exc
+
+    def iter_bytes(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        chunk_size: int = DEFAULT_READ_CHUNK,
+    ) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return
+        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            resp = self._client().get_object(Bucket=bucket, Key=key, Range=byte_range)
+            body = resp["Body"]
+            while chunk := body.read(chunk_size):
+                yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return  # an empty object, or a range past its end: nothing to read
+            raise _translate(exc, bucket=bucket, key=key) from exc
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        kwargs: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if metadata:
+            kwargs["Metadata"] = metadata
+        try:
+            return self._client().put_object(**kwargs)["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            conditional = "if_none_match" if if_none_match else "if_match"
+            raise _translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
+
+    def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> ObjectInfo:
+        buffer = bytearray()
+        parts: list[dict] = []
+        upload_id: str | None = None
+        size = 0
+        client = self._client()
+        try:
+            for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                while len(buffer) >= part_size:
+                    if upload_id is None:
+                        upload_id = client.create_multipart_upload(
+                            Bucket=bucket, Key=key, ContentType=content_type
+                        )["UploadId"]
+                    part = bytes(buffer[:part_size])
+                    del buffer[:part_size]
+                    etag = client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
+                    )["ETag"]
+                    parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            if upload_id is None:
+                etag = self.put(bucket, key, bytes(buffer), if_none_match=if_none_match, content_type=content_type)
+                return ObjectInfo(key=key, size=size, etag=etag)
+            if buffer:
+                etag = client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=bytes(buffer)
+                )["ETag"]
+                parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            kwargs: dict = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
+            if if_none_match:
+                kwargs["IfNoneMatch"] = "*"
+            etag = client.complete_multipart_upload(**kwargs)["ETag"]
+            return ObjectInfo(key=key, size=size, etag=etag)
+        except (ClientError, BotoCoreError) as exc:
+            self._abort(bucket, key, upload_id)
+            raise _translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
+        except BaseException:
+            self._abort(bucket, key, upload_id)
+            raise
+
+    def _abort(self, bucket: str, key: str, upload_id: str | None) -> None:
+        if upload_id is None:
+            return
+        try:
+            self._client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError):
+            pass  # the bucket lifecycle rule cleans up incomplete uploads
+
+    def list(self, bucket: str, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        kwargs: dict = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        try:
+            for page in self._client().get_paginator("list_objects_v2").paginate(**kwargs):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=item["Key"],
+                        size=item["Size"],
+                        etag=item["ETag"],
+                        last_modified=item["LastModified"].timestamp(),
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket=bucket, key=prefix) from exc
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self._client().delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            error = _translate(exc, bucket=bucket, key=key)
+            if not isinstance(error, ObjectNotFound):
+                raise error from exc
+
+    def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
+        kwargs: dict = {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket=dest_bucket, key=dest_key, conditional="if_none_match") from exc
+
+
+def make_client(service: str, settings: StorageSettings):
+    """A boto3 client for ``service`` with dropbatch's retry policy."""
+    config = Config(
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": "path"},
+    )
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=config,
+    )
+
+
+def call_aws(fn, *args, what: str, **kwargs):
+    """Call a raw boto3 method (SQS, bucket admin) with the same error translation."""
+    try:
+        return fn(*args, **kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, bucket=what, key="") from exc
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code behind a translated StorageError, if any (for bootstrap's idempotence)."""
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", ""))
+    return None

@@ -1,0 +1,195 @@
+"""Turn a batch's checkpointed chunk results into its outbox objects and close the record.
+
+Chunk results (``control/work/<batch>/chunks/<n>.jsonl``) are written once each, so
+the outbox files assembled from them hold every custom_id exactly once, whichever
+runner (or how many crashed runners) produced them. For an expired or cancelled
+batch, lines of unfinished chunks become ``batch_expired`` / ``batch_cancelled``
+error lines and the partial results go to a ``partial-<batch_id>/`` sub-prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+from dropbatch.context import Context
+from dropbatch.engine.base import WorkChunk
+from dropbatch.engine.rows import read_chunk
+from dropbatch.errors import EngineError, ObjectExists, ObjectNotFound
+from dropbatch.jsonl import CANCELLED_MESSAGE, EXPIRED_MESSAGE, encode, error_line, is_success, iter_lines
+from dropbatch.models import BatchRecord, BatchStatus, RequestCounts, Usage
+from dropbatch.results import Summary, close_batch, read_summary
+from dropbatch.storage.keys import ControlKeys, OutputPrefix
+
+log = logging.getLogger("dropbatch.runner")
+
+_UNFINISHED = {
+    BatchStatus.EXPIRED: ("batch_expired", EXPIRED_MESSAGE),
+    BatchStatus.CANCELLED: ("batch_cancelled", CANCELLED_MESSAGE),
+}
+
+
+def work_chunks(ctx: Context, record: BatchRecord) -> list[WorkChunk]:
+    """The record's chunk plan as engine work items."""
+    return [
+        WorkChunk(
+            batch_id=record.id,
+            chunk=c.index,
+            content_sha256=record.content_sha256 or "",
+            endpoint=record.endpoint,
+            model=record.model or "",
+            bucket=ctx.inbox,
+            key=record.inputs[c.input].key,
+            start=c.start,
+            end=c.end,
+            first_line=c.first_line,
+            lines=c.lines,
+            sha256=c.sha256,
+            created=record.in_progress_at or record.created_at,
+        )
+        for c in record.chunks
+    ]
+
+
+def finished_chunks(ctx: Context, batch_id: str) -> dict[int, RequestCounts]:
+    """Chunks already checkpointed for ``batch_id``, with their counts."""
+    done: dict[int, RequestCounts] = {}
+    bucket = ctx.settings.storage.control_bucket
+    for info in ctx.store.list(bucket, ControlKeys.chunk_prefix(batch_id)):
+        index = int(info.key.rsplit("/", 1)[1].split(".")[0])
+        meta = ctx.store.head(bucket, info.key).metadata
+        done[index] = RequestCounts(
+            total=int(meta.get("total", 0)), completed=int(meta.get("completed", 0)), failed=int(meta.get("failed", 0))
+        )
+    return done
+
+
+def write_chunk_result(ctx: Context, batch_id: str, chunk: int, lines: list[dict], *, total: int) -> bool:
+    """Checkpoint one chunk's result lines; False if another runner already did (theirs stands)."""
+    completed = sum(1 for line in lines if is_success(line))
+    try:
+        ctx.store.put(
+            ctx.settings.storage.control_bucket,
+            ControlKeys.chunk_result(batch_id, chunk),
+            b"".join(encode(line) for line in lines),
+            if_none_match=True,
+            content_type="application/jsonl",
+            metadata={"total": str(total), "completed": str(completed), "failed": str(len(lines) - completed)},
+        )
+    except ObjectExists:
+        return False
+    return True
+
+
+def finalize(ctx: Context, record: BatchRecord, *, final: BatchStatus = BatchStatus.COMPLETED) -> BatchRecord:
+    """Write output.jsonl, errors.jsonl and summary.json (last), then close the record."""
+    partial = final != BatchStatus.COMPLETED
+    prefix = OutputPrefix(record.tenant, record.content_sha256 or "", partial_of=record.id if partial else None)
+    summary = read_summary(ctx, prefix)
+    if summary is None:
+        if final == BatchStatus.COMPLETED:
+            record = ctx.batches.update(
+                record.tenant, record.id, lambda b: b.transition(BatchStatus.FINALIZING, ctx.now())
+            )
+        summary = _write_outputs(ctx, record, prefix, final)
+    closed = close_batch(ctx, record, summary, final=final)
+    for info in list(ctx.store.list(ctx.settings.storage.control_bucket, ControlKeys.chunk_prefix(record.id))):
+        ctx.store.delete(ctx.settings.storage.control_bucket, info.key)
+    log.info(
+        "batch finished",
+        extra={
+            "tenant": record.tenant,
+            "batch_id": record.id,
+            "status": closed.status.value,
+            "completed": summary.request_counts.completed,
+            "failed": summary.request_counts.failed,
+        },
+    )
+    return closed
+
+
+def _write_outputs(ctx: Context, record: BatchRecord, prefix: OutputPrefix, final: BatchStatus) -> Summary:
+    counts = RequestCounts(total=record.request_counts.total)
+    usage = Usage()
+
+    def lines(want_success: bool) -> Iterator[bytes]:
+        for chunk in work_chunks(ctx, record):
+            for line in _chunk_lines(ctx, record, chunk, final):
+                if is_success(line) != want_success:
+                    continue
+                if want_success:
+                    counts.completed += 1
+                    body_usage = (line["response"]["body"] or {}).get("usage") or {}
+                    usage.add(body_usage.get("prompt_tokens", 0), body_usage.get("completion_tokens", 0))
+                else:
+                    counts.failed += 1
+                yield encode(line)
+
+    output = _upload_once(ctx, prefix.output_key, lines(True))
+    errors = _upload_once(ctx, prefix.errors_key, lines(False))
+    summary = Summary(
+        content_sha256=record.content_sha256 or "",
+        tenant=record.tenant,
+        endpoint=record.endpoint,
+        model=record.model or "",
+        request_counts=counts,
+        usage=usage,
+        output_bytes=output,
+        errors_bytes=errors,
+        output_key=prefix.output_key,
+        errors_key=prefix.errors_key,
+        summary_key=prefix.summary_key,
+        produced_by=record.id,
+        created_at=ctx.now(),
+        partial=final != BatchStatus.COMPLETED,
+    )
+    try:
+        ctx.store.put(
+            ctx.outbox, prefix.summary_key, summary.model_dump_json(indent=2).encode(), if_none_match=True,
+            content_type="application/json",
+        )
+    except ObjectExists:
+        existing = read_summary(ctx, prefix)
+        if existing is not None:
+            return existing
+    return summary
+
+
+def _upload_once(ctx: Context, key: str, chunks: Iterator[bytes]) -> int:
+    """Stream ``chunks`` to ``key`` unless identical content-addressed bytes are already there."""
+    try:
+        return ctx.store.upload_stream(ctx.outbox, key, chunks, if_none_match=True, content_type="application/jsonl").size
+    except ObjectExists:
+        # Same address, same work: another runner finished first. Drain the generator
+        # anyway so the counts reflect this batch, then report the existing object.
+        for _ in chunks:
+            pass
+        return ctx.store.head(ctx.outbox, key).size
+
+
+def _chunk_lines(ctx: Context, record: BatchRecord, chunk: WorkChunk, final: BatchStatus) -> Iterator[dict]:
+    """A chunk's result lines; for unfinished chunks of an expired/cancelled batch, error lines."""
+    try:
+        data, _ = ctx.store.get(ctx.settings.storage.control_bucket, ControlKeys.chunk_result(record.id, chunk.chunk))
+    except ObjectNotFound:
+        data = b""
+    done: set[str] = set()
+    for raw in data.splitlines():
+        line = json.loads(raw)
+        done.add(line["custom_id"])
+        yield line
+    if len(done) >= chunk.lines:
+        return
+    if final not in _UNFINISHED:
+        raise EngineError(f"chunk {chunk.chunk} of {record.id} is unfinished at completion")
+    code, message = _UNFINISHED[final]
+    source = read_chunk(chunk, ctx.store)
+    for raw in iter_lines([source], max_line_bytes=ctx.settings.limits.max_line_bytes):
+        try:
+            custom_id = json.loads(raw.data or b"")["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if custom_id not in done:
+            done.add(custom_id)
+            yield error_line(record.content_sha256 or "", custom_id, code, message)

@@ -1,0 +1,282 @@
+"""The runner: claim queued batches, run them together through one engine pass, finish them.
+
+One ``run_once`` is one pipeline run over every batch it could claim (up to
+``coalesce_max_lines``), because engine start-up, not generation, dominates
+small jobs. Progress is checkpointed per chunk as results stream back; a runner
+that dies loses only its unfinished chunks, which the next lease holder reruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dropbatch.context import Context
+from dropbatch.engine.base import Engine, LineResult, WorkChunk
+from dropbatch.engine.requests import TASK_OF_ENDPOINT
+from dropbatch.errors import DropbatchError, NotFound
+from dropbatch.models import BatchRecord, BatchStatus, RequestCounts
+from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
+from dropbatch.results import close_batch, read_summary
+from dropbatch.storage.keys import OutputPrefix
+from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_result
+
+log = logging.getLogger("dropbatch.runner")
+
+PROGRESS_EVERY_SECONDS = 1.0
+
+
+@dataclass
+class Claimed:
+    """A batch this runner holds the lease on, and what is left of it."""
+
+    entry: QueueEntry
+    lease: Lease
+    record: BatchRecord
+    remaining: dict[int, WorkChunk]
+    committed: RequestCounts
+    buffers: dict[int, list[dict]] = field(default_factory=dict)
+    inflight: RequestCounts = field(default_factory=RequestCounts)
+    stop_as: BatchStatus | None = None  # set when the batch must end early (cancel, expiry)
+    lost: bool = False
+
+    @property
+    def lines_left(self) -> int:
+        return sum(c.lines for c in self.remaining.values())
+
+
+class Runner:
+    def __init__(self, ctx: Context, engine: Engine, *, owner: str | None = None) -> None:
+        self.ctx = ctx
+        self.engine = engine
+        self.owner = owner or runner_identity()
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def claim_group(self) -> list[Claimed]:
+        """Lease queued batches, earliest deadline first, up to the coalescing limit."""
+        ctx = self.ctx
+        limit = ctx.settings.limits.coalesce_max_lines
+        group: list[Claimed] = []
+        addresses: set[str] = set()
+        for entry in ctx.queue.entries():
+            if group and sum(c.lines_left for c in group) >= limit:
+                break
+            lease = ctx.queue.claim(entry.batch_id, self.owner, ctx.settings.service.lease_seconds)
+            if lease is None:
+                continue
+            try:
+                record = ctx.batches.get(entry.tenant, entry.batch_id)
+            except NotFound:
+                self._done(entry, lease)
+                continue
+            if self._settle_without_engine(entry, lease, record):
+                continue
+            if record.content_sha256 in addresses:
+                ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
+                continue
+            addresses.add(record.content_sha256 or "")
+            done = finished_chunks(ctx, record.id)
+            committed = RequestCounts(
+                total=record.request_counts.total,
+                completed=sum(c.completed for c in done.values()),
+                failed=sum(c.failed for c in done.values()),
+            )
+            remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
+            group.append(Claimed(entry, lease, record, remaining, committed))
+        return group
+
+    def _settle_without_engine(self, entry: QueueEntry, lease: Lease, record: BatchRecord) -> bool:
+        """Finish batches that need no engine run; True if ``record`` was settled here."""
+        ctx = self.ctx
+        final = None
+        if record.status.is_terminal:
+            self._done(entry, lease)
+            return True
+        if record.status == BatchStatus.CANCELLING:
+            final = BatchStatus.CANCELLED
+        elif record.expires_at is not None and ctx.now() >= record.expires_at:
+            final = BatchStatus.EXPIRED  # never start a batch already past its deadline
+        elif record.status == BatchStatus.FINALIZING:
+            final = BatchStatus.COMPLETED  # a runner died while finalizing
+        elif record.status != BatchStatus.IN_PROGRESS:
+            ctx.queue.release(lease)
+            return True
+        else:
+            summary = read_summary(ctx, OutputPrefix(record.tenant, record.content_sha256 or ""))
+            if summary is not None and not summary.partial:
+                close_batch(ctx, record, summary, cached=True)
+                self._done(entry, lease)
+                return True
+            return False
+        finalize(ctx, record, final=final)
+        self._done(entry, lease)
+        return True
+
+    def _done(self, entry: QueueEntry, lease: Lease) -> None:
+        self.ctx.queue.remove(entry)
+        self.ctx.queue.release(lease)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim what is queued, run it through the engine, finish it. Returns batches touched."""
+        group = self.claim_group()
+        if not group:
+            return 0
+        keeper = _LeaseKeeper(self.ctx, group)
+        keeper.start()
+        try:
+            self._execute(group, keeper)
+        finally:
+            keeper.stop()
+        for claimed in group:
+            self._settle(claimed)
+        return len(group)
+
+    def _execute(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> None:
+        by_batch = {c.record.id: c for c in group}
+        by_task: dict[str, list[WorkChunk]] = {}
+        for claimed in group:
+            for chunk in claimed.remaining.values():
+                by_task.setdefault(TASK_OF_ENDPOINT[chunk.endpoint], []).append(chunk)
+        log.info(
+            "engine run",
+            extra={"batches": len(group), "lines": sum(c.lines_left for c in group), "tasks": sorted(by_task)},
+        )
+        last_progress = time.monotonic()
+        for chunks in by_task.values():
+            results = self.engine.run(chunks)
+            try:
+                for result in results:
+                    self._collect(by_batch[result.batch_id], result)
+                    if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
+                        last_progress = time.monotonic()
+                        if self._publish_progress(group, keeper):
+                            return  # a batch must stop now: end this engine pass
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
+        self._publish_progress(group, keeper)
+
+    def _collect(self, claimed: Claimed, result: LineResult) -> None:
+        if claimed.lost or claimed.stop_as is not None:
+            return
+        chunk = claimed.remaining.get(result.chunk)
+        if chunk is None:
+            return
+        buffer = claimed.buffers.setdefault(result.chunk, [])
+        buffer.append(result.line)
+        if result.ok:
+            claimed.inflight.completed += 1
+        else:
+            claimed.inflight.failed += 1
+        if len(buffer) == chunk.lines:
+            write_chunk_result(self.ctx, claimed.record.id, result.chunk, buffer, total=chunk.lines)
+            ok = sum(1 for line in buffer if line.get("error") is None and line["response"]["status_code"] < 300)
+            claimed.committed.completed += ok
+            claimed.committed.failed += len(buffer) - ok
+            claimed.inflight.completed -= ok
+            claimed.inflight.failed -= len(buffer) - ok
+            del claimed.buffers[result.chunk]
+            del claimed.remaining[result.chunk]
+
+    def _publish_progress(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> bool:
+        """Move request_counts on the records; returns True if some batch must stop early."""
+        must_stop = False
+        for claimed in group:
+            if claimed.lease.batch_id in keeper.lost:
+                claimed.lost = True
+                must_stop = True
+                continue
+            if claimed.stop_as is not None:
+                continue
+            counts = RequestCounts(
+                total=claimed.committed.total,
+                completed=claimed.committed.completed + claimed.inflight.completed,
+                failed=claimed.committed.failed + claimed.inflight.failed,
+            )
+
+            def move(batch: BatchRecord, counts: RequestCounts = counts) -> None:
+                if batch.status == BatchStatus.IN_PROGRESS:
+                    batch.request_counts = counts
+
+            try:
+                record = self.ctx.batches.update(claimed.record.tenant, claimed.record.id, move)
+            except DropbatchError as exc:
+                log.warning("progress update failed", extra={"batch_id": claimed.record.id, "error": str(exc)})
+                continue
+            if record.status == BatchStatus.CANCELLING:
+                claimed.stop_as = BatchStatus.CANCELLED
+            elif record.expires_at is not None and self.ctx.now() >= record.expires_at and claimed.remaining:
+                claimed.stop_as = BatchStatus.EXPIRED
+            must_stop = must_stop or claimed.stop_as is not None
+        return must_stop
+
+    def _settle(self, claimed: Claimed) -> None:
+        """After the engine pass: finish the batch, or hand it back for another pass."""
+        ctx = self.ctx
+        if claimed.lost:
+            log.warning("lease lost; another runner finishes this batch", extra={"batch_id": claimed.record.id})
+            return
+        if claimed.stop_as is not None:
+            # Keep the lines that did finish: checkpoint partial chunks, then close early.
+            for index, lines in claimed.buffers.items():
+                write_chunk_result(ctx, claimed.record.id, index, lines, total=claimed.remaining[index].lines)
+            record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
+            finalize(ctx, record, final=claimed.stop_as)
+            self._done(claimed.entry, claimed.lease)
+            return
+        if claimed.remaining:
+            ctx.queue.release(claimed.lease)  # the pass ended early; the next pass continues it
+            return
+        record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
+        finalize(ctx, record)
+        self._done(claimed.entry, claimed.lease)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve forever: one engine pass whenever work is queued."""
+        log.info("runner started", extra={"owner": self.owner})
+        while not stop.is_set():
+            try:
+                touched = self.run_once()
+            except DropbatchError as exc:
+                log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
+                touched = 0
+            if not touched:
+                stop.wait(self.ctx.settings.service.poll_seconds)
+
+
+class _LeaseKeeper:
+    """Renews the group's leases in the background while the engine runs."""
+
+    def __init__(self, ctx: Context, group: Sequence[Claimed]) -> None:
+        self.ctx = ctx
+        self.leases = [c.lease for c in group]
+        self.lost: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        seconds = self.ctx.settings.service.lease_seconds
+        while not self._stop.wait(max(0.5, seconds / 3)):
+            for lease in self.leases:
+                if lease.batch_id in self.lost:
+                    continue
+                try:
+                    self.ctx.queue.renew(lease, seconds)
+                except LeaseLost:
+                    self.lost.add(lease.batch_id)
+                except DropbatchError as exc:
+                    log.warning("lease renewal failed; retrying", extra={"batch_id": lease.batch_id, "error": str(exc)})

@@ -1,0 +1,255 @@
+"""Admission of one drop-box job: verify, check quota, validate, then queue (or answer from cache).
+
+Every step is safe to repeat, so duplicate, reordered or replayed S3 events and a
+watcher crash between any two steps all converge on the same record:
+
+    manifest bytes ─▶ batch id (hash of tenant, job, manifest bytes)
+    record created (If-None-Match) ─▶ verify ─▶ nonce claimed (names this batch)
+    ─▶ inputs hashed + lines validated + chunks planned ─▶ quota reserved (by batch id)
+    ─▶ answered from the outbox if the same work exists, else in_progress + queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from dropbatch.context import Context
+from dropbatch.engine.requests import engine_fingerprint
+from dropbatch.errors import (
+    DropbatchError,
+    InvalidRequest,
+    ManifestRejected,
+    NotFound,
+    ObjectExists,
+    ObjectNotFound,
+    QuotaExceeded,
+)
+from dropbatch.ids import batch_id_for, content_address
+from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord
+from dropbatch.queue import QueueEntry
+from dropbatch.records import audit
+from dropbatch.results import close_batch, read_summary, result_location
+from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix
+from manifests import Manifest, loads, verify_signature
+from watcher.scan import scan_inputs
+
+log = logging.getLogger("dropbatch.watcher")
+
+
+def admit_manifest(ctx: Context, ref: JobRef) -> BatchRecord | None:
+    """Take the job at ``ref`` as far as it can go; returns its batch record.
+
+    Returns None when the manifest is gone (deleted before we got to it).
+    """
+    try:
+        data, _ = ctx.store.get(ctx.inbox, ref.manifest_key)
+    except ObjectNotFound:
+        return None
+    manifest_sha256 = hashlib.sha256(data).hexdigest()
+    batch_id = batch_id_for(ref.tenant, ref.job, manifest_sha256)
+    try:
+        manifest: Manifest | None = loads(data)
+        problem: DropbatchError | None = None
+    except ManifestRejected as exc:
+        manifest, problem = None, exc
+
+    record = _open_record(ctx, ref, batch_id, manifest)
+    if record.status != BatchStatus.VALIDATING:
+        _ensure_follow_up(ctx, ref, record)
+        return record
+    try:
+        if manifest is None:
+            raise problem or ManifestRejected("The manifest could not be read.", code="invalid_manifest")
+        return _admit(ctx, ref, record, manifest)
+    except (InvalidRequest, QuotaExceeded) as exc:
+        return reject(ctx, ref, record, exc)
+
+
+def _open_record(ctx: Context, ref: JobRef, batch_id: str, manifest: Manifest | None) -> BatchRecord:
+    """The batch record for this manifest, created in ``validating`` if it is new."""
+    try:
+        return ctx.batches.get(ref.tenant, batch_id)
+    except NotFound:
+        pass
+    now = ctx.now()
+    record = BatchRecord(
+        id=batch_id,
+        endpoint=manifest.endpoint if manifest else "",
+        input_file_id="",
+        status=BatchStatus.VALIDATING,
+        created_at=now,
+        expires_at=now + ctx.settings.limits.completion_window_seconds,
+        metadata=manifest.metadata if manifest else None,
+        model=manifest.model if manifest else None,
+        tenant=ref.tenant,
+        job=ref.job,
+        manifest_key=ref.manifest_key,
+        updated_at=now,
+    )
+    try:
+        ctx.batches.create(record)
+    except ObjectExists:
+        record = ctx.batches.get(ref.tenant, batch_id)
+    ctx.batches.point_job(ref, batch_id)
+    return record
+
+
+def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -> BatchRecord:
+    _verify(ctx, ref, record, manifest)
+    limits = ctx.settings.limits
+    scan = scan_inputs(
+        ctx.store, ctx.inbox, manifest.inputs, endpoint=manifest.endpoint, model=manifest.model, limits=limits
+    )
+    if scan.errors:
+        if scan.error_count > len(scan.errors):
+            scan.errors.append(
+                BatchError(code="too_many_errors", message=f"{scan.error_count - len(scan.errors)} more errors not listed.")
+            )
+        return _fail(ctx, ref, record, "invalid_input", "The input file failed validation.", scan.errors)
+    tenant = ctx.tenants.get(ref.tenant)
+    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.lines)
+
+    sha256 = content_address(
+        input_sha256s=[item.sha256 for item in manifest.inputs],
+        model=manifest.model,
+        endpoint=manifest.endpoint,
+        engine_fingerprint=engine_fingerprint(ctx.settings.engine),
+    )
+    prefix = OutputPrefix(ref.tenant, sha256)
+    input_file_id = record.input_file_id or _register_input_file(ctx, ref, manifest)
+
+    def plan(batch: BatchRecord) -> None:
+        batch.endpoint = manifest.endpoint
+        batch.model = manifest.model
+        batch.metadata = manifest.metadata or batch.metadata
+        batch.input_file_id = batch.input_file_id or input_file_id
+        batch.inputs = list(manifest.inputs)
+        batch.chunks = scan.chunks
+        batch.content_sha256 = sha256
+        batch.result = result_location(ctx, prefix)
+        batch.request_counts.total = scan.lines
+
+    record = ctx.batches.update(ref.tenant, record.id, plan)
+    summary = read_summary(ctx, prefix)
+    if summary is not None and not summary.partial:
+        log.info("answered from the outbox", extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job})
+        return close_batch(ctx, record, summary, cached=True)
+
+    record = ctx.batches.update(ref.tenant, record.id, lambda b: b.transition(BatchStatus.IN_PROGRESS, ctx.now()))
+    _ensure_follow_up(ctx, ref, record)
+    audit(ctx.records, "batch.admitted", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, lines=scan.lines)
+    log.info(
+        "admitted",
+        extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "lines": scan.lines, "chunks": len(scan.chunks)},
+    )
+    return record
+
+
+def _verify(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -> None:
+    if manifest.tenant != ref.tenant or manifest.job != ref.job:
+        raise ManifestRejected(
+            f"The manifest is for {manifest.tenant}/{manifest.job} but was uploaded to {ref}.",
+            code="prefix_mismatch",
+        )
+    try:
+        ctx.tenants.get(ref.tenant)
+    except NotFound:
+        raise ManifestRejected(f"Tenant {ref.tenant!r} does not exist.", code="unknown_tenant") from None
+    try:
+        key = ctx.tenants.signing_key(manifest.key_id)
+    except NotFound:
+        key = None
+    if key is None or key.tenant != ref.tenant:
+        raise ManifestRejected(f"Signing key {manifest.key_id!r} is not a key of this tenant.", code="unknown_key")
+    if key.revoked_at is not None:
+        raise ManifestRejected(f"Signing key {manifest.key_id!r} has been revoked.", code="revoked_key")
+    verify_signature(manifest, key.secret)
+    if manifest.model != ctx.settings.engine.model_name:
+        raise ManifestRejected(
+            f"The model {manifest.model!r} does not exist; this deployment serves {ctx.settings.engine.model_name!r}.",
+            code="model_not_found",
+        )
+    nonce_key = ControlKeys.nonce(ref.tenant, manifest.nonce)
+    try:
+        ctx.store.put(ctx.settings.storage.control_bucket, nonce_key, record.id.encode(), if_none_match=True)
+    except ObjectExists:
+        owner, _ = ctx.store.get(ctx.settings.storage.control_bucket, nonce_key)
+        if owner.decode() != record.id:
+            raise ManifestRejected(
+                "The manifest's nonce was already used by another manifest (a replay).", code="replayed_nonce"
+            ) from None
+
+
+def _register_input_file(ctx: Context, ref: JobRef, manifest: Manifest) -> str:
+    """A File record for the job's first input, so /v1/files/{id}/content serves it too."""
+    first = manifest.inputs[0]
+    file_id = "file-" + hashlib.sha256(f"input\0{ref.tenant}\0{first.key}\0{first.sha256}".encode()).hexdigest()[:24]
+    try:
+        ctx.files.create(
+            FileRecord(
+                id=file_id,
+                bytes=first.size,
+                created_at=ctx.now(),
+                filename=first.key.rsplit("/", 1)[-1],
+                purpose="batch",
+                tenant=ref.tenant,
+                bucket=ctx.inbox,
+                key=first.key,
+                sha256=first.sha256,
+            )
+        )
+    except ObjectExists:
+        pass
+    return file_id
+
+
+def reject(ctx: Context, ref: JobRef, record: BatchRecord, exc: DropbatchError) -> BatchRecord:
+    """Fail the batch with the reason, readable next to the manifest; nothing runs."""
+    line = getattr(exc, "line", None)
+    error = BatchError(code=exc.code, message=exc.message, line=line, param=exc.param)
+    return _fail(ctx, ref, record, exc.code, exc.message, [error])
+
+
+def _fail(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str, errors: list[BatchError]) -> BatchRecord:
+    record = ctx.batches.update(ref.tenant, record.id, lambda b: b.fail(errors, ctx.now()) if not b.status.is_terminal else None)
+    _write_rejection(ctx, ref, record, code, reason)
+    audit(ctx.records, "batch.rejected", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, code=code)
+    log.warning("rejected", extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "code": code})
+    return record
+
+
+def _write_rejection(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str) -> None:
+    body = {
+        "object": "dropbatch.rejection",
+        "batch_id": record.id,
+        "tenant": ref.tenant,
+        "job": ref.job,
+        "code": code,
+        "reason": reason,
+        "errors": [e.model_dump() for e in (record.errors.data if record.errors else [])],
+        "rejected_at": record.failed_at,
+    }
+    ctx.store.put(
+        ctx.inbox, ref.rejection_key, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json"
+    )
+
+
+def _ensure_follow_up(ctx: Context, ref: JobRef, record: BatchRecord) -> None:
+    """Redo the idempotent last step of an admission that may have been interrupted."""
+    if record.status == BatchStatus.IN_PROGRESS:
+        ctx.queue.enqueue(
+            QueueEntry(
+                batch_id=record.id,
+                tenant=record.tenant,
+                deadline=record.expires_at or record.created_at,
+                lines=record.request_counts.total,
+            )
+        )
+    elif record.status == BatchStatus.FAILED and record.source == "dropbox":
+        try:
+            ctx.store.head(ctx.inbox, ref.rejection_key)
+        except ObjectNotFound:
+            code = record.errors.data[0].code if record.errors and record.errors.data else "rejected"
+            _write_rejection(ctx, ref, record, code, "The batch failed validation.")

@@ -1,0 +1,154 @@
+"""One streaming pass over a job's inputs: verify bytes, validate lines, cut chunks.
+
+Memory is bounded by one chunk (``CHUNK_MAX_BYTES`` plus one line) however large
+the input: bytes are hashed as they stream past, and only the current chunk's
+bytes are kept, to hash it separately for the runner's own integrity check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from dropbatch.errors import InvalidRequest, ManifestRejected
+from dropbatch.jsonl import iter_lines, parse_request_line
+from dropbatch.models import BatchError, Chunk, InputObject
+from dropbatch.settings import LimitSettings
+from dropbatch.storage.base import ObjectStore
+
+CHUNK_MAX_BYTES = 8 * 1024 * 1024
+MAX_LISTED_ERRORS = 100
+
+
+@dataclass
+class ScanResult:
+    lines: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+    errors: list[BatchError] = field(default_factory=list)
+    error_count: int = 0
+
+    def add_error(self, error: BatchError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(error)
+
+
+class _ChunkCutter:
+    """Keeps the bytes of the current chunk and closes chunks at line starts."""
+
+    def __init__(self, input_index: int, limits: LimitSettings, out: list[Chunk]) -> None:
+        self.input_index = input_index
+        self.limits = limits
+        self.out = out
+        self.pending = bytearray()
+        self.start = 0
+        self.first_line = 1
+        self.lines = 0
+
+    def feed(self, source: Iterator[bytes]) -> Iterator[bytes]:
+        for data in source:
+            self.pending += data
+            yield data
+
+    def before_line(self, offset: int, number: int) -> None:
+        """Called for each request line; closes the current chunk first if it is full."""
+        full = self.lines >= self.limits.chunk_lines or offset - self.start >= CHUNK_MAX_BYTES
+        if self.lines and full:
+            self.close(offset)
+            self.first_line = number
+        self.lines += 1
+
+    def close(self, end: int) -> None:
+        size = end - self.start
+        digest = hashlib.sha256(self.pending[:size]).hexdigest()
+        del self.pending[:size]
+        if self.lines:
+            self.out.append(
+                Chunk(
+                    index=len(self.out),
+                    input=self.input_index,
+                    start=self.start,
+                    end=end,
+                    first_line=self.first_line,
+                    lines=self.lines,
+                    sha256=digest,
+                )
+            )
+        self.start = end
+        self.lines = 0
+
+
+def scan_inputs(
+    store: ObjectStore,
+    bucket: str,
+    inputs: list[InputObject],
+    *,
+    endpoint: str,
+    model: str,
+    limits: LimitSettings,
+) -> ScanResult:
+    """Check every input against the manifest and every line against OpenAI's rules.
+
+    Raises ``ManifestRejected`` when an input's bytes are not the ones signed for;
+    line problems are collected in the result (the batch then fails validation).
+    """
+    total = sum(item.size for item in inputs)
+    if total > limits.max_file_bytes:
+        raise InvalidRequest(
+            f"The input is {total} bytes; at most {limits.max_file_bytes} are allowed.", code="file_too_large"
+        )
+    result = ScanResult()
+    seen: set[str] = set()
+    for index, item in enumerate(inputs):
+        hasher = hashlib.sha256()
+        size = 0
+        cutter = _ChunkCutter(index, limits, result.chunks)
+
+        def counted(source: Iterator[bytes]) -> Iterator[bytes]:
+            nonlocal size
+            for data in source:
+                hasher.update(data)
+                size += len(data)
+                yield data
+
+        stream = cutter.feed(counted(store.iter_bytes(bucket, item.key)))
+        for raw in iter_lines(stream, max_line_bytes=limits.max_line_bytes):
+            cutter.before_line(raw.offset, raw.number)
+            result.lines += 1
+            if result.lines == limits.max_file_lines + 1:
+                result.add_error(
+                    BatchError(
+                        code="too_many_requests",
+                        message=f"A batch may hold at most {limits.max_file_lines} requests.",
+                        line=raw.number,
+                    )
+                )
+            try:
+                request = parse_request_line(raw, endpoint=endpoint, model=model)
+            except InvalidRequest as exc:
+                result.add_error(BatchError(code=exc.code, message=exc.message, line=exc.line, param=exc.param))
+                continue
+            if request.custom_id in seen:
+                result.add_error(
+                    BatchError(
+                        code="duplicate_custom_id",
+                        message=f"Line {raw.number}: custom_id {request.custom_id!r} appears more than once.",
+                        line=raw.number,
+                        param="custom_id",
+                    )
+                )
+            seen.add(request.custom_id)
+            # Bound memory: once too many lines, keep hashing but stop remembering ids.
+            if len(seen) > limits.max_file_lines:
+                seen.clear()
+        cutter.close(size)
+        if size != item.size or hasher.hexdigest() != item.sha256:
+            raise ManifestRejected(
+                f"Input {item.key} does not match the manifest (size {size} vs {item.size}, "
+                "or its sha256 differs): it changed after signing.",
+                code="input_mismatch",
+            )
+    if result.lines == 0:
+        result.add_error(BatchError(code="empty_file", message="The input has no request lines."))
+    return result

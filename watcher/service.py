@@ -1,0 +1,127 @@
+"""The watcher service: S3 events from SQS when configured, a listing sweep always.
+
+Both feed the same ``admit_manifest`` call; the sweep catches lost or delayed
+events (and is the only source when there is no queue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from urllib.parse import unquote_plus
+
+from dropbatch.context import Context
+from dropbatch.errors import DropbatchError
+from dropbatch.storage.keys import MANIFEST_NAME, job_of_manifest_key
+from dropbatch.storage.s3 import call_aws, make_client
+from watcher.admission import admit_manifest
+
+log = logging.getLogger("dropbatch.watcher")
+
+
+def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
+    """Inbox manifest keys named by one SQS message (an S3 event notification)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return []
+    keys = []
+    for record in event.get("Records", []) if isinstance(event, dict) else []:
+        s3 = record.get("s3", {})
+        if s3.get("bucket", {}).get("name") != inbox_bucket:
+            continue
+        # S3 (and moto) URL-encode keys in events, '/' included.
+        key = unquote_plus(s3.get("object", {}).get("key", ""))
+        if key.endswith("/" + MANIFEST_NAME):
+            keys.append(key)
+    return keys
+
+
+class SqsIntake:
+    """Receives S3 event notifications from the intake queue."""
+
+    def __init__(self, ctx: Context, queue_url: str) -> None:
+        self.client = make_client("sqs", ctx.settings.storage)
+        self.queue_url = queue_url
+        self.inbox = ctx.inbox
+
+    def receive(self, wait_seconds: int) -> list[tuple[str, list[str]]]:
+        resp = call_aws(
+            self.client.receive_message,
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_seconds,
+            what="sqs",
+        )
+        return [
+            (m["ReceiptHandle"], manifest_keys_in_message(m.get("Body", ""), self.inbox))
+            for m in resp.get("Messages", [])
+        ]
+
+    def ack(self, receipt: str) -> None:
+        call_aws(self.client.delete_message, QueueUrl=self.queue_url, ReceiptHandle=receipt, what="sqs")
+
+
+class Watcher:
+    def __init__(self, ctx: Context, *, events: SqsIntake | None = None) -> None:
+        self.ctx = ctx
+        self.events = events
+        self._seen: set[tuple[str, str]] = set()
+        self._last_sweep = 0.0
+
+    def handle(self, key: str, etag: str | None = None) -> bool:
+        """Admit the job whose manifest is ``key``; False if it must be retried later."""
+        ref = job_of_manifest_key(key)
+        if ref is None:
+            return True
+        try:
+            admit_manifest(self.ctx, ref)
+        except DropbatchError as exc:
+            log.error("admission failed; will retry", extra={"key": key, "error": str(exc)})
+            return False
+        if etag is not None:
+            self._seen.add((key, etag))
+        return True
+
+    def sweep(self) -> int:
+        """List the inbox and admit every manifest not yet handled by this process."""
+        handled = 0
+        self._last_sweep = time.monotonic()
+        for info in self.ctx.store.list(self.ctx.inbox):
+            if not info.key.endswith("/" + MANIFEST_NAME) or (info.key, info.etag) in self._seen:
+                continue
+            if self.handle(info.key, info.etag):
+                handled += 1
+        return handled
+
+    def drain_events(self, wait_seconds: int = 0) -> int:
+        if self.events is None:
+            return 0
+        handled = 0
+        for receipt, keys in self.events.receive(wait_seconds):
+            if all(self.handle(key) for key in keys):
+                self.events.ack(receipt)  # else SQS redelivers it after the visibility timeout
+                handled += len(keys)
+        return handled
+
+    def run_once(self) -> int:
+        """Burst mode: take every pending event, then sweep once. Tests drain with this."""
+        return self.drain_events(0) + self.sweep()
+
+    def run(self, stop: threading.Event) -> None:
+        service = self.ctx.settings.service
+        log.info("watcher started", extra={"intake": "sqs+sweep" if self.events else "poll"})
+        while not stop.is_set():
+            try:
+                if self.events is not None:
+                    self.drain_events(wait_seconds=max(1, min(20, int(service.poll_seconds))))
+                    if time.monotonic() - self._last_sweep >= service.sweep_seconds:
+                        self.sweep()
+                else:
+                    self.sweep()
+                    stop.wait(service.poll_seconds)
+            except DropbatchError as exc:
+                log.error("intake pass failed", extra={"error": str(exc)})
+                stop.wait(service.poll_seconds)
