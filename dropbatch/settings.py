@@ -93,8 +93,8 @@ class EngineSettings(_Frozen):
     gpu_memory_utilization: float = Field(
         0.9, description="Fraction of GPU memory vLLM may take for weights + KV cache."
     )
-    cpu_kvcache_gib: float = Field(
-        1.0, description="VLLM_CPU_KVCACHE_SPACE on the CPU build; unset makes start-up flaky."
+    cpu_kvcache_gib: int = Field(
+        1, ge=1, description="KV cache GiB on the CPU build (VLLM_CPU_KVCACHE_SPACE); unset makes start-up flaky."
     )
     batch_size: int | None = Field(
         None, description="Rows per Ray Data batch into the engine; the planner derives it if unset."
@@ -283,7 +283,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_MAX_NUM_SEQS": ("engine", "max_num_seqs", _optional_int, ()),
     "DROPBATCH_MAX_NUM_BATCHED_TOKENS": ("engine", "max_num_batched_tokens", _optional_int, ()),
     "DROPBATCH_GPU_MEMORY_UTILIZATION": ("engine", "gpu_memory_utilization", float, ()),
-    "DROPBATCH_CPU_KVCACHE_GIB": ("engine", "cpu_kvcache_gib", float, ()),
+    "DROPBATCH_CPU_KVCACHE_GIB": ("engine", "cpu_kvcache_gib", int, ()),
     "DROPBATCH_ENGINE_BATCH_SIZE": ("engine", "batch_size", _optional_int, ()),
     "DROPBATCH_ENGINE_CONCURRENCY": ("engine", "concurrency", int, ()),
     "DROPBATCH_DEFAULT_MAX_TOKENS": ("engine", "default_max_tokens", int, ()),

@@ -18,6 +18,7 @@ from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
 from dropbatch.errors import DropbatchError, NotFound
+from dropbatch.jsonl import is_success
 from dropbatch.models import BatchRecord, BatchStatus, RequestCounts
 from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
@@ -38,7 +39,7 @@ class Claimed:
     record: BatchRecord
     remaining: dict[int, WorkChunk]
     committed: RequestCounts
-    buffers: dict[int, list[dict]] = field(default_factory=dict)
+    buffers: dict[int, dict[str, dict]] = field(default_factory=dict)  # chunk → custom_id → line
     inflight: RequestCounts = field(default_factory=RequestCounts)
     stop_as: BatchStatus | None = None  # set when the batch must end early (cancel, expiry)
     lost: bool = False
@@ -169,19 +170,22 @@ class Runner:
         chunk = claimed.remaining.get(result.chunk)
         if chunk is None:
             return
-        buffer = claimed.buffers.setdefault(result.chunk, [])
-        buffer.append(result.line)
+        buffer = claimed.buffers.setdefault(result.chunk, {})
+        if result.custom_id in buffer:
+            return  # Ray retried a batch after an engine actor died: keep the first answer
+        buffer[result.custom_id] = result.line
         if result.ok:
             claimed.inflight.completed += 1
         else:
             claimed.inflight.failed += 1
         if len(buffer) == chunk.lines:
-            write_chunk_result(self.ctx, claimed.record.id, result.chunk, buffer, total=chunk.lines)
-            ok = sum(1 for line in buffer if line.get("error") is None and line["response"]["status_code"] < 300)
+            lines = list(buffer.values())
+            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=chunk.lines)
+            ok = sum(1 for line in lines if is_success(line))
             claimed.committed.completed += ok
-            claimed.committed.failed += len(buffer) - ok
+            claimed.committed.failed += len(lines) - ok
             claimed.inflight.completed -= ok
-            claimed.inflight.failed -= len(buffer) - ok
+            claimed.inflight.failed -= len(lines) - ok
             del claimed.buffers[result.chunk]
             del claimed.remaining[result.chunk]
 
@@ -226,7 +230,7 @@ class Runner:
         if claimed.stop_as is not None:
             # Keep the lines that did finish: checkpoint partial chunks, then close early.
             for index, lines in claimed.buffers.items():
-                write_chunk_result(ctx, claimed.record.id, index, lines, total=claimed.remaining[index].lines)
+                write_chunk_result(ctx, claimed.record.id, index, list(lines.values()), total=claimed.remaining[index].lines)
             record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
             finalize(ctx, record, final=claimed.stop_as)
             self._done(claimed.entry, claimed.lease)

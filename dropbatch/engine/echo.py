@@ -63,6 +63,6 @@ class EchoEngine:
             }
         if "sampling_params" not in row:
             return {**out, "embeddings": [float(len(prompt)), float(len(words)), 1.0]}
-        budget = int(row["sampling_params"]["max_tokens"])
+        budget = int(row["max_tokens"])
         reply = list(reversed(words))[:budget]
         return {**out, "generated_text": " ".join(reply), "num_generated_tokens": len(reply)}

@@ -91,6 +91,8 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: EngineSettings, *, max_l
                     yield {**base, "prompt": text, "sub_index": index, "sub_count": len(inputs)}
                 continue
             params = {**_SAMPLING_DEFAULTS, **sampling_params(request.body, engine)}
+            # The engine stage consumes sampling_params; keep the budget for finish_reason.
+            base["max_tokens"] = params["max_tokens"]
             if chunk.endpoint == "/v1/chat/completions":
                 base["messages_json"] = json.dumps(chat_messages(request.body))
             else:
@@ -102,6 +104,7 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: EngineSettings, *, max_l
             stand_in = {"prompt": "x"}
             if task != EMBED:
                 stand_in["sampling_params"] = {**_SAMPLING_DEFAULTS, "max_tokens": 1}
+                stand_in["max_tokens"] = 1
             yield {**base, **stand_in, "preflight_error": json.dumps(problem)}
 
 
@@ -142,7 +145,7 @@ def finish_line(chunk: WorkChunk, rows: list[dict[str, Any]]) -> LineResult:
     else:
         row = rows[0]
         completion_tokens = int(row.get("num_generated_tokens") or 0)
-        limit = int(row["sampling_params"]["max_tokens"])
+        limit = int(row["max_tokens"])
         build = chat_completion_body if chunk.endpoint == "/v1/chat/completions" else text_completion_body
         body = build(
             content_sha256=chunk.content_sha256,
