@@ -149,6 +149,9 @@ class BatchRecord(Batch):
     source: Literal["dropbox", "api"] = "dropbox"
     manifest_key: str | None = None
     inputs: list[InputObject] = Field(default_factory=list)
+    input_etags: list[str] = Field(
+        default_factory=list, description="ETags of the inputs as admitted; a runner refuses changed bytes."
+    )
     chunks: list[Chunk] = Field(default_factory=list)
     content_sha256: str | None = None
     result: ResultLocation | None = None

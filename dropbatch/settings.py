@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dropbatch.errors import ConfigError
 
@@ -186,10 +186,16 @@ class Settings(_Frozen):
             # Local emulators accept any credentials; real AWS uses boto3's own chain.
             storage.setdefault("access_key_id", "test")
             storage.setdefault("secret_access_key", "test")
-        try:
-            return cls(**{name: _GROUP_TYPES[name](**values) for name, values in groups.items()})
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        built = {}
+        for name, values in groups.items():
+            try:
+                built[name] = _GROUP_TYPES[name](**values)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = str(first["loc"][0]) if first.get("loc") else ""
+                var = next((v for v, (g, f, _, _) in ENV_VARS.items() if (g, f) == (name, field)), f"{name}.{field}")
+                raise ConfigError(f"{var}={values.get(field)!r} is not valid: {first['msg']}") from exc
+        return cls(**built)
 
     def with_endpoint(self, endpoint_url: str) -> Settings:
         """A copy pointing at ``endpoint_url`` (used by `dropbatch up` for its embedded server)."""
@@ -205,9 +211,11 @@ class Settings(_Frozen):
     def to_env(self) -> dict[str, str]:
         """The ``DROPBATCH_*`` variables that rebuild these settings in a child process."""
         env: dict[str, str] = {}
-        for var, (group, field, _parse, _fallbacks) in ENV_VARS.items():
+        for var, (group, field, parse, _fallbacks) in ENV_VARS.items():
             value = getattr(getattr(self, group), field)
             if value is None:
+                if parse is _optional_int:
+                    env[var] = "auto"
                 continue
             if isinstance(value, bool):
                 env[var] = "1" if value else "0"

@@ -6,6 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dropbatch.errors import InvalidRequest
 from dropbatch.models import ENDPOINTS, InputObject
 from dropbatch.storage.keys import MANIFEST_NAME, REJECTION_NAME, check_name
 
@@ -15,6 +16,13 @@ MAX_INPUTS = 100
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
 
 
 class Manifest(BaseModel):
@@ -45,12 +53,12 @@ class Manifest(BaseModel):
     @field_validator("tenant")
     @classmethod
     def _tenant(cls, value: str) -> str:
-        return check_name(value, "tenant")
+        return _name(value, "tenant")
 
     @field_validator("job")
     @classmethod
     def _job(cls, value: str) -> str:
-        return check_name(value, "job")
+        return _name(value, "job")
 
     @field_validator("endpoint")
     @classmethod
@@ -76,7 +84,7 @@ class Manifest(BaseModel):
     @field_validator("nonce")
     @classmethod
     def _nonce(cls, value: str) -> str:
-        if not _NONCE.match(value):
+        if not _NONCE.fullmatch(value):
             raise ValueError("nonce must be 16-128 characters of letters, digits, '_' or '-'")
         return value
 
@@ -88,12 +96,12 @@ class Manifest(BaseModel):
             if (
                 len(parts) < 2
                 or parts[0] != self.tenant
-                or not all(_KEY_PART.match(p) and p not in {".", ".."} for p in parts[1:])
+                or not all(_KEY_PART.fullmatch(p) and p not in {".", ".."} for p in parts[1:])
             ):
                 raise ValueError(f"input key {item.key!r} must be a plain key under '{self.tenant}/'")
             if parts[-1] in {MANIFEST_NAME, REJECTION_NAME}:
                 raise ValueError(f"input key {item.key!r} names a reserved object")
-            if not _HEX64.match(item.sha256) or item.size < 0:
+            if not _HEX64.fullmatch(item.sha256) or item.size < 0:
                 raise ValueError(f"input {item.key!r} needs a lowercase hex sha256 and a size")
             if item.key in seen:
                 raise ValueError(f"input key {item.key!r} is listed twice")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
-from dropbatch.errors import DropbatchError, NotFound
+from dropbatch.errors import DropbatchError, NotFound, ObjectNotFound
 from dropbatch.jsonl import is_success
-from dropbatch.models import BatchRecord, BatchStatus, RequestCounts
+from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts
 from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
@@ -76,6 +76,9 @@ class Runner:
                 continue
             if self._settle_without_engine(entry, lease, record):
                 continue
+            if not self._inputs_unchanged(record):
+                self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
+                continue
             if record.content_sha256 in addresses:
                 ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
                 continue
@@ -116,6 +119,25 @@ class Runner:
         finalize(ctx, record, final=final)
         self._done(entry, lease)
         return True
+
+    def _inputs_unchanged(self, record: BatchRecord) -> bool:
+        """The inputs still hold the admitted bytes (each chunk is also sha256-checked when read)."""
+        for item, etag in zip(record.inputs, record.input_etags, strict=False):
+            try:
+                if self.ctx.store.head(self.ctx.inbox, item.key).etag != etag:
+                    return False
+            except ObjectNotFound:
+                return False
+        return True
+
+    def _fail(self, entry: QueueEntry, lease: Lease, record: BatchRecord, code: str, message: str) -> None:
+        error = BatchError(code=code, message=message)
+        self.ctx.batches.update(
+            record.tenant, record.id, lambda b: None if b.status.is_terminal else b.fail([error], self.ctx.now())
+        )
+        self.ctx.quotas.release(record.tenant, record.id)
+        log.warning("batch failed", extra={"tenant": record.tenant, "batch_id": record.id, "code": code})
+        self._done(entry, lease)
 
     def _done(self, entry: QueueEntry, lease: Lease) -> None:
         self.ctx.queue.remove(entry)

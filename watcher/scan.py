@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dropbatch.errors import InvalidRequest, ManifestRejected
+from dropbatch.errors import InvalidRequest, ManifestRejected, ObjectNotFound
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.models import BatchError, Chunk, InputObject
 from dropbatch.settings import LimitSettings
@@ -25,6 +25,7 @@ MAX_LISTED_ERRORS = 100
 class ScanResult:
     lines: int = 0
     chunks: list[Chunk] = field(default_factory=list)
+    etags: list[str] = field(default_factory=list)
     errors: list[BatchError] = field(default_factory=list)
     error_count: int = 0
 
@@ -79,6 +80,21 @@ class _ChunkCutter:
         self.lines = 0
 
 
+class _Counted:
+    """Hashes and counts bytes as they stream past."""
+
+    def __init__(self, source: Iterator[bytes], hasher) -> None:
+        self.source = source
+        self.hasher = hasher
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for data in self.source:
+            self.hasher.update(data)
+            self.size += len(data)
+            yield data
+
+
 def scan_inputs(
     store: ObjectStore,
     bucket: str,
@@ -102,17 +118,14 @@ def scan_inputs(
     seen: set[str] = set()
     for index, item in enumerate(inputs):
         hasher = hashlib.sha256()
-        size = 0
         cutter = _ChunkCutter(index, limits, result.chunks)
+        try:
+            result.etags.append(store.head(bucket, item.key).etag)
+        except ObjectNotFound:
+            raise ManifestRejected(f"Input {item.key} does not exist in the inbox.", code="missing_input") from None
 
-        def counted(source: Iterator[bytes]) -> Iterator[bytes]:
-            nonlocal size
-            for data in source:
-                hasher.update(data)
-                size += len(data)
-                yield data
-
-        stream = cutter.feed(counted(store.iter_bytes(bucket, item.key)))
+        counter = _Counted(store.iter_bytes(bucket, item.key), hasher)
+        stream = cutter.feed(iter(counter))
         for raw in iter_lines(stream, max_line_bytes=limits.max_line_bytes):
             cutter.before_line(raw.offset, raw.number)
             result.lines += 1
@@ -142,6 +155,7 @@ def scan_inputs(
             # Bound memory: once too many lines, keep hashing but stop remembering ids.
             if len(seen) > limits.max_file_lines:
                 seen.clear()
+        size = counter.size
         cutter.close(size)
         if size != item.size or hasher.hexdigest() != item.sha256:
             raise ManifestRejected(

@@ -26,7 +26,7 @@ from dropbatch.engine.requests import (
     sampling_params,
     text_completion_body,
 )
-from dropbatch.errors import InvalidRequest
+from dropbatch.errors import EngineError, InvalidRequest
 from dropbatch.jsonl import iter_lines, parse_request_line, result_line
 from dropbatch.settings import EngineSettings
 from dropbatch.storage.base import ObjectStore
@@ -50,8 +50,10 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
 }
 
 
-class InputChanged(Exception):
+class InputChanged(EngineError):
     """Raised when an input object's bytes no longer match what was admitted."""
+
+    code = "input_changed"
 
 
 def read_chunk(chunk: WorkChunk, store: ObjectStore) -> bytes:

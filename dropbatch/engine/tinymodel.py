@@ -105,8 +105,7 @@ def _build_tokenizer(out_dir: pathlib.Path):
     any other pipeline would make AutoTokenizer (and so vLLM) split text
     differently from tokenizer.json.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 

@@ -25,7 +25,7 @@ FILES_DIR = ".files"
 
 def check_name(value: str, what: str) -> str:
     """A tenant or job name: letters, digits, ``._-``, not starting with a dot; no traversal."""
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise InvalidRequest(
             f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit",
@@ -71,7 +71,7 @@ def job_of_manifest_key(key: str) -> JobRef | None:
     parts = key.split("/")
     if len(parts) != 3 or parts[2] != MANIFEST_NAME:
         return None
-    if not _NAME.match(parts[0]) or not _NAME.match(parts[1]) or ".." in key:
+    if not _NAME.fullmatch(parts[0]) or not _NAME.fullmatch(parts[1]) or ".." in key:
         return None
     return JobRef(parts[0], parts[1])
 

@@ -1,0 +1,407 @@
+"""The runner over the memory store with the light EchoEngine: claims, coalescing, results, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+import runner.service
+from dropbatch.engine.base import LineResult, WorkChunk
+from dropbatch.engine.echo import EchoEngine
+from dropbatch.errors import EngineError
+from dropbatch.ids import request_line_id
+from dropbatch.models import BatchRecord, BatchStatus
+from dropbatch.storage.keys import ControlKeys, OutputPrefix
+from runner.service import Runner
+from watcher.admission import admit_manifest
+
+
+class Wrapped:
+    """An engine that delegates to EchoEngine and calls ``each(i)`` before yielding result ``i``.
+
+    ``each`` may raise (an engine dying mid-run) or look at / change the world.
+    """
+
+    def __init__(self, inner: EchoEngine, each: Callable[[int], None]) -> None:
+        self.inner = inner
+        self.each = each
+        self.runs = inner.runs
+
+    def __enter__(self) -> Wrapped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+        for i, result in enumerate(self.inner.run(chunks)):
+            self.each(i)
+            yield result
+
+
+@pytest.fixture
+def submit(make_tenant, make_jsonl, drop_job):
+    """``submit(ctx, "j1", 5, **make_jsonl_kwargs)`` → the admitted batch record (tenant acme)."""
+    keys: dict[int, Any] = {}
+
+    def factory(ctx, job: str, n: int, *, endpoint: str = "/v1/chat/completions", data: bytes | None = None, **lines: Any) -> BatchRecord:
+        if id(ctx) not in keys:
+            keys[id(ctx)] = make_tenant(ctx, "acme", "enterprise")[1]
+        payload = data if data is not None else make_jsonl(n, endpoint=endpoint, **lines)
+        dropped = drop_job(ctx, "acme", job, payload, key=keys[id(ctx)], endpoint=endpoint)
+        record = admit_manifest(ctx, dropped.ref)
+        assert record is not None
+        return record
+
+    return factory
+
+
+def outbox_lines(ctx, key: str) -> list[dict[str, Any]]:
+    data, _ = ctx.store.get(ctx.outbox, key)
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def results(ctx, record: BatchRecord) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    assert record.result is not None
+    return outbox_lines(ctx, record.result.output_key), outbox_lines(ctx, record.result.errors_key)
+
+
+def assert_each_custom_id_once(record: BatchRecord, output: list[dict], errors: list[dict], expected: set[str]) -> None:
+    ids = [line["custom_id"] for line in output + errors]
+    assert sorted(ids) == sorted(expected)
+    for line in output + errors:
+        assert line["id"] == request_line_id(record.content_sha256 or "", line["custom_id"])
+
+
+def assert_settled(ctx, record: BatchRecord) -> None:
+    """Nothing is left behind: no queue entry, no lease, no chunk checkpoints."""
+    bucket = ctx.records.bucket
+    assert list(ctx.queue.entries()) == []
+    assert list(ctx.store.list(bucket, ControlKeys.lease(record.id))) == []
+    assert list(ctx.store.list(bucket, ControlKeys.chunk_prefix(record.id))) == []
+
+
+def test_one_batch_completes(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_CHUNK_LINES=3)
+    admitted = submit(ctx, "j1", 8, words=3, max_tokens=2)
+    engine = EchoEngine(ctx.store, ctx.settings)
+    assert Runner(ctx, engine).run_once() == 1
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.COMPLETED
+    assert record.finalizing_at is not None and record.completed_at is not None
+    assert (record.request_counts.total, record.request_counts.completed, record.request_counts.failed) == (8, 8, 0)
+    assert not record.cached
+    output, errors = results(ctx, record)
+    assert errors == []
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(8)})
+    first = next(line for line in output if line["custom_id"] == "req-0")
+    body = first["response"]["body"]
+    assert first["response"]["status_code"] == 200 and first["error"] is None
+    assert body["object"] == "chat.completion" and body["model"] == "dropbatch-tiny"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "w0_2 w0_1", "refusal": None}
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert record.usage is not None and (record.usage.input_tokens, record.usage.output_tokens) == (24, 16)
+    assert record.output_file_id and record.error_file_id is None
+    assert ctx.files.get("acme", record.output_file_id).key == record.result.output_key
+    summary = json.loads(ctx.store.get(ctx.outbox, record.result.summary_key)[0])
+    assert summary["request_counts"] == {"total": 8, "completed": 8, "failed": 0} and not summary["partial"]
+    assert engine.runs == [8]
+    assert_settled(ctx, record)
+    assert Runner(ctx, engine).run_once() == 0
+
+
+def test_over_long_prompt_is_one_error_line(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_MAX_MODEL_LEN=10, DROPBATCH_CHUNK_LINES=2)
+    long = {"role": "user", "content": "word " * 50}
+    admitted = submit(ctx, "j1", 5, body=lambda i, b: {**b, "messages": [long]} if i == 2 else b)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.COMPLETED
+    assert (record.request_counts.completed, record.request_counts.failed) == (4, 1)
+    output, errors = results(ctx, record)
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(5)})
+    assert [line["custom_id"] for line in errors] == ["req-2"]
+    response = errors[0]["response"]
+    assert response["status_code"] == 400
+    assert response["body"]["error"]["code"] == "context_length_exceeded"
+    assert record.error_file_id is not None
+
+
+def test_unservable_line_is_an_error_line(make_context, submit) -> None:
+    ctx = make_context()
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]
+    admitted = submit(ctx, "j1", 3, body=lambda i, b: {**b, "messages": image} if i == 0 else b)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    output, errors = results(ctx, record)
+    assert record.status == BatchStatus.COMPLETED
+    assert [line["custom_id"] for line in errors] == ["req-0"] and len(output) == 2
+    assert errors[0]["response"]["status_code"] == 400
+
+
+def test_queued_batches_are_coalesced_into_one_engine_run(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2)
+    ids = [submit(ctx, f"j{k}", 3 + k, custom_id=lambda i, k=k: f"b{k}-{i}").id for k in range(3)]
+    engine = EchoEngine(ctx.store, ctx.settings)
+    assert Runner(ctx, engine).run_once() == 3
+    assert engine.runs == [3 + 4 + 5]
+    for k, batch_id in enumerate(ids):
+        record = ctx.batches.get("acme", batch_id)
+        assert record.status == BatchStatus.COMPLETED
+        output, errors = results(ctx, record)
+        assert_each_custom_id_once(record, output, errors, {f"b{k}-{i}" for i in range(3 + k)})
+    assert list(ctx.queue.entries()) == []
+
+
+def test_coalescing_stops_at_the_line_limit(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_COALESCE_MAX_LINES=4)
+    for k in range(3):
+        submit(ctx, f"j{k}", 3, custom_id=lambda i, k=k: f"b{k}-{i}")
+    engine = EchoEngine(ctx.store, ctx.settings)
+    runner_ = Runner(ctx, engine)
+    assert runner_.run_once() == 2  # 3 lines, then 6 >= 4: stop claiming
+    assert runner_.run_once() == 1
+    assert engine.runs == [6, 3]
+
+
+def test_completions_endpoint(make_context, submit) -> None:
+    ctx = make_context()
+    admitted = submit(ctx, "j1", 3, endpoint="/v1/completions", words=4, max_tokens=10)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    output, errors = results(ctx, record)
+    assert record.status == BatchStatus.COMPLETED and errors == []
+    body = next(line for line in output if line["custom_id"] == "req-1")["response"]["body"]
+    assert body["object"] == "text_completion"
+    assert body["id"].startswith("cmpl-")
+    assert body["choices"][0]["text"] == "w1_3 w1_2 w1_1 w1_0"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["prompt_tokens"] == 4
+
+
+def test_embeddings_endpoint_with_list_input(make_context, submit) -> None:
+    ctx = make_context()
+    inputs = ["alpha", "beta gamma", "delta epsilon zeta"]
+    admitted = submit(ctx, "j1", 2, endpoint="/v1/embeddings", body=lambda i, b: {**b, "input": inputs} if i == 1 else b)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    output, errors = results(ctx, record)
+    assert record.status == BatchStatus.COMPLETED and errors == []
+    by_id = {line["custom_id"]: line["response"]["body"] for line in output}
+    assert by_id["req-1"]["object"] == "list"
+    assert [item["index"] for item in by_id["req-1"]["data"]] == [0, 1, 2]
+    assert all(item["object"] == "embedding" for item in by_id["req-1"]["data"])
+    # EchoEngine's vector is (characters, words, 1): each item is its own input, in order.
+    assert [item["embedding"][:2] for item in by_id["req-1"]["data"]] == [[5.0, 1.0], [10.0, 2.0], [18.0, 3.0]]
+    assert by_id["req-1"]["usage"]["prompt_tokens"] == 6
+    assert len(by_id["req-0"]["data"]) == 1
+
+
+def test_mixed_endpoints_in_one_pass(make_context, submit) -> None:
+    ctx = make_context()
+    chat = submit(ctx, "chat", 2)
+    embed = submit(ctx, "embed", 2, endpoint="/v1/embeddings")
+    engine = EchoEngine(ctx.store, ctx.settings)
+    assert Runner(ctx, engine).run_once() == 2
+    assert sorted(engine.runs) == [2, 2]  # one engine run per task
+    for batch_id in (chat.id, embed.id):
+        assert ctx.batches.get("acme", batch_id).status == BatchStatus.COMPLETED
+
+
+def test_identical_work_is_answered_from_the_outbox(make_context, submit, make_jsonl) -> None:
+    ctx = make_context()
+    data = make_jsonl(4)
+    first = submit(ctx, "j1", 0, data=data)
+    engine = EchoEngine(ctx.store, ctx.settings)
+    Runner(ctx, engine).run_once()
+    done = ctx.batches.get("acme", first.id)
+
+    again = submit(ctx, "j2", 0, data=data)
+
+    assert again.id != first.id
+    assert again.status == BatchStatus.COMPLETED and again.cached
+    assert again.content_sha256 == done.content_sha256
+    assert again.result == done.result
+    assert again.request_counts == done.request_counts
+    assert again.output_file_id and again.output_file_id != done.output_file_id
+    assert ctx.files.get("acme", again.output_file_id).key == done.result.output_key
+    assert list(ctx.queue.entries()) == []
+    assert Runner(ctx, engine).run_once() == 0
+    assert engine.runs == [4]  # no second engine run
+
+
+def test_identical_work_queued_together_runs_once(make_context, submit, make_jsonl) -> None:
+    ctx = make_context()
+    data = make_jsonl(3)
+    first, second = submit(ctx, "j1", 0, data=data), submit(ctx, "j2", 0, data=data)
+    engine = EchoEngine(ctx.store, ctx.settings)
+    runner_ = Runner(ctx, engine)
+    runner_.run_once()
+    runner_.run_once()
+    assert engine.runs == [3]
+    records = [ctx.batches.get("acme", b.id) for b in (first, second)]
+    assert [r.status for r in records] == [BatchStatus.COMPLETED] * 2
+    assert sorted(r.cached for r in records) == [False, True]  # one ran, the other was answered
+    assert records[0].result == records[1].result
+
+
+def test_resume_after_engine_failure(make_context, make_clock, submit) -> None:
+    clock = make_clock()
+    ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 7)
+    echo = EchoEngine(ctx.store, ctx.settings)
+
+    def die_after_five(i: int) -> None:
+        if i == 5:
+            raise EngineError("engine died")
+
+    with pytest.raises(EngineError):
+        Runner(ctx, Wrapped(echo, die_after_five), owner="runner-a").run_once()
+    checkpoints = list(ctx.store.list(ctx.records.bucket, ControlKeys.chunk_prefix(admitted.id)))
+    assert len(checkpoints) == 2  # chunks 0 and 1 finished; chunk 2 was half done
+    assert ctx.batches.get("acme", admitted.id).status == BatchStatus.IN_PROGRESS
+
+    assert Runner(ctx, EchoEngine(ctx.store, ctx.settings), owner="runner-b").run_once() == 0  # lease still held
+    clock.advance(ctx.settings.service.lease_seconds + 1)
+    second = EchoEngine(ctx.store, ctx.settings)
+    assert Runner(ctx, second, owner="runner-b").run_once() == 1
+    assert second.runs == [3]  # only chunks 2 and 3 ran again
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.COMPLETED
+    assert (record.request_counts.total, record.request_counts.completed, record.request_counts.failed) == (7, 7, 0)
+    output, errors = results(ctx, record)
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(7)})
+    assert_settled(ctx, record)
+
+
+def test_cancel_before_run(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 5)
+    ctx.batches.update("acme", admitted.id, lambda b: b.transition(BatchStatus.CANCELLING, ctx.now()))
+    engine = EchoEngine(ctx.store, ctx.settings)
+    assert Runner(ctx, engine).run_once() == 0
+    assert engine.runs == []
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.CANCELLED
+    assert record.cancelling_at is not None and record.cancelled_at is not None
+    assert (record.request_counts.completed, record.request_counts.failed) == (0, 5)
+    output, errors = results(ctx, record)
+    assert output == []
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(5)})
+    assert all(line["error"]["code"] == "batch_cancelled" and line["response"] is None for line in errors)
+    assert record.result.prefix == OutputPrefix("acme", record.content_sha256, partial_of=record.id).prefix
+    assert_settled(ctx, record)
+
+
+def test_cancel_during_run_keeps_finished_lines(make_context, submit, monkeypatch) -> None:
+    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 6)
+
+    def cancel_at_three(i: int) -> None:
+        # Result 3 is already on its way: it is kept; the stop is seen right after it.
+        if i == 3:
+            ctx.batches.update("acme", admitted.id, lambda b: b.transition(BatchStatus.CANCELLING, ctx.now()))
+
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), cancel_at_three)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.CANCELLED
+    output, errors = results(ctx, record)
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(6)})
+    assert {line["custom_id"] for line in output} == {"req-0", "req-1", "req-2", "req-3"}
+    assert {line["custom_id"] for line in errors} == {"req-4", "req-5"}
+    assert all(line["error"]["code"] == "batch_cancelled" for line in errors)
+    assert (record.request_counts.completed, record.request_counts.failed) == (4, 2)
+    assert list(ctx.store.list(ctx.outbox, OutputPrefix("acme", record.content_sha256).summary_key)) == []
+
+
+def test_expiry_keeps_partial_results_apart(make_context, make_clock, submit) -> None:
+    clock = make_clock()
+    ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 6)
+
+    def die_after_three(i: int) -> None:
+        if i == 3:
+            raise EngineError("engine died")
+
+    with pytest.raises(EngineError):
+        Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), die_after_three)).run_once()
+    clock.now = admitted.expires_at + 1
+    engine = EchoEngine(ctx.store, ctx.settings)
+    Runner(ctx, engine).run_once()
+    assert engine.runs == []  # never start a batch past its deadline
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.EXPIRED and record.expired_at == int(clock())
+    partial = OutputPrefix("acme", record.content_sha256, partial_of=record.id)
+    assert record.result.prefix == partial.prefix
+    assert record.result.prefix.endswith(f"/partial-{record.id}/")
+    output, errors = results(ctx, record)
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(6)})
+    assert {line["custom_id"] for line in output} == {"req-0", "req-1"}
+    assert len(errors) == 4 and all(line["error"]["code"] == "batch_expired" for line in errors)
+    assert (record.request_counts.total, record.request_counts.completed, record.request_counts.failed) == (6, 2, 4)
+    summary = json.loads(ctx.store.get(ctx.outbox, partial.summary_key)[0])
+    assert summary["partial"] is True
+    # The partial results never answer a resubmission of the same work.
+    assert list(ctx.store.list(ctx.outbox, OutputPrefix("acme", record.content_sha256).summary_key)) == []
+    assert_settled(ctx, record)
+
+
+def test_expiry_during_run(make_context, make_clock, submit, monkeypatch) -> None:
+    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+    clock = make_clock()
+    ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 6)
+
+    def expire_at_two(i: int) -> None:
+        if i == 2:
+            clock.now = admitted.expires_at
+
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), expire_at_two)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.EXPIRED
+    output, errors = results(ctx, record)
+    assert_each_custom_id_once(record, output, errors, {f"req-{i}" for i in range(6)})
+    assert {line["custom_id"] for line in output} == {"req-0", "req-1", "req-2"}  # result 2 was in flight
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+
+
+def test_request_counts_move_during_the_run(make_context, submit, monkeypatch) -> None:
+    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_MAX_MODEL_LEN=10)
+    long = {"role": "user", "content": "word " * 50}
+    admitted = submit(ctx, "j1", 6, body=lambda i, b: {**b, "messages": [long]} if i == 4 else b)
+    seen: list[tuple[str, int, int]] = []
+
+    def look(i: int) -> None:
+        record = ctx.batches.get("acme", admitted.id)
+        seen.append((record.status.value, record.request_counts.completed, record.request_counts.failed))
+
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), look)).run_once()
+    assert [s for s, _, _ in seen] == ["in_progress"] * 6
+    done = [completed + failed for _, completed, failed in seen]
+    assert done == [0, 1, 2, 3, 4, 5]  # each published result is visible before the next one
+    assert seen[-1] == ("in_progress", 4, 1)
+    final = ctx.batches.get("acme", admitted.id)
+    assert (final.request_counts.completed, final.request_counts.failed) == (5, 1)
+
+
+def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_context, submit) -> None:
+    """Bytes swapped after admission never produce results: the batch fails with input_changed."""
+    ctx = make_context()
+    admitted = submit(ctx, "j1", 3)
+    key = admitted.inputs[0].key
+    data, _ = ctx.store.get(ctx.inbox, key)
+    ctx.store.put(ctx.inbox, key, data.replace(b"w1_0", b"w1_X"))
+    engine = EchoEngine(ctx.store, ctx.settings)
+    Runner(ctx, engine).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.FAILED
+    assert [e.code for e in record.errors.data] == ["input_changed"]
+    assert engine.runs == []
+    assert list(ctx.queue.entries()) == []
+    assert list(ctx.store.list(ctx.outbox)) == []
