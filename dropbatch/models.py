@@ -131,6 +131,8 @@ class Chunk(_Model):
     first_line: int
     lines: int
     sha256: str
+    prompt_chars: int = Field(0, description="Characters of prompt text in the chunk (for the batching planner).")
+    max_tokens: int = Field(0, description="Largest max_tokens of any line in the chunk.")
 
 
 class ResultLocation(_Model):

@@ -47,6 +47,8 @@ def work_chunks(ctx: Context, record: BatchRecord) -> list[WorkChunk]:
             lines=c.lines,
             sha256=c.sha256,
             created=record.in_progress_at or record.created_at,
+            prompt_chars=c.prompt_chars,
+            max_tokens=c.max_tokens,
         )
         for c in record.chunks
     ]

@@ -100,7 +100,13 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
     _verify(ctx, ref, record, manifest)
     limits = ctx.settings.limits
     scan = scan_inputs(
-        ctx.store, ctx.inbox, manifest.inputs, endpoint=manifest.endpoint, model=manifest.model, limits=limits
+        ctx.store,
+        ctx.inbox,
+        manifest.inputs,
+        endpoint=manifest.endpoint,
+        model=manifest.model,
+        limits=limits,
+        default_max_tokens=ctx.settings.engine.default_max_tokens,
     )
     if scan.errors:
         if scan.error_count > len(scan.errors):

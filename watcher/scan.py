@@ -46,6 +46,12 @@ class _ChunkCutter:
         self.start = 0
         self.first_line = 1
         self.lines = 0
+        self.prompt_chars = 0
+        self.max_tokens = 0
+
+    def add_stats(self, prompt_chars: int, max_tokens: int) -> None:
+        self.prompt_chars += prompt_chars
+        self.max_tokens = max(self.max_tokens, max_tokens)
 
     def feed(self, source: Iterator[bytes]) -> Iterator[bytes]:
         for data in source:
@@ -74,10 +80,27 @@ class _ChunkCutter:
                     first_line=self.first_line,
                     lines=self.lines,
                     sha256=digest,
+                    prompt_chars=self.prompt_chars,
+                    max_tokens=self.max_tokens,
                 )
             )
         self.start = end
         self.lines = 0
+        self.prompt_chars = 0
+        self.max_tokens = 0
+
+
+def request_size(body: dict, endpoint: str, default_max_tokens: int) -> tuple[int, int]:
+    """(prompt characters, max new tokens) of one valid request body, for planning."""
+    if endpoint == "/v1/chat/completions":
+        chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
+    elif endpoint == "/v1/completions":
+        chars = len(str(body["prompt"]))
+    else:
+        value = body["input"]
+        return (len(value) if isinstance(value, str) else sum(len(v) for v in value)), 0
+    new = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+    return chars, int(new)
 
 
 class _Counted:
@@ -103,6 +126,7 @@ def scan_inputs(
     endpoint: str,
     model: str,
     limits: LimitSettings,
+    default_max_tokens: int = 256,
 ) -> ScanResult:
     """Check every input against the manifest and every line against OpenAI's rules.
 
@@ -142,6 +166,7 @@ def scan_inputs(
             except InvalidRequest as exc:
                 result.add_error(BatchError(code=exc.code, message=exc.message, line=exc.line, param=exc.param))
                 continue
+            cutter.add_stats(*request_size(request.body, endpoint, default_max_tokens))
             if request.custom_id in seen:
                 result.add_error(
                     BatchError(

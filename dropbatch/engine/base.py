@@ -28,6 +28,8 @@ class WorkChunk:
     lines: int
     sha256: str
     created: int
+    prompt_chars: int = 0
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True)
