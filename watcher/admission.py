@@ -18,6 +18,7 @@ import logging
 from dropbatch.context import Context
 from dropbatch.engine.requests import engine_fingerprint
 from dropbatch.errors import (
+    Conflict,
     DropbatchError,
     InvalidRequest,
     ManifestRejected,
@@ -65,6 +66,11 @@ def admit_manifest(ctx: Context, ref: JobRef) -> BatchRecord | None:
         return _admit(ctx, ref, record, manifest)
     except (InvalidRequest, QuotaExceeded) as exc:
         return reject(ctx, ref, record, exc)
+    except Conflict:
+        # Cancelled (through the gateway) while we were admitting it.
+        record = ctx.batches.get(ref.tenant, batch_id)
+        _ensure_follow_up(ctx, ref, record)
+        return record
 
 
 def _open_record(ctx: Context, ref: JobRef, batch_id: str, manifest: Manifest | None) -> BatchRecord:
@@ -144,9 +150,17 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         log.info("answered from the outbox", extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job})
         return close_batch(ctx, record, summary, cached=True)
 
-    record = ctx.batches.update(ref.tenant, record.id, lambda b: b.transition(BatchStatus.IN_PROGRESS, ctx.now()))
+    moved = False
+
+    def start(batch: BatchRecord) -> None:
+        nonlocal moved
+        moved = batch.status == BatchStatus.VALIDATING  # False when a racing watcher got there first
+        batch.transition(BatchStatus.IN_PROGRESS, ctx.now())
+
+    record = ctx.batches.update(ref.tenant, record.id, start)
     _ensure_follow_up(ctx, ref, record)
-    audit(ctx.records, "batch.admitted", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, lines=scan.lines)
+    if moved:
+        audit(ctx.records, "batch.admitted", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, lines=scan.lines)
     log.info(
         "admitted",
         extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "lines": scan.lines, "chunks": len(scan.chunks)},
@@ -220,7 +234,11 @@ def reject(ctx: Context, ref: JobRef, record: BatchRecord, exc: DropbatchError) 
 
 
 def _fail(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str, errors: list[BatchError]) -> BatchRecord:
-    record = ctx.batches.update(ref.tenant, record.id, lambda b: b.fail(errors, ctx.now()) if not b.status.is_terminal else None)
+    def fail(batch: BatchRecord) -> None:
+        if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+            batch.fail(errors, ctx.now())
+
+    record = ctx.batches.update(ref.tenant, record.id, fail)
     _write_rejection(ctx, ref, record, code, reason)
     audit(ctx.records, "batch.rejected", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, code=code)
     log.warning("rejected", extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "code": code})
@@ -254,6 +272,22 @@ def _ensure_follow_up(ctx: Context, ref: JobRef, record: BatchRecord) -> None:
                 lines=record.request_counts.total,
             )
         )
+    elif record.status == BatchStatus.CANCELLING:
+        if record.chunks:  # admitted: the runner writes batch_cancelled lines and closes it
+            ctx.queue.enqueue(
+                QueueEntry(
+                    batch_id=record.id,
+                    tenant=record.tenant,
+                    deadline=record.expires_at or record.created_at,
+                    lines=record.request_counts.total,
+                )
+            )
+        else:  # never admitted: nothing ran and nothing was counted
+            ctx.batches.update(
+                record.tenant,
+                record.id,
+                lambda b: b.transition(BatchStatus.CANCELLED, ctx.now()) if b.status == BatchStatus.CANCELLING else None,
+            )
     elif record.status == BatchStatus.FAILED and record.source == "dropbox":
         try:
             ctx.store.head(ctx.inbox, ref.rejection_key)

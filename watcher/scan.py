@@ -36,13 +36,19 @@ class ScanResult:
 
 
 class _ChunkCutter:
-    """Keeps the bytes of the current chunk and closes chunks at line starts."""
+    """Cuts chunks at line starts and hashes each chunk's bytes as they stream past.
+
+    ``pending`` holds only bytes read but not yet hashed: at most one line plus one
+    read from S3, whatever the chunk size.
+    """
 
     def __init__(self, input_index: int, limits: LimitSettings, out: list[Chunk]) -> None:
         self.input_index = input_index
         self.limits = limits
         self.out = out
         self.pending = bytearray()
+        self.hashed = 0  # object offset up to which bytes went into ``hasher``
+        self.hasher = hashlib.sha256()
         self.start = 0
         self.first_line = 1
         self.lines = 0
@@ -58,18 +64,28 @@ class _ChunkCutter:
             self.pending += data
             yield data
 
+    def _hash_to(self, offset: int) -> None:
+        n = offset - self.hashed
+        if n > 0:
+            with memoryview(self.pending) as view:
+                self.hasher.update(view[:n])
+            del self.pending[:n]
+            self.hashed = offset
+
     def before_line(self, offset: int, number: int) -> None:
         """Called for each request line; closes the current chunk first if it is full."""
         full = self.lines >= self.limits.chunk_lines or offset - self.start >= CHUNK_MAX_BYTES
         if self.lines and full:
             self.close(offset)
             self.first_line = number
+        else:
+            self._hash_to(offset)
         self.lines += 1
 
     def close(self, end: int) -> None:
-        size = end - self.start
-        digest = hashlib.sha256(self.pending[:size]).hexdigest()
-        del self.pending[:size]
+        self._hash_to(end)
+        digest = self.hasher.hexdigest()
+        self.hasher = hashlib.sha256()
         if self.lines:
             self.out.append(
                 Chunk(

@@ -1,0 +1,148 @@
+"""Fixtures shared by the integration and e2e suites: a real moto server over HTTP and the real `aws` CLI.
+
+    moto_server     session: a `python -m moto.server` process on a free 127.0.0.1 port
+    s3_env          per test: that server, reset (POST /moto-api/reset); its endpoint URL
+    make_settings   per test: factory → Settings pointing at it, resources bootstrapped
+    make_context    factory → Context.from_settings (S3ObjectStore over HTTP)
+    aws             the real `aws` CLI (helpers.AwsCli) against the server
+    drop_job        helpers.DropBox(...).drop: JSONL by `aws s3 cp` first, signed manifest last
+
+A real service that cannot start skips the test locally and fails it under CI=true.
+Plain helpers (make_jsonl, make_tenant, Tamper, ...) live in tests/helpers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from helpers import AwsCli, DropBox, aws_executable
+
+SERVER_START_SECONDS = 30.0
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally; under CI a missing real service is a failure, never a silent skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _reset(endpoint: str) -> None:
+    request = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def _wait_until_up(endpoint: str, proc: subprocess.Popen, deadline: float) -> str | None:
+    """None once the server answers, else why it never did."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        try:
+            _reset(endpoint)
+            return None
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    return f"did not answer within {SERVER_START_SECONDS:.0f} s"
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3/SQS server process on 127.0.0.1; yields its endpoint URL."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        problem = _wait_until_up(endpoint, proc, time.monotonic() + SERVER_START_SECONDS)
+        if problem is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            unavailable(f"moto server ({sys.executable} -m moto.server) {problem}:\n{tail}")
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_env(moto_server: str) -> str:
+    """The moto server with every bucket and queue cleared for this test; its endpoint URL."""
+    _reset(moto_server)
+    return moto_server
+
+
+@pytest.fixture
+def make_settings(s3_env: str, tmp_path: Path) -> Callable[..., object]:
+    """Factory: ``make_settings({"DROPBATCH_...": ...}, bootstrap=True)`` → Settings on the server.
+
+    With ``bootstrap`` the buckets, the intake queue + DLQ and the inbox → SQS
+    notification are created (``dropbatch.bootstrap.bootstrap``), as `dropbatch up` does.
+    """
+    from dropbatch.bootstrap import bootstrap as bootstrap_resources
+    from dropbatch.settings import Settings
+
+    def make(overrides: Mapping[str, str] | None = None, *, bootstrap: bool = True) -> Settings:
+        environ = {
+            "DROPBATCH_S3_ENDPOINT": s3_env,
+            "DROPBATCH_REGION": "us-east-1",
+            "DROPBATCH_ACCESS_KEY_ID": "test",
+            "DROPBATCH_SECRET_ACCESS_KEY": "test",
+            "DROPBATCH_HOME": str(tmp_path / "dropbatch-home"),
+            **(overrides or {}),
+        }
+        settings = Settings.from_env(environ)
+        if bootstrap:
+            bootstrap_resources(settings.storage)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def make_context() -> Callable[..., object]:
+    """Factory: ``make_context(settings)`` → the production wiring (S3ObjectStore over HTTP)."""
+    from dropbatch.context import Context
+
+    return Context.from_settings
+
+
+@pytest.fixture
+def aws(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> AwsCli:
+    """The real `aws` CLI; ``aws("s3", "ls")`` returns CompletedProcess, raises AwsCliFailed on error."""
+    executable = aws_executable()
+    if executable is None:
+        unavailable("the `aws` CLI (awscli) is not installed beside the interpreter or on PATH")
+    return AwsCli(executable=executable, endpoint=moto_server, home=tmp_path_factory.mktemp("aws-home"))
+
+
+@pytest.fixture
+def drop_job(aws: AwsCli, tmp_path: Path) -> Callable[..., object]:
+    """Factory: ``drop_job(ctx, signing_key, lines, job=..., tamper=...)`` → the JobRef uploaded to."""
+    workdir = tmp_path / "dropbox"
+    workdir.mkdir()
+    return DropBox(aws=aws, workdir=workdir).drop
