@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
-from dropbatch.errors import DropbatchError, NotFound, ObjectNotFound
+from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFound
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts
+from dropbatch.observability.metrics import Metrics
 from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
@@ -50,10 +51,13 @@ class Claimed:
 
 
 class Runner:
-    def __init__(self, ctx: Context, engine: Engine, *, owner: str | None = None) -> None:
+    def __init__(
+        self, ctx: Context, engine: Engine, *, owner: str | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.ctx = ctx
         self.engine = engine
         self.owner = owner or runner_identity()
+        self.metrics = metrics or Metrics("runner")
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -113,10 +117,12 @@ class Runner:
             summary = read_summary(ctx, OutputPrefix(record.tenant, record.content_sha256 or ""))
             if summary is not None and not summary.partial:
                 close_batch(ctx, record, summary, cached=True)
+                self.metrics.batches_finished.labels(BatchStatus.COMPLETED.value).inc()
                 self._done(entry, lease)
                 return True
             return False
-        finalize(ctx, record, final=final)
+        closed = finalize(ctx, record, final=final)
+        self.metrics.batches_finished.labels(closed.status.value).inc()
         self._done(entry, lease)
         return True
 
@@ -136,6 +142,7 @@ class Runner:
             record.tenant, record.id, lambda b: None if b.status.is_terminal else b.fail([error], self.ctx.now())
         )
         self.ctx.quotas.release(record.tenant, record.id)
+        self.metrics.batches_finished.labels(BatchStatus.FAILED.value).inc()
         log.warning("batch failed", extra={"tenant": record.tenant, "batch_id": record.id, "code": code})
         self._done(entry, lease)
 
@@ -170,11 +177,15 @@ class Runner:
             "engine run",
             extra={"batches": len(group), "lines": sum(c.lines_left for c in group), "tasks": sorted(by_task)},
         )
-        last_progress = time.monotonic()
+        last_progress = started = time.monotonic()
+        first = True
         for chunks in by_task.values():
             results = self.engine.run(chunks)
             try:
                 for result in results:
+                    if first:
+                        self.metrics.pipeline_start.observe(time.monotonic() - started)
+                        first = False
                     self._collect(by_batch[result.batch_id], result)
                     if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
                         last_progress = time.monotonic()
@@ -184,6 +195,7 @@ class Runner:
                 close = getattr(results, "close", None)
                 if close is not None:
                     close()
+                self.metrics.pass_duration.observe(time.monotonic() - started)
         self._publish_progress(group, keeper)
 
     def _collect(self, claimed: Claimed, result: LineResult) -> None:
@@ -196,6 +208,7 @@ class Runner:
         if result.custom_id in buffer:
             return  # Ray retried a batch after an engine actor died: keep the first answer
         buffer[result.custom_id] = result.line
+        self._observe(claimed.record, result)
         if result.ok:
             claimed.inflight.completed += 1
         else:
@@ -210,6 +223,40 @@ class Runner:
             claimed.inflight.failed -= len(lines) - ok
             del claimed.buffers[result.chunk]
             del claimed.remaining[result.chunk]
+
+    def _observe(self, record: BatchRecord, result: LineResult) -> None:
+        m = self.metrics
+        model = record.model or ""
+        if result.ok:
+            m.requests_completed.labels(record.tenant, record.endpoint, model).inc()
+        else:
+            m.requests_failed.labels(record.tenant, record.endpoint, model, failure_code(result.line)).inc()
+        m.record_tokens(record.tenant, model, result.prompt_tokens, result.completion_tokens)
+        m.lines_rate.add(1)
+
+    def observe_queue(self) -> None:
+        """Refresh the queue and SLA gauges (cheap: one listing of the queue)."""
+        ctx, m = self.ctx, self.metrics
+        now = ctx.clock()
+        window = ctx.settings.limits.completion_window_seconds
+        entries = list(ctx.queue.entries())
+        leased = {key.rsplit("/", 1)[1].removesuffix(".json") for key in ctx.records.list_keys("leases/")}
+        m.queue_batches.labels("running").set(sum(1 for e in entries if e.batch_id in leased))
+        m.queue_batches.labels("queued").set(sum(1 for e in entries if e.batch_id not in leased))
+        m.queue_requests.set(sum(e.lines for e in entries))
+        m.oldest_queued_age.set(max((now - (e.deadline - window) for e in entries), default=0))
+        m.most_urgent_deadline.set(min((e.deadline - now for e in entries), default=window))
+        rate = m.lines_rate.per_second()
+        if entries and rate > 0:
+            ahead = 0
+            overrun = float("-inf")
+            for entry in entries:  # earliest deadline first: the order the runner works in
+                ahead += entry.lines
+                overrun = max(overrun, now + ahead / rate - entry.deadline)
+            m.projected_overrun.set(overrun)
+        elif not entries:
+            m.projected_overrun.set(-window)
+        m.engine_memory.labels("rss").set(process_tree_rss())
 
     def _publish_progress(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> bool:
         """Move request_counts on the records; returns True if some batch must stop early."""
@@ -254,25 +301,36 @@ class Runner:
             for index, lines in claimed.buffers.items():
                 write_chunk_result(ctx, claimed.record.id, index, list(lines.values()), total=claimed.remaining[index].lines)
             record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-            finalize(ctx, record, final=claimed.stop_as)
+            closed = finalize(ctx, record, final=claimed.stop_as)
+            self.metrics.batches_finished.labels(closed.status.value).inc()
             self._done(claimed.entry, claimed.lease)
             return
         if claimed.remaining:
             ctx.queue.release(claimed.lease)  # the pass ended early; the next pass continues it
             return
         record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-        finalize(ctx, record)
+        closed = finalize(ctx, record)
+        self.metrics.batches_finished.labels(closed.status.value).inc()
         self._done(claimed.entry, claimed.lease)
 
     def run(self, stop: threading.Event) -> None:
         """Serve forever: one engine pass whenever work is queued."""
         log.info("runner started", extra={"owner": self.owner})
+        self.metrics.engine_up.set(1)
         while not stop.is_set():
             try:
                 touched = self.run_once()
-            except DropbatchError as exc:
+            except EngineError as exc:
+                self.metrics.engine_restarts.inc()
                 log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
                 touched = 0
+            except DropbatchError as exc:
+                log.error("runner pass failed; will retry", extra={"error": str(exc)})
+                touched = 0
+            try:
+                self.observe_queue()
+            except DropbatchError as exc:
+                log.warning("could not refresh queue metrics", extra={"error": str(exc)})
             if not touched:
                 stop.wait(self.ctx.settings.service.poll_seconds)
 
@@ -306,3 +364,25 @@ class _LeaseKeeper:
                     self.lost.add(lease.batch_id)
                 except DropbatchError as exc:
                     log.warning("lease renewal failed; retrying", extra={"batch_id": lease.batch_id, "error": str(exc)})
+
+
+def failure_code(line: dict) -> str:
+    """The error code of a failed result line (bounded: OpenAI/dropbatch codes only)."""
+    if line.get("error"):
+        return str(line["error"].get("code") or "error")
+    body = (line.get("response") or {}).get("body") or {}
+    return str((body.get("error") or {}).get("code") or "error")
+
+
+def process_tree_rss() -> int:
+    """RSS of this process and its children (a local Ray cluster and its vLLM workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total

@@ -50,6 +50,10 @@ MODEL_CONFIG = dict(
     max_position_embeddings=2048,
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,  # smaller file; vLLM supports tied Qwen2 heads
+    # HF's default (0.02) makes greedy decoding emit the same token for every
+    # prompt; 0.1 makes the output depend on the prompt, so a result joined
+    # back to the wrong request is visible in tests.
+    initializer_range=0.1,
 )
 
 # ChatML, as used by Qwen2 chat models.

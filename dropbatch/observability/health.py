@@ -1,0 +1,115 @@
+"""Liveness, readiness and /metrics for the watcher and runner (the gateway serves its own).
+
+``/health`` answers 200 while the process serves (liveness); ``/ready`` runs every
+component check and answers 503 with the reasons when one is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dropbatch import __version__
+from dropbatch.errors import DropbatchError
+from dropbatch.observability.metrics import Metrics
+from dropbatch.storage.base import ObjectStore
+
+log = logging.getLogger("dropbatch.health")
+
+Check = Callable[[], str | None]  # None when healthy, else why not
+
+
+@dataclass
+class Health:
+    service: str
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    def add(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    def report(self) -> tuple[bool, dict]:
+        components = {}
+        for name, check in self.checks.items():
+            try:
+                problem = check()
+            except Exception as exc:  # noqa: BLE001 - a check must report, never crash the endpoint
+                problem = f"{type(exc).__name__}: {exc}"
+            components[name] = {"status": "ok"} if problem is None else {"status": "down", "reason": problem}
+        ready = all(c["status"] == "ok" for c in components.values())
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "service": self.service,
+            "version": __version__,
+            "components": components,
+        }
+        return ready, body
+
+
+def buckets_check(store: ObjectStore, buckets: list[str]) -> Check:
+    """S3 reachable and every bucket present."""
+
+    def check() -> str | None:
+        for bucket in buckets:
+            try:
+                next(iter(store.list(bucket, "__dropbatch_health__/")), None)
+            except DropbatchError as exc:
+                return f"bucket {bucket}: {exc.message}"
+        return None
+
+    return check
+
+
+class ServiceHttp:
+    """A small threaded HTTP server: /metrics, /health, /ready."""
+
+    def __init__(self, host: str, port: int, health: Health, metrics: Metrics) -> None:
+        self.health = health
+        self.metrics = metrics
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/health":
+                    body = {"status": "ok", "service": outer.health.service, "version": __version__}
+                    self._send(200, json.dumps(body).encode(), "application/json")
+                elif path == "/ready":
+                    ready, body = outer.health.report()
+                    self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
+                else:
+                    self._send(404, b'{"error": "not found"}', "application/json")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name=f"{health.service}-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> ServiceHttp:
+        self._thread.start()
+        log.info("serving /metrics /health /ready", extra={"port": self.port})
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
