@@ -32,12 +32,22 @@ class StorageSettings(_Frozen):
         description="S3/SQS endpoint (moto, LocalStack). Unset means real AWS; "
         "`dropbatch up` then starts an embedded moto server on 127.0.0.1:4566.",
     )
-    region: str = "us-east-1"
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    inbox_bucket: str = "dropbatch-inbox"
-    outbox_bucket: str = "dropbatch-outbox"
-    control_bucket: str = "dropbatch-control"
+    region: str = Field("us-east-1", description="AWS region of the buckets and the queue.")
+    access_key_id: str | None = Field(
+        None, description="S3/SQS access key; unset uses boto3's credential chain ('test' with a local endpoint)."
+    )
+    secret_access_key: str | None = Field(None, description="S3/SQS secret key (never printed).")
+    inbox_bucket: str = Field(
+        "dropbatch-inbox", description="Where clients drop <tenant>/<job>/*.jsonl and manifest.json."
+    )
+    outbox_bucket: str = Field(
+        "dropbatch-outbox",
+        description="Where results appear: <tenant>/<sha256>/output.jsonl, errors.jsonl, summary.json.",
+    )
+    control_bucket: str = Field(
+        "dropbatch-control",
+        description="Service-only state: batch records, keys, quota ledger, queue, leases, audit log.",
+    )
     queue_name: str = Field(
         "dropbatch-intake",
         description="SQS queue that receives the inbox's manifest.json events.",
@@ -63,7 +73,7 @@ class EngineSettings(_Frozen):
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto picks gpu when Ray sees one, else vLLM's CPU build."
     )
-    dtype: str = "bfloat16"
+    dtype: str = Field("bfloat16", description="Weights/activation dtype for vLLM.")
     max_model_len: int | None = Field(
         512, description="Context length; prompts longer than this become error lines."
     )
@@ -116,8 +126,10 @@ class EngineSettings(_Frozen):
 class LimitSettings(_Frozen):
     """What one batch may be, and how it is cut into work."""
 
-    max_file_lines: int = 50_000
-    max_file_bytes: int = 200 * 1024 * 1024
+    max_file_lines: int = Field(50_000, description="Most request lines one batch may hold (OpenAI: 50,000).")
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, description="Largest total input size of one batch (OpenAI: 200 MB)."
+    )
     max_line_bytes: int = Field(
         4 * 1024 * 1024, description="A longer line is rejected without being held in memory."
     )
@@ -140,10 +152,13 @@ class ServiceSettings(_Frozen):
     """How the services run: addresses, cadence, leases."""
 
     home: Path = Field(Path(".dropbatch"), description="Local state: built model, logs.")
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
-    watcher_port: int = 9101
-    runner_port: int = 9102
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
+    gateway_port: int = Field(8000, description="Port the gateway listens on (/v1, /health, /ready, /metrics).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the watcher's and runner's /metrics, /health, /ready bind to."
+    )
+    watcher_port: int = Field(9101, description="The watcher's /metrics, /health and /ready port.")
+    runner_port: int = Field(9102, description="The runner's /metrics, /health and /ready port.")
     intake: Literal["auto", "sqs", "poll"] = Field(
         "auto", description="auto: SQS events when the queue exists, plus a slower listing sweep."
     )
@@ -155,7 +170,7 @@ class ServiceSettings(_Frozen):
         60, description="A runner that stops renewing loses its batch after this long."
     )
     admin_token: str | None = Field(None, description="Bearer token for /admin routes.")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="Log level of every service (JSON logs on stderr).")
 
 
 class Settings(_Frozen):
@@ -307,6 +322,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_HOME": ("service", "home", Path, ()),
     "DROPBATCH_GATEWAY_HOST": ("service", "gateway_host", str, ()),
     "DROPBATCH_GATEWAY_PORT": ("service", "gateway_port", int, ()),
+    "DROPBATCH_METRICS_HOST": ("service", "metrics_host", str, ()),
     "DROPBATCH_WATCHER_PORT": ("service", "watcher_port", int, ()),
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),
     "DROPBATCH_INTAKE": ("service", "intake", str, ()),

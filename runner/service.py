@@ -58,6 +58,7 @@ class Runner:
         self.engine = engine
         self.owner = owner or runner_identity()
         self.metrics = metrics or Metrics("runner")
+        self._stop: threading.Event | None = None
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -259,8 +260,12 @@ class Runner:
         m.engine_memory.labels("rss").set(process_tree_rss())
 
     def _publish_progress(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> bool:
-        """Move request_counts on the records; returns True if some batch must stop early."""
-        must_stop = False
+        """Move request_counts on the records; returns True if the engine pass must end now.
+
+        That is when a batch is cancelled or expired, a lease was lost, or the runner
+        is asked to stop (unfinished chunks are then handed back, not lost).
+        """
+        must_stop = self._stop is not None and self._stop.is_set()
         for claimed in group:
             if claimed.lease.batch_id in keeper.lost:
                 claimed.lost = True
@@ -316,6 +321,7 @@ class Runner:
     def run(self, stop: threading.Event) -> None:
         """Serve forever: one engine pass whenever work is queued."""
         log.info("runner started", extra={"owner": self.owner})
+        self._stop = stop
         self.metrics.engine_up.set(1)
         while not stop.is_set():
             try:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-
 from helpers import AwsCli, DropBox, aws_executable
 
 SERVER_START_SECONDS = 30.0

@@ -14,6 +14,8 @@ from urllib.parse import unquote_plus
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
+from dropbatch.models import BatchStatus
+from dropbatch.observability.metrics import Metrics
 from dropbatch.storage.keys import MANIFEST_NAME, job_of_manifest_key
 from dropbatch.storage.s3 import call_aws, make_client
 from watcher.admission import admit_manifest
@@ -60,15 +62,25 @@ class SqsIntake:
             for m in resp.get("Messages", [])
         ]
 
+    def check(self) -> str | None:
+        """Readiness: the queue answers."""
+        try:
+            call_aws(self.client.get_queue_attributes, QueueUrl=self.queue_url, AttributeNames=["QueueArn"], what="sqs")
+        except DropbatchError as exc:
+            return f"queue {self.queue_url}: {exc.message}"
+        return None
+
     def ack(self, receipt: str) -> None:
         call_aws(self.client.delete_message, QueueUrl=self.queue_url, ReceiptHandle=receipt, what="sqs")
 
 
 class Watcher:
-    def __init__(self, ctx: Context, *, events: SqsIntake | None = None) -> None:
+    def __init__(self, ctx: Context, *, events: SqsIntake | None = None, metrics: Metrics | None = None) -> None:
         self.ctx = ctx
         self.events = events
+        self.metrics = metrics or Metrics("watcher")
         self._seen: set[tuple[str, str]] = set()
+        self._counted: set[str] = set()  # batch ids already counted in dropbatch_manifests_total
         self._last_sweep = 0.0
 
     def handle(self, key: str, etag: str | None = None) -> bool:
@@ -77,10 +89,17 @@ class Watcher:
         if ref is None:
             return True
         try:
-            admit_manifest(self.ctx, ref)
+            record = admit_manifest(self.ctx, ref)
         except DropbatchError as exc:
             log.error("admission failed; will retry", extra={"key": key, "error": str(exc)})
             return False
+        if record is not None and record.id not in self._counted and record.status != BatchStatus.VALIDATING:
+            self._counted.add(record.id)
+            if record.status == BatchStatus.FAILED:
+                reason = record.errors.data[0].code if record.errors and record.errors.data else "rejected"
+                self.metrics.manifests.labels("rejected", reason).inc()
+            else:
+                self.metrics.manifests.labels("admitted", "cached" if record.cached else "queued").inc()
         if etag is not None:
             self._seen.add((key, etag))
         return True

@@ -5,11 +5,15 @@ no GPU. Tests and benchmarks still need a model that the *real* vLLM engine
 loads and runs, so that every generated token is real engine work. A 2-layer
 Qwen2 with hidden size 128 is the smallest shape vLLM's CPU attention accepts
 that still looks like a production chat model (GQA, ChatML template, byte-level
-BPE). Its output is noise; only its shape and cost matter.
+BPE). Its text is gibberish, but it differs from prompt to prompt, and every
+token is real engine work.
 
 The build is deterministic (fixed seed, sorted bounded corpus) and idempotent:
 a marker file holding a hash of every build parameter lets repeated calls, e.g.
-from each test session, return at once instead of rebuilding.
+from each test session, return at once instead of rebuilding. Files are built
+in a temporary sibling folder and moved in one by one, marker last, so a
+reader never sees a half-written file and concurrent builders (which write
+identical bytes) cannot corrupt each other.
 
 Heavy libraries (torch, transformers, tokenizers) are imported inside
 `build_tiny_model`, so importing this module stays cheap.
@@ -19,15 +23,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import sys
 import sysconfig
+import tempfile
 
 # Bump when the build recipe changes in a way the parameters below do not show.
 BUILD_VERSION = 2
 MARKER = ".tinymodel.sha256"
-REQUIRED_FILES = ("config.json", "model.safetensors", "generation_config.json",
-                  "tokenizer.json", "tokenizer_config.json")
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
@@ -67,9 +78,17 @@ CHAT_TEMPLATE = (
 
 def _params_hash(seed: int) -> str:
     """Hash of everything that determines the built files."""
-    params = dict(version=BUILD_VERSION, seed=seed, model=MODEL_CONFIG, dtype=DTYPE,
-                  specials=SPECIAL_TOKENS, eos=EOS_TOKEN, pad=PAD_TOKEN,
-                  template=CHAT_TEMPLATE, corpus_max_chars=CORPUS_MAX_CHARS)
+    params = dict(
+        version=BUILD_VERSION,
+        seed=seed,
+        model=MODEL_CONFIG,
+        dtype=DTYPE,
+        specials=SPECIAL_TOKENS,
+        eos=EOS_TOKEN,
+        pad=PAD_TOKEN,
+        template=CHAT_TEMPLATE,
+        corpus_max_chars=CORPUS_MAX_CHARS,
+    )
     blob = json.dumps(params, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -115,10 +134,12 @@ def _build_tokenizer(out_dir: pathlib.Path):
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
@@ -155,7 +176,17 @@ def build_tiny_model(out_dir: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        _build_into(pathlib.Path(tmp), seed)
+        for path in sorted(pathlib.Path(tmp).iterdir()):
+            path.chmod(0o644)  # safetensors writes 0600; let other users read the model
+            os.replace(path, out_dir / path.name)  # atomic per file
+    (out_dir / MARKER).write_text(digest + "\n")
+    return out_dir
 
+
+def _build_into(out_dir: pathlib.Path, seed: int) -> None:
+    """Write tokenizer, random bf16 weights and configs into an empty folder."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -166,21 +197,17 @@ def build_tiny_model(out_dir: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
     if len(tokenizer) > VOCAB_SIZE:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens > {VOCAB_SIZE}")
 
-    config = Qwen2Config(**MODEL_CONFIG, bos_token_id=bos_id, eos_token_id=eos_id,
-                         pad_token_id=pad_id)
+    config = Qwen2Config(**MODEL_CONFIG, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     torch.manual_seed(seed)  # random init is the only source of weights
     model = Qwen2ForCausalLM(config).to(getattr(torch, DTYPE)).eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # Only token ids: no sampling defaults, so vLLM's defaults (and the
     # request's own sampling params) apply unchanged.
-    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id,
-                     pad_token_id=pad_id).save_pretrained(str(out_dir))
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(str(out_dir))
 
     missing = [n for n in REQUIRED_FILES if not (out_dir / n).is_file()]
     if missing:
-        raise RuntimeError(f"build left out {missing} in {out_dir}")
-    (out_dir / MARKER).write_text(digest + "\n")
-    return out_dir
+        raise RuntimeError(f"build left out {missing}")
 
 
 def main(argv: list[str] | None = None) -> int:

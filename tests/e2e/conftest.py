@@ -25,6 +25,7 @@ import pytest
 from dropbatch.bootstrap import bootstrap
 from dropbatch.context import Context
 from dropbatch.errors import EngineError
+from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +44,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class OffsetClock:
+    """Real time plus an offset a test can move forward (to reach a deadline mid-run)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 class CountingEngine:
-    """Wraps the real engine to count pipeline passes (to prove cache hits ran nothing)."""
+    """Wraps the real engine: counts pipeline passes, and can act after the n-th real result."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
         self.passes = 0
+        self._hooks: list[tuple[int, object]] = []
+
+    def after(self, results: int, action) -> None:
+        """Call ``action()`` once, after the next pass has yielded ``results`` results."""
+        self._hooks.append((results, action))
 
     def __enter__(self):
         self.engine.__enter__()
@@ -59,7 +78,16 @@ class CountingEngine:
 
     def run(self, chunks):
         self.passes += 1
-        return self.engine.run(chunks)
+        hooks, self._hooks = self._hooks, []
+        inner = self.engine.run(chunks)
+        try:
+            for n, result in enumerate(inner, start=1):
+                yield result
+                for at, action in hooks:
+                    if at == n:
+                        action()
+        finally:
+            inner.close()
 
 
 @dataclass
@@ -68,6 +96,8 @@ class Stack:
     ctx: Context
     engine: CountingEngine
     endpoint: str
+    clock: OffsetClock
+    metrics: Metrics = field(default_factory=lambda: Metrics("runner"))
     _gateway_url: str | None = None
     _threads: list = field(default_factory=list)
 
@@ -94,7 +124,7 @@ class Stack:
         from watcher.service import Watcher
 
         Watcher(self.ctx).run_once()
-        runner = Runner(self.ctx, self.engine)
+        runner = Runner(self.ctx, self.engine, metrics=self.metrics)
         passes = 0
         retried = False
         while passes < max_passes:
@@ -173,9 +203,10 @@ def stack():
             }
         )
         bootstrap(settings.storage)
-        ctx = Context.from_settings(settings)
+        clock = OffsetClock()
+        ctx = Context.from_settings(settings, clock=clock)
         with CountingEngine(build_engine(settings)) as engine:
-            stack = Stack(settings=settings, ctx=ctx, engine=engine, endpoint=endpoint)
+            stack = Stack(settings=settings, ctx=ctx, engine=engine, endpoint=endpoint, clock=clock)
             try:
                 yield stack
             finally:

@@ -7,10 +7,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import audit_events, control_keys, make_jsonl, make_tenant, read_jsonl
 
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
-from helpers import audit_events, control_keys, make_jsonl, make_tenant, read_jsonl
 from runner.service import Runner
 from watcher.service import Watcher
 

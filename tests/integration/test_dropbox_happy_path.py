@@ -10,13 +10,13 @@ import json
 from collections import Counter
 
 import pytest
+from helpers import make_jsonl, make_tenant, read_jsonl
 
 from dropbatch.bootstrap import find_queue_url
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchStatus
 from dropbatch.storage.keys import OutputPrefix
-from helpers import make_jsonl, make_tenant, read_jsonl
 from runner.service import Runner
 from watcher.service import SqsIntake, Watcher
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import audit_events, control_keys, make_jsonl, make_tenant
 
 from dropbatch.bootstrap import find_queue_url
 from dropbatch.context import Context
@@ -11,7 +12,6 @@ from dropbatch.errors import StorageUnavailable
 from dropbatch.models import BatchStatus
 from dropbatch.storage.keys import ControlKeys, JobRef
 from dropbatch.storage.s3 import make_client
-from helpers import audit_events, control_keys, make_jsonl, make_tenant
 from runner.service import Runner
 from watcher.service import SqsIntake, Watcher
 

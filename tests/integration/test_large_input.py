@@ -7,9 +7,9 @@ import json
 import tracemalloc
 
 import pytest
+from helpers import make_line, make_tenant
 
 from dropbatch.models import BatchStatus
-from helpers import make_line, make_tenant
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
@@ -78,9 +78,9 @@ def test_20mb_input_is_admitted_streaming(chunk_lines, make_settings, make_conte
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert {c.input for c in chunks} == {0}
     assert chunks[0].start == 0 and chunks[-1].end == size
-    assert all(prev.end == nxt.start for prev, nxt in zip(chunks, chunks[1:]))
+    assert all(prev.end == nxt.start for prev, nxt in zip(chunks, chunks[1:], strict=False))
     assert sum(c.lines for c in chunks) == lines
-    assert all(prev.first_line + prev.lines == nxt.first_line for prev, nxt in zip(chunks, chunks[1:]))
+    assert all(prev.first_line + prev.lines == nxt.first_line for prev, nxt in zip(chunks, chunks[1:], strict=False))
     with path.open("rb") as f:
         for chunk in chunks:
             assert hashlib.sha256(f.read(chunk.end - chunk.start)).hexdigest() == chunk.sha256

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import Tamper, make_jsonl, make_line, make_tenant
 
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
 from dropbatch.storage.keys import JobRef
-from helpers import Tamper, make_jsonl, make_line, make_tenant
 from runner.service import Runner
 from watcher.service import Watcher
 

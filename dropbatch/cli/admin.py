@@ -1,0 +1,70 @@
+"""`dropbatch tenant create`, `key create`, `key revoke`: operator commands.
+
+A signing key's secret is printed exactly once, here; the control bucket keeps it
+for the watcher, and no other command shows it again.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dropbatch.cli.common import Group, State, emit
+
+_KEEP_IT = "shown once: keep it; sign manifests with DROPBATCH_SIGNING_SECRET=… or --secret-file"
+
+
+@click.group("tenant", cls=Group)
+def tenant_group() -> None:
+    """Tenants: who may drop jobs in the inbox, at which tier."""
+
+
+@tenant_group.command("create")
+@click.argument("name")
+@click.option("--tier", default="free", show_default=True, help="free, basic, premium or enterprise (hourly request-line quota).")
+@click.pass_obj
+def tenant_create(state: State, name: str, tier: str, as_json: bool) -> None:
+    """Create tenant NAME and its first manifest signing key."""
+    ctx = state.context
+    tenant = ctx.tenants.create(name, tier)
+    key = ctx.tenants.create_signing_key(tenant.name)
+    quota = ctx.quotas.limit(tenant.tier)
+    text = "\n".join(
+        [
+            f"tenant  {tenant.name}  ({tenant.tier}: {quota} request lines per hour)",
+            f"key id  {key.key_id}",
+            f"secret  {key.secret}",
+            f"        ({_KEEP_IT})",
+        ]
+    )
+    emit(as_json, {"tenant": tenant.name, "tier": tenant.tier, "key_id": key.key_id, "secret": key.secret}, text)
+
+
+@click.group("key", cls=Group)
+def key_group() -> None:
+    """Manifest signing keys."""
+
+
+@key_group.command("create")
+@click.option("--tenant", required=True)
+@click.pass_obj
+def key_create(state: State, tenant: str, as_json: bool) -> None:
+    """Create another signing key for a tenant (e.g. to rotate)."""
+    key = state.context.tenants.create_signing_key(tenant)
+    text = f"key id  {key.key_id}\nsecret  {key.secret}\n        ({_KEEP_IT})"
+    emit(as_json, {"tenant": key.tenant, "key_id": key.key_id, "secret": key.secret}, text)
+
+
+@key_group.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def key_revoke(state: State, key_id: str, as_json: bool) -> None:
+    """Revoke KEY_ID: manifests signed with it are rejected from now on."""
+    key = state.context.tenants.revoke_signing_key(key_id)
+    emit(
+        as_json,
+        {"tenant": key.tenant, "key_id": key.key_id, "revoked_at": key.revoked_at},
+        f"revoked {key.key_id} of tenant {key.tenant}",
+    )
+
+
+COMMANDS = (tenant_group, key_group)

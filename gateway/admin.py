@@ -1,0 +1,53 @@
+"""/admin/tokens: issue, list and revoke tenant tokens with the admin token.
+
+Disabled (404) unless DROPBATCH_ADMIN_TOKEN is set. A missing or wrong bearer
+is 401; a valid tenant token is 403 (it authenticates, but is not an admin).
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import check_admin
+from gateway.files import list_envelope
+from gateway.params import json_object, path_id, query_str, validate
+from gateway.schemas import TokenCreate
+from gateway.state import gateway_of
+
+
+async def _admin(request: Request) -> None:
+    gw = gateway_of(request)
+    await run_in_threadpool(check_admin, request, gw.settings.service.admin_token, gw.auth)
+
+
+async def create_token(request: Request) -> Response:
+    await _admin(request)
+    gw = gateway_of(request)
+    body = validate(TokenCreate, await json_object(request))
+    issued = await run_in_threadpool(gw.tokens.create, body.tenant, tier=body.tier, expires_in=body.expires_in)
+    return JSONResponse({**issued.record.public(), **issued.shown_once()}, status_code=201)
+
+
+async def list_tokens(request: Request) -> Response:
+    await _admin(request)
+    gw = gateway_of(request)
+    tenant = query_str(request, "tenant", max_length=128)
+    records = await run_in_threadpool(lambda: [r.public() for r in gw.tokens.list(tenant)])
+    return JSONResponse(list_envelope(records, False))
+
+
+async def revoke_token(request: Request) -> Response:
+    await _admin(request)
+    gw = gateway_of(request)
+    record = await run_in_threadpool(gw.tokens.revoke, path_id(request, "token_id"))
+    return JSONResponse(record.public())
+
+
+ROUTES = [
+    Route("/admin/tokens", create_token, methods=["POST"]),
+    Route("/admin/tokens", list_tokens, methods=["GET"]),
+    Route("/admin/tokens/{token_id}", revoke_token, methods=["DELETE"]),
+]

@@ -1,0 +1,84 @@
+"""The gateway: a Starlette app speaking OpenAI's /v1/files and /v1/batches over the dropbatch buckets.
+
+It never runs inference and imports no ray, vllm or torch: a batch created here
+is a server-signed manifest in the inbox (``gateway.submit``), admitted by the
+watcher and run by the runner exactly like a drop-box job; reads come from the
+same records and outbox objects. All state is in S3, so replicas are stateless
+(save the per-replica rate-limit buckets and a token cache of at most 2 s).
+
+    create_app(settings, ctx=...)  the ASGI app (tests pass their own Context); /metrics for Prometheus
+    serve(settings)                uvicorn on DROPBATCH_GATEWAY_HOST:PORT (default 127.0.0.1:8000)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from dropbatch.auth.tokens import Tokens
+from dropbatch.context import Context
+from dropbatch.errors import DropbatchError
+from dropbatch.observability.metrics import Metrics
+from dropbatch.settings import Settings
+from gateway import admin, batches, compat, files, health, jobs, metrics, openapi, validation
+from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
+from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
+from gateway.metrics import HttpMetrics
+from gateway.ratelimit import RateLimiter, TierRate
+from gateway.state import Gateway
+
+log = logging.getLogger("dropbatch.gateway")
+
+# Compat routes first: /v1/batches/validate must not be taken for a batch id.
+ROUTE_MODULES = (health, metrics, openapi, validation, compat, files, batches, jobs, admin)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ctx: Context | None = None,
+    token_cache_seconds: float = TOKEN_CACHE_SECONDS,
+    rate_limits: Mapping[str, TierRate] | None = None,
+) -> Starlette:
+    """The ASGI app. Building it does no I/O (the Context connects on first use)."""
+    ctx = ctx or Context.from_settings(settings)
+    tokens = Tokens(ctx.records, ctx.tenants, clock=ctx.clock)
+    registry = Metrics("gateway")
+    app = Starlette(
+        routes=[route for module in ROUTE_MODULES for route in module.ROUTES],
+        middleware=[Middleware(HttpMetrics, metrics=registry)],
+        exception_handlers={
+            DropbatchError: handle_dropbatch_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.gateway = Gateway(
+        settings=settings,
+        ctx=ctx,
+        tokens=tokens,
+        auth=TokenAuth(tokens, cache_seconds=token_cache_seconds),
+        limiter=RateLimiter(rate_limits),
+        metrics=registry,
+    )
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Serve until stopped (SIGINT/SIGTERM), on the configured host and port."""
+    service = settings.service
+    config = uvicorn.Config(
+        create_app(settings),
+        host=service.gateway_host,
+        port=service.gateway_port,
+        log_config=None,  # keep the JSON logging `dropbatch` configured
+        log_level=service.log_level.lower(),
+        access_log=False,
+    )
+    log.info("gateway listening", extra={"url": f"http://{service.gateway_host}:{service.gateway_port}"})
+    uvicorn.Server(config).run()

@@ -1,0 +1,325 @@
+"""The original design's API, kept working on the same machinery as /v1/files + /v1/batches.
+
+- ``POST /v1/batches`` with ``input: [{"prompt": ...}]`` (+ ``model``, ``max_tokens``,
+  ``temperature``): each item becomes one ``/v1/chat/completions`` request line
+  with a single user message holding the prompt (custom_id ``item-<index>``
+  unless the item names one). The lines are stored as an uploaded file for the
+  caller and submitted like any batch. More than 1000 items are truncated to the
+  first 1000, with a warning in the response's ``warnings``.
+- ``GET /v1/batches/{id}/results``: ``data[]`` of ``{custom_id, input: {prompt},
+  output_text, tokens_generated, error}`` in input order, once the batch is
+  completed (or cancelled/expired: what finished, the rest with their error).
+- ``POST /v1/batches/validate``: see ``gateway.validation``.
+- ``POST /v1/batches/cost-estimate``: prompt tokens counted by the model's own
+  ``tokenizer.json`` (``gateway.tokenize``) priced with ``PRICES``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dropbatch.context import Context
+from dropbatch.errors import Conflict, InvalidRequest, NotFound
+from dropbatch.jsonl import encode, iter_lines
+from dropbatch.models import BatchRecord, BatchStatus
+from dropbatch.settings import Settings
+from gateway.auth import Principal, tenant_route
+from gateway.errors import UnprocessableRequest
+from gateway.files import store_upload
+from gateway.params import json_object, path_id, validate
+from gateway.schemas import MAX_INLINE_ITEMS, CostEstimateRequest, InlineBatchCreate, InlineItem
+from gateway.state import Gateway, gateway_of
+from gateway.submit import submit_batch
+from gateway.tokenize import TokenCounter, load_counter
+
+CHAT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+
+
+# Per-model prices for cost estimates, USD per 1M tokens, keyed by the served model
+# name (DROPBATCH_MODEL_NAME) or the weights (DROPBATCH_MODEL). Self-hosted models
+# have no list price: these are nominal figures for capacity planning. Belongs in
+# Settings (a `prices` group) once the kernel grows one; until then, here.
+PRICES: dict[str, Price] = {
+    "dropbatch-tiny": Price(input=0.01, output=0.02),
+    "Qwen/Qwen2.5-0.5B-Instruct": Price(input=0.02, output=0.04),
+    "default": Price(input=0.10, output=0.40),
+}
+RESULT_STATUSES = (BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
+
+
+def price_for(settings: Settings, model: str) -> Price:
+    return PRICES.get(model) or PRICES.get(settings.engine.model) or PRICES["default"]
+
+
+def resolve_model(settings: Settings, model: str | None) -> str:
+    served = settings.engine.model_name
+    if model is not None and model != served:
+        raise NotFound(
+            f"The model '{model}' does not exist; this deployment serves '{served}'.",
+            code="model_not_found",
+            param="model",
+        )
+    return served
+
+
+def inline_lines(
+    settings: Settings,
+    items: Sequence[InlineItem],
+    *,
+    model: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Chat completion request lines for inline prompts, and the warnings (truncation)."""
+    served = resolve_model(settings, model)
+    warnings = []
+    if len(items) > MAX_INLINE_ITEMS:
+        warnings.append(
+            f"The input has {len(items)} items; only the first {MAX_INLINE_ITEMS} were submitted "
+            f"(at most {MAX_INLINE_ITEMS} inline items per batch; upload a file for more)."
+        )
+        items = items[:MAX_INLINE_ITEMS]
+    lines = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        custom_id = item.custom_id or f"item-{index}"
+        if custom_id in seen:
+            raise UnprocessableRequest(f"input[{index}].custom_id {custom_id!r} appears more than once.", param="input")
+        seen.add(custom_id)
+        body: dict[str, Any] = {
+            "model": served,
+            "messages": [{"role": "user", "content": item.prompt}],
+            "max_tokens": max_tokens or settings.engine.default_max_tokens,
+        }
+        if temperature is not None:
+            body["temperature"] = temperature
+        lines.append({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body})
+    return lines, warnings
+
+
+def submit_lines(
+    ctx: Context, tenant: str, lines: list[dict[str, Any]], *, metadata: dict[str, str] | None, filename: str
+) -> BatchRecord:
+    file = store_upload(ctx, tenant, (encode(line) for line in lines), filename=filename)
+    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata)
+
+
+async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any]) -> Response:
+    body = validate(InlineBatchCreate, data)
+    lines, warnings = inline_lines(
+        gw.settings, body.input, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
+    )
+    record = await run_in_threadpool(
+        submit_lines, gw.ctx, principal.tenant, lines, metadata=body.metadata, filename="inline-input.jsonl"
+    )
+    return JSONResponse({**record.openai(), "warnings": warnings})
+
+
+# -- reading request and result lines ------------------------------------------------
+
+
+def iter_json_lines(ctx: Context, bucket: str, key: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(line number, parsed object or None if it is not a JSON object) for each non-blank line."""
+    for raw in iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes):
+        try:
+            obj = json.loads(raw.data or b"")
+        except (ValueError, RecursionError):
+            obj = None
+        yield raw.number, obj if isinstance(obj, dict) else None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_of(body: Any) -> str:
+    """The prompt text of a request body (chat: the last user message; completions: the prompt)."""
+    if not isinstance(body, dict):
+        return ""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        chosen = users[-1] if users else (messages[-1] if messages and isinstance(messages[-1], dict) else {})
+        return _text(chosen.get("content"))
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return "\n".join(v for v in value if isinstance(v, str))
+    return ""
+
+
+def all_text_of(body: Any) -> str:
+    """Every prompt text of a body (all messages), for token counting."""
+    if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        return "\n".join(_text(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+    return prompt_of(body)
+
+
+def outcome_of(line: dict[str, Any]) -> dict[str, Any]:
+    """output_text / tokens_generated / error of one output or error line."""
+    response = line.get("response") or {}
+    body = response.get("body") if isinstance(response, dict) else None
+    body = body if isinstance(body, dict) else {}
+    error = line.get("error")
+    status = response.get("status_code", 0) if isinstance(response, dict) else 0
+    if error is None and not 200 <= status < 300:
+        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = {"code": detail.get("code") or str(status), "message": detail.get("message", "")}
+    choices = body.get("choices") if isinstance(body.get("choices"), list) else []
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    text = first.get("text")
+    if isinstance(first.get("message"), dict):
+        text = first["message"].get("content")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    return {
+        "output_text": text if error is None else None,
+        "tokens_generated": int(usage.get("completion_tokens") or 0),
+        "finish_reason": first.get("finish_reason"),
+        "error": error,
+    }
+
+
+def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
+    """The compat results of a finished batch, in input order (kept in memory: small batches)."""
+    record = ctx.batches.get(tenant, batch_id)
+    if record.status not in RESULT_STATUSES:
+        raise Conflict(
+            f"Batch {batch_id} is {record.status.value}; results are available once it is "
+            f"{', '.join(s.value for s in RESULT_STATUSES)}.",
+            code="batch_not_finished",
+        )
+    outcomes: dict[str, dict[str, Any]] = {}
+    for file_id in (record.output_file_id, record.error_file_id):
+        if file_id is None:
+            continue
+        file = ctx.files.get(tenant, file_id)
+        for _, line in iter_json_lines(ctx, file.bucket, file.key):
+            if line is not None and isinstance(line.get("custom_id"), str):
+                outcomes[line["custom_id"]] = outcome_of(line)
+    data = []
+    for item in record.inputs:
+        for _, request in iter_json_lines(ctx, ctx.inbox, item.key):
+            if request is None or not isinstance(request.get("custom_id"), str):
+                continue
+            custom_id = request["custom_id"]
+            outcome = outcomes.get(custom_id) or {
+                "output_text": None,
+                "tokens_generated": 0,
+                "finish_reason": None,
+                "error": {"code": "no_result", "message": "No result line exists for this request."},
+            }
+            data.append({"custom_id": custom_id, "input": {"prompt": prompt_of(request.get("body"))}, **outcome})
+    return {
+        "object": "list",
+        "batch_id": record.id,
+        "status": record.status.value,
+        "data": data,
+        "first_id": data[0]["custom_id"] if data else None,
+        "last_id": data[-1]["custom_id"] if data else None,
+        "has_more": False,
+    }
+
+
+@tenant_route
+async def get_results(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    results = await run_in_threadpool(batch_results, gw.ctx, principal.tenant, path_id(request, "batch_id"))
+    return JSONResponse(results)
+
+
+# -- cost estimate ---------------------------------------------------------------------
+
+
+def token_counter(gw: Gateway) -> TokenCounter:
+    counter = gw.caches.get("token_counter")
+    if counter is None:
+        counter = gw.caches["token_counter"] = load_counter(gw.settings.engine)
+    return counter
+
+
+def _file_requests(ctx: Context, tenant: str, file_id: str) -> Iterator[tuple[str, int]]:
+    """(prompt text, max output tokens) per request line of one of ``tenant``'s files."""
+    file = ctx.files.get(tenant, file_id)
+    default = ctx.settings.engine.default_max_tokens
+    for number, line in iter_json_lines(ctx, file.bucket, file.key):
+        body = line.get("body") if line else None
+        if not isinstance(body, dict):
+            raise InvalidRequest(
+                f"Line {number} of file {file_id} is not a request line.", code="invalid_json_line", line=number
+            )
+        output = (
+            0
+            if line.get("url") == "/v1/embeddings"
+            else body.get("max_completion_tokens") or body.get("max_tokens") or default
+        )
+        yield all_text_of(body), int(output) if isinstance(output, int) else default
+
+
+def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[str, Any]:
+    """Prompt tokens (really tokenized when possible) and the most output the batch could produce."""
+    if (body.input is None) == (body.input_file_id is None):
+        raise UnprocessableRequest("Give exactly one of 'input' or 'input_file_id'.", param="input")
+    model = resolve_model(gw.settings, body.model)
+    counter = token_counter(gw)
+    default = body.max_tokens or gw.settings.engine.default_max_tokens
+    if body.input is not None:
+        requests: Iterator[tuple[str, int]] = ((item.prompt, default) for item in body.input[:MAX_INLINE_ITEMS])
+    else:
+        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "")
+    items = input_tokens = max_output = 0
+    pending: list[str] = []
+    for text, output in requests:
+        items += 1
+        max_output += body.max_tokens or output
+        pending.append(text)
+        if len(pending) >= 1024:
+            input_tokens += sum(counter.count(pending))
+            pending.clear()
+    input_tokens += sum(counter.count(pending))
+    price = price_for(gw.settings, model)
+    cost = input_tokens / 1e6 * price.input + max_output / 1e6 * price.output
+    return {
+        "object": "dropbatch.cost_estimate",
+        "model": model,
+        "items": items,
+        "input_tokens": input_tokens,
+        "max_output_tokens": max_output,
+        "estimated_cost_usd": round(cost, 8),
+        "pricing": {"input_per_million_usd": price.input, "output_per_million_usd": price.output},
+        "tokenizer": counter.source,
+    }
+
+
+@tenant_route
+async def cost_estimate(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    body = validate(CostEstimateRequest, await json_object(request))
+    return JSONResponse(await run_in_threadpool(estimate_cost, gw, principal.tenant, body))
+
+
+ROUTES = [
+    Route("/v1/batches/cost-estimate", cost_estimate, methods=["POST"]),
+    Route("/v1/batches/{batch_id}/results", get_results, methods=["GET"]),
+]

@@ -1,0 +1,251 @@
+"""/v1/files: uploads streamed to the inbox, File records, and content from any bucket.
+
+An upload is parsed by Starlette into a spooled temporary file (memory up to
+1 MB, then disk), then streamed to ``inbox/<tenant>/.files/<file_id>.jsonl`` in
+1 MiB reads while its sha256 and size are computed; nothing holds the whole
+file. Output and error files are File records the kernel created over outbox
+objects; ``/content`` streams whichever bucket a record names.
+
+Deleting a file removes its record (it can no longer be read, listed or used
+for a new batch); the bytes of an upload stay in the inbox for batches already
+created from it, until the bucket's lifecycle rule removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from dropbatch.context import Context
+from dropbatch.errors import InvalidRequest
+from dropbatch.ids import new_file_id
+from dropbatch.models import FileRecord
+from dropbatch.storage.keys import ControlKeys, uploaded_file_key
+from gateway.auth import Principal, tenant_route
+from gateway.errors import PayloadTooLarge, UnprocessableRequest
+from gateway.params import (
+    check_content_length,
+    limited_receive,
+    path_id,
+    query_choice,
+    query_cursor,
+    query_int,
+    query_str,
+)
+from gateway.state import gateway_of
+
+READ_CHUNK = 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the small form fields around the file
+# Purposes OpenAI defines; only "batch" is served here (others are refused with 400).
+KNOWN_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MAX_FILES_PAGE = 10_000
+
+
+def read_chunks(source: BinaryIO) -> Iterator[bytes]:
+    while chunk := source.read(READ_CHUNK):
+        yield chunk
+
+
+def store_upload(
+    ctx: Context,
+    tenant: str,
+    chunks: Iterable[bytes],
+    *,
+    filename: str,
+    expires_at: int | None = None,
+) -> FileRecord:
+    """Stream ``chunks`` to a new inbox upload and record it; 413 past the size limit."""
+    limit = ctx.settings.limits.max_file_bytes
+    file_id = new_file_id()
+    key = uploaded_file_key(tenant, file_id)
+    hasher = hashlib.sha256()
+    size = 0
+
+    def counted() -> Iterator[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The file is larger than the limit of {limit} bytes.")
+            hasher.update(chunk)
+            yield chunk
+
+    ctx.store.upload_stream(ctx.inbox, key, counted(), if_none_match=True, content_type="application/jsonl")
+    record = FileRecord(
+        id=file_id,
+        bytes=size,
+        created_at=ctx.now(),
+        filename=filename,
+        purpose="batch",
+        status="processed",
+        expires_at=expires_at,
+        tenant=tenant,
+        bucket=ctx.inbox,
+        key=key,
+        sha256=hasher.hexdigest(),
+    )
+    ctx.files.create(record)
+    return record
+
+
+def _clean_filename(name: str | None) -> str:
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return base[:255] or "upload.jsonl"
+
+
+def _expires_after(form, created_at: int) -> int | None:
+    anchor = form.get("expires_after[anchor]")
+    seconds = form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at" or not isinstance(seconds, str) or not seconds.isdigit():
+        raise UnprocessableRequest(
+            "expires_after needs anchor 'created_at' and seconds between 3600 and 2592000.", param="expires_after"
+        )
+    if not 3600 <= int(seconds) <= 2_592_000:
+        raise UnprocessableRequest("expires_after.seconds must be between 3600 and 2592000.", param="expires_after")
+    return created_at + int(seconds)
+
+
+@tenant_route
+async def create_file(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    limit = gw.settings.limits.max_file_bytes
+    check_content_length(request, limit + MULTIPART_OVERHEAD, "upload")
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidRequest(
+            "Upload files as multipart/form-data with fields 'file' and 'purpose'.", code="invalid_content_type"
+        )
+    limited = Request(request.scope, receive=limited_receive(request.receive, limit + MULTIPART_OVERHEAD, "upload"))
+    async with limited.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
+        purpose = form.get("purpose")
+        upload = form.get("file")
+        if not isinstance(purpose, str):
+            raise UnprocessableRequest(
+                "Missing required parameter: 'purpose'.", code="missing_required_parameter", param="purpose"
+            )
+        if purpose not in KNOWN_PURPOSES:
+            raise UnprocessableRequest(
+                f"Invalid value for 'purpose': must be one of {', '.join(KNOWN_PURPOSES)}.", param="purpose"
+            )
+        if purpose != "batch":
+            raise InvalidRequest(
+                f"Purpose '{purpose}' is not supported here; dropbatch stores files with purpose 'batch'.",
+                code="unsupported_purpose",
+                param="purpose",
+            )
+        if not isinstance(upload, UploadFile):
+            raise UnprocessableRequest(
+                "Missing required parameter: 'file'.", code="missing_required_parameter", param="file"
+            )
+        if upload.size is not None and upload.size > limit:
+            raise PayloadTooLarge(f"The file is {upload.size} bytes; the limit is {limit} bytes.")
+        expires_at = _expires_after(form, gw.ctx.now())
+        record = await run_in_threadpool(
+            store_upload,
+            gw.ctx,
+            principal.tenant,
+            read_chunks(upload.file),
+            filename=_clean_filename(upload.filename),
+            expires_at=expires_at,
+        )
+    return JSONResponse(record.openai())
+
+
+def list_files(
+    ctx: Context, tenant: str, *, after: str | None, limit: int, order: str, purpose: str | None
+) -> tuple[list[FileRecord], bool]:
+    """A page of ``tenant``'s files in ``order`` of creation, after the file id ``after``."""
+    prefix = ControlKeys.file_index_prefix(tenant)
+    anchor_key = None
+    if after is not None:
+        anchor = ctx.files.get(tenant, after)
+        anchor_key = ControlKeys.file_index(tenant, anchor.created_at, anchor.id)
+    if order == "desc":  # the index is newest first in key order
+        keys: Iterable[str] = ctx.records.list_keys(prefix, start_after=anchor_key)
+    else:
+        ordered = list(ctx.records.list_keys(prefix))[::-1]
+        keys = ordered[ordered.index(anchor_key) + 1 :] if anchor_key in ordered else ordered
+    page: list[FileRecord] = []
+    for key in keys:
+        file_id = key.rsplit("/", 1)[1].split("_", 1)[1]
+        record = ctx.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        if record is None or (purpose is not None and record.purpose != purpose):
+            continue
+        if len(page) == limit:
+            return page, True
+        page.append(record)
+    return page, False
+
+
+def list_envelope(data: list[dict], has_more: bool) -> dict:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@tenant_route
+async def get_files(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    after = query_cursor(request)
+    limit = query_int(request, "limit", default=MAX_FILES_PAGE, low=1, high=MAX_FILES_PAGE)
+    order = query_choice(request, "order", default="desc", choices=("asc", "desc"))
+    purpose = query_str(request, "purpose")
+    page, has_more = await run_in_threadpool(
+        list_files, gw.ctx, principal.tenant, after=after, limit=limit, order=order, purpose=purpose
+    )
+    return JSONResponse(list_envelope([f.openai() for f in page], has_more))
+
+
+@tenant_route
+async def retrieve_file(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    record = await run_in_threadpool(gw.ctx.files.get, principal.tenant, path_id(request, "file_id"))
+    return JSONResponse(record.openai())
+
+
+@tenant_route
+async def delete_file(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    record = await run_in_threadpool(gw.ctx.files.delete, principal.tenant, path_id(request, "file_id"))
+    return JSONResponse({"id": record.id, "object": "file", "deleted": True})
+
+
+@tenant_route
+async def file_content(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    ctx = gw.ctx
+
+    file_id = path_id(request, "file_id")
+
+    def locate() -> tuple[FileRecord, int]:
+        record = ctx.files.get(principal.tenant, file_id)
+        return record, ctx.store.head(record.bucket, record.key).size
+
+    record, size = await run_in_threadpool(locate)
+    return StreamingResponse(
+        ctx.store.iter_bytes(record.bucket, record.key),
+        media_type="application/jsonl",
+        headers={"content-length": str(size)},
+    )
+
+
+ROUTES = [
+    Route("/v1/files", create_file, methods=["POST"]),
+    Route("/v1/files", get_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+]

@@ -1,0 +1,312 @@
+"""The original design's job endpoints, on top of ordinary batches.
+
+- ``POST /generate_batch`` ``{prompts | input, model, max_tokens, temperature, timeout}``:
+  submits an inline batch, waits up to ``timeout`` seconds (default 60, at most
+  600) for it to finish, and answers ``{batch_id, status, results, total_time,
+  throughput}``. If it is not done in time: 202 with the batch id, to poll
+  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``.
+- ``POST /start`` ``{input: "s3://bucket/key", output: "s3://bucket/key-or-prefix/"}``:
+  the input object is JSONL of ``{"prompt": ...}`` items and/or OpenAI request
+  lines (prompt items become chat completion lines, other lines pass unchanged,
+  so the watcher's validation reports bad ones by line number). It is copied
+  into the tenant's uploads and submitted as a batch; the answer is a job id.
+  The input may be any bucket the gateway's credentials can read, or the
+  tenant's own prefix of the inbox/outbox; the output bucket must be one of the
+  caller's, never a dropbatch bucket.
+- ``GET /jobs/{id}``: the job with its batch's status and counts. When the batch
+  has finished, the first such read copies the results to the output URI: a URI
+  ending in ``/`` is a prefix receiving ``output.jsonl`` and ``errors.jsonl``;
+  otherwise it names the output object and errors go to ``<key>.errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dropbatch.context import Context
+from dropbatch.errors import (
+    DropbatchError,
+    InvalidRequest,
+    NotFound,
+    ObjectNotFound,
+    PermissionDenied,
+    StorageError,
+    StorageUnavailable,
+)
+from dropbatch.jsonl import iter_lines
+from dropbatch.models import BatchRecord
+from gateway.auth import Principal, tenant_route
+from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, submit_lines
+from gateway.errors import UnprocessableRequest
+from gateway.files import store_upload
+from gateway.params import json_object, path_id, validate
+from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
+from gateway.state import gateway_of
+from gateway.submit import submit_batch
+
+GENERATE_POLL_SECONDS = 0.25
+
+
+# -- /generate_batch -------------------------------------------------------------------
+
+
+@tenant_route
+async def generate_batch(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    body = validate(GenerateBatchRequest, await json_object(request))
+    if (body.input is None) == (body.prompts is None):
+        raise UnprocessableRequest("Give exactly one of 'prompts' or 'input'.", param="prompts")
+    items = body.input or [InlineItem(prompt=p) for p in body.prompts or []]
+    lines, warnings = inline_lines(
+        gw.settings, items, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
+    )
+    started = time.monotonic()
+    record = await run_in_threadpool(
+        submit_lines, gw.ctx, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl"
+    )
+    deadline = started + body.timeout
+    while not record.status.is_terminal and time.monotonic() < deadline:
+        await anyio.sleep(min(GENERATE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
+    answer: dict[str, Any] = {
+        "batch_id": record.id,
+        "status": record.status.value,
+        "request_counts": record.request_counts.model_dump(),
+        "warnings": warnings,
+    }
+    if record.status in RESULT_STATUSES:
+        results = await run_in_threadpool(batch_results, gw.ctx, principal.tenant, record.id)
+        answer["results"] = results["data"]
+    else:
+        answer["results"] = []
+        answer["errors"] = record.errors.model_dump()["data"] if record.errors else []
+    total = time.monotonic() - started
+    answer["total_time"] = round(total, 3)
+    done = [r for r in answer["results"] if r["error"] is None]
+    answer["throughput"] = {
+        "requests_per_second": round(len(done) / total, 3) if total > 0 else 0.0,
+        "tokens_per_second": round(sum(r["tokens_generated"] for r in done) / total, 3) if total > 0 else 0.0,
+    }
+    return JSONResponse(answer, status_code=200 if record.status.is_terminal else 202)
+
+
+# -- /start and /jobs/{id} -------------------------------------------------------------
+
+
+class JobRecord(BaseModel):
+    id: str
+    tenant: str
+    batch_id: str
+    input: str
+    output: str
+    created_at: int
+    copied_at: int | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    copy_error: str | None = None
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    return f"gateway-jobs/{tenant}/{job_id}.json"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _check_input(ctx: Context, tenant: str, bucket: str, key: str) -> None:
+    if bucket == ctx.settings.storage.control_bucket:
+        raise PermissionDenied("The control bucket is not readable through the API.", code="bucket_not_allowed")
+    if bucket in (ctx.inbox, ctx.outbox) and not key.startswith(f"{tenant}/"):
+        raise PermissionDenied(
+            f"In s3://{bucket}/ only your own prefix '{tenant}/' is readable.", code="bucket_not_allowed"
+        )
+
+
+def _check_output(ctx: Context, bucket: str, key: str) -> None:
+    storage = ctx.settings.storage
+    if bucket in (storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket):
+        raise PermissionDenied(
+            "Job output must go to a bucket of your own, not a dropbatch bucket.", code="bucket_not_allowed"
+        )
+    try:
+        next(iter(ctx.store.list(bucket, key)), None)
+    except ObjectNotFound:
+        raise InvalidRequest(
+            f"The output bucket '{bucket}' does not exist.", code="bucket_not_found", param="output"
+        ) from None
+    except StorageUnavailable:
+        raise
+    except StorageError as exc:
+        raise InvalidRequest(
+            f"The output location is not usable: {exc.message}", code="bucket_not_usable", param="output"
+        ) from None
+
+
+def _converted(
+    ctx: Context, bucket: str, key: str, settings_body: dict[str, Any], endpoint: list[str]
+) -> Iterator[bytes]:
+    """The input object as request lines: prompt items become chat lines, the rest pass unchanged."""
+    for raw in iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes):
+        if raw.data is None:
+            raise InvalidRequest(
+                f"Line {raw.number} of the input is longer than the maximum line size.",
+                code="line_too_long",
+                param="input",
+                line=raw.number,
+            )
+        data = raw.data
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and "body" not in obj:
+            custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else f"line-{raw.number}"
+            body = {**settings_body, "messages": [{"role": "user", "content": obj["prompt"]}]}
+            line = {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+            data = json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            obj = line
+        if not endpoint and isinstance(obj, dict) and isinstance(obj.get("url"), str):
+            endpoint.append(obj["url"])
+        yield data + b"\n"
+
+
+def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
+    in_bucket, in_key = split_s3_uri(body.input)
+    out_bucket, out_key = split_s3_uri(body.output)
+    _check_input(ctx, tenant, in_bucket, in_key)
+    _check_output(ctx, out_bucket, out_key)
+    # The same line the inline form builds, for items that are bare prompts.
+    template, _ = inline_lines(
+        ctx.settings,
+        [InlineItem(prompt="-")],
+        model=body.model,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+    )
+    settings_body = {k: v for k, v in template[0]["body"].items() if k != "messages"}
+    endpoint: list[str] = []
+    try:
+        file = store_upload(
+            ctx, tenant, _converted(ctx, in_bucket, in_key, settings_body, endpoint), filename=in_key.rsplit("/", 1)[-1]
+        )
+    except ObjectNotFound:
+        raise NotFound(
+            f"The input object {body.input} does not exist.", code="input_not_found", param="input"
+        ) from None
+    except StorageUnavailable:
+        raise
+    except StorageError as exc:
+        raise InvalidRequest(
+            f"The input object is not readable: {exc.message}", code="input_not_readable", param="input"
+        ) from None
+    batch = submit_batch(ctx, tenant, file, endpoint=(endpoint or [CHAT])[0], metadata=body.metadata)
+    job = JobRecord(
+        id="job-" + secrets.token_hex(12),
+        tenant=tenant,
+        batch_id=batch.id,
+        input=body.input,
+        output=body.output,
+        created_at=ctx.now(),
+    )
+    ctx.records.create(job_key(tenant, job.id), job)
+    return job, batch
+
+
+def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord:
+    bucket, key = split_s3_uri(job.output)
+    targets = (
+        {"output": key + "output.jsonl", "errors": key + "errors.jsonl"}
+        if key.endswith("/")
+        else {
+            "output": key,
+            "errors": key + ".errors.jsonl",
+        }
+    )
+    outputs: dict[str, str] = {}
+    error = None
+    try:
+        for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+            if file_id is None:
+                continue
+            file = ctx.files.get(job.tenant, file_id)
+            ctx.store.copy(file.bucket, file.key, bucket, targets[kind])
+            outputs[kind] = f"s3://{bucket}/{targets[kind]}"
+    except DropbatchError as exc:
+        error = exc.message
+    now = ctx.now()
+
+    def settle(current: JobRecord) -> None:
+        if current.copied_at is None:
+            current.copy_error = error
+            if error is None:
+                current.copied_at = now
+                current.outputs = outputs
+
+    return ctx.records.update(job_key(job.tenant, job.id), JobRecord, settle)
+
+
+def job_view(ctx: Context, tenant: str, job_id: str) -> dict[str, Any]:
+    job = ctx.records.get(job_key(tenant, job_id), JobRecord) if job_id.startswith("job-") else None
+    if job is None:
+        raise NotFound(f"No job found with id '{job_id}'.", param="job_id")
+    batch = ctx.batches.get(tenant, job.batch_id)
+    if batch.status.is_terminal and job.copied_at is None:
+        job = _copy_results(ctx, job, batch)
+    return {
+        "id": job.id,
+        "object": "dropbatch.job",
+        "batch_id": job.batch_id,
+        "status": batch.status.value,
+        "input": job.input,
+        "output": job.output,
+        "outputs": job.outputs,
+        "output_ready": job.copied_at is not None,
+        "copy_error": job.copy_error,
+        "request_counts": batch.request_counts.model_dump(),
+        "errors": batch.errors.model_dump()["data"] if batch.errors else [],
+        "created_at": job.created_at,
+        "completed_at": batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at,
+    }
+
+
+@tenant_route
+async def start(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    body = validate(StartJobRequest, await json_object(request))
+    job, batch = await run_in_threadpool(start_job, gw.ctx, principal.tenant, body)
+    return JSONResponse(
+        {
+            "id": job.id,
+            "object": "dropbatch.job",
+            "batch_id": batch.id,
+            "status": batch.status.value,
+            "input": job.input,
+            "output": job.output,
+            "created_at": job.created_at,
+        }
+    )
+
+
+@tenant_route
+async def get_job(request: Request, principal: Principal) -> Response:
+    gw = gateway_of(request)
+    return JSONResponse(await run_in_threadpool(job_view, gw.ctx, principal.tenant, path_id(request, "job_id")))
+
+
+ROUTES = [
+    Route("/generate_batch", generate_batch, methods=["POST"]),
+    Route("/start", start, methods=["POST"]),
+    Route("/jobs/{job_id}", get_job, methods=["GET"]),
+]

@@ -1,0 +1,96 @@
+"""API-call rate limits per token: a token bucket per token id, sized by the token's tier.
+
+This limits HTTP calls, not request lines (the hourly request-line quota is the
+watcher's, at admission, for the drop-box and the gateway alike). The buckets
+live in this process: with N gateway replicas behind a load balancer a token
+gets up to N times these rates. That is deliberate (no shared state on the hot
+path); the request-line quota is the limit that holds across replicas.
+
+    tier        sustained          burst
+    free           60 calls/min       20
+    basic         300 calls/min       60
+    premium     1 200 calls/min      200
+    enterprise  6 000 calls/min    1 000
+
+A tier not in the table (custom tiers from DROPBATCH_TIER_QUOTAS) gets the
+``free`` row. Exceeding the bucket answers 429 with ``retry-after``: the whole
+seconds until one call's worth of tokens has refilled.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from dropbatch.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class TierRate:
+    per_minute: float
+    burst: int
+
+    @property
+    def per_second(self) -> float:
+        return self.per_minute / 60.0
+
+
+DEFAULT_RATES: dict[str, TierRate] = {
+    "free": TierRate(per_minute=60, burst=20),
+    "basic": TierRate(per_minute=300, burst=60),
+    "premium": TierRate(per_minute=1200, burst=200),
+    "enterprise": TierRate(per_minute=6000, burst=1000),
+}
+FALLBACK_TIER = "free"
+MAX_TRACKED_TOKENS = 100_000  # buckets of idle tokens are dropped past this many
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token buckets keyed by token id; ``check`` spends one call or raises ``RateLimited``."""
+
+    def __init__(
+        self, rates: Mapping[str, TierRate] | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rates = dict(DEFAULT_RATES if rates is None else rates)
+        self.clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def rate(self, tier: str) -> TierRate:
+        return self.rates.get(tier) or self.rates.get(FALLBACK_TIER) or DEFAULT_RATES[FALLBACK_TIER]
+
+    def check(self, key: str, tier: str) -> None:
+        rate = self.rate(tier)
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= MAX_TRACKED_TOKENS:
+                    self._forget_full(now)
+                bucket = self._buckets[key] = _Bucket(tokens=float(rate.burst), updated=now)
+            bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.updated) * rate.per_second)
+            bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            wait = (1.0 - bucket.tokens) / rate.per_second if rate.per_second > 0 else 120.0
+        raise RateLimited(
+            f"Rate limit reached for this API key ({tier} tier: {rate.per_minute:g} calls per minute, "
+            f"bursts of {rate.burst}). Retry in {math.ceil(wait)} s.",
+            retry_after=max(1, math.ceil(wait)),
+        )
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that would have refilled anyway (their tokens are idle)."""
+        for key, bucket in list(self._buckets.items()):
+            if now - bucket.updated > 600:
+                del self._buckets[key]

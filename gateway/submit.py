@@ -1,0 +1,146 @@
+"""Submitting a batch the drop-box way: a server-signed manifest in the tenant's inbox prefix.
+
+The gateway never runs or queues anything itself. It signs a manifest with a
+signing key it holds for the tenant (created on first use, remembered at
+``gateway-keys/<tenant>.json`` in the control bucket), creates the batch record
+in ``validating`` under the id the watcher will derive from the manifest bytes,
+and puts the manifest at ``<tenant>/api-<hash>/manifest.json``. From there the
+watcher (SQS event or listing sweep) admits it exactly like a drop-box job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from pydantic import BaseModel, ValidationError
+
+from dropbatch.auth.tenants import SigningKey
+from dropbatch.context import Context
+from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExists
+from dropbatch.ids import batch_id_for
+from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject
+from dropbatch.records import audit
+from dropbatch.storage.keys import JobRef
+from manifests import Manifest, dumps, sign
+
+_KEY_ATTEMPTS = 5
+
+
+def gateway_key_pointer(tenant: str) -> str:
+    """Control key naming the signing key the gateway signs ``tenant``'s manifests with."""
+    return f"gateway-keys/{tenant}.json"
+
+
+class GatewayKey(BaseModel):
+    tenant: str
+    key_id: str
+    created_at: int
+
+
+def signing_key_for(ctx: Context, tenant: str) -> SigningKey:
+    """The tenant's gateway signing key, created on first use; safe with many replicas racing."""
+    pointer_key = gateway_key_pointer(tenant)
+    for _ in range(_KEY_ATTEMPTS):
+        pointer = ctx.records.get(pointer_key, GatewayKey)
+        if pointer is not None:
+            try:
+                key = ctx.tenants.signing_key(pointer.key_id)
+            except NotFound:
+                key = None
+            if key is not None and key.tenant == tenant and key.revoked_at is None:
+                return key
+        fresh = ctx.tenants.create_signing_key(tenant)
+        if pointer is None:
+            try:
+                ctx.records.create(pointer_key, GatewayKey(tenant=tenant, key_id=fresh.key_id, created_at=ctx.now()))
+                return fresh
+            except ObjectExists:
+                ctx.tenants.revoke_signing_key(fresh.key_id)  # another replica's key won
+                continue
+        stale = pointer.key_id
+
+        def replace(current: GatewayKey, stale: str = stale, fresh_id: str = fresh.key_id) -> None:
+            if current.key_id == stale:
+                current.key_id = fresh_id
+
+        if ctx.records.update(pointer_key, GatewayKey, replace).key_id == fresh.key_id:
+            return fresh
+        ctx.tenants.revoke_signing_key(fresh.key_id)
+    raise InvalidRequest(f"Could not settle a signing key for tenant {tenant!r}; retry.", code="signing_key_race")
+
+
+def check_input_file(ctx: Context, file: FileRecord) -> InputObject:
+    """The manifest input for ``file``; 400 unless it is batch input in the inbox."""
+    if file.purpose != "batch" or file.bucket != ctx.inbox or not file.sha256:
+        raise InvalidRequest(
+            f"File {file.id} has purpose '{file.purpose}'; a batch needs a file uploaded with purpose 'batch'.",
+            code="invalid_input_file",
+            param="input_file_id",
+        )
+    return InputObject(key=file.key, size=file.bytes, sha256=file.sha256)
+
+
+def submit_batch(
+    ctx: Context,
+    tenant: str,
+    file: FileRecord,
+    *,
+    endpoint: str,
+    metadata: dict[str, str] | None,
+) -> BatchRecord:
+    """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
+    source = check_input_file(ctx, file)
+    key = signing_key_for(ctx, tenant)
+    nonce = secrets.token_urlsafe(18)
+    job = "api-" + hashlib.sha256(nonce.encode()).hexdigest()[:16]
+    now = ctx.now()
+    try:
+        manifest = Manifest(
+            tenant=tenant,
+            job=job,
+            key_id=key.key_id,
+            inputs=[source],
+            endpoint=endpoint,
+            model=ctx.settings.engine.model_name,
+            metadata=metadata or {},
+            created_at=now,
+            nonce=nonce,
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(
+            f"The batch cannot be built: {exc.errors()[0].get('msg')}.", code="invalid_batch"
+        ) from None
+    data = dumps(sign(manifest, key.secret))
+    ref = JobRef(tenant, job)
+    record = BatchRecord(
+        id=batch_id_for(tenant, job, hashlib.sha256(data).hexdigest()),
+        endpoint=endpoint,
+        input_file_id=file.id,
+        status=BatchStatus.VALIDATING,
+        created_at=now,
+        expires_at=now + ctx.settings.limits.completion_window_seconds,
+        metadata=metadata,
+        model=manifest.model,
+        tenant=tenant,
+        job=job,
+        source="api",
+        manifest_key=ref.manifest_key,
+        updated_at=now,
+    )
+    # Record before manifest: the watcher finds the record and keeps its input_file_id and metadata.
+    ctx.batches.create(record)
+    ctx.batches.point_job(ref, record.id)
+    try:
+        ctx.store.put(ctx.inbox, ref.manifest_key, data, if_none_match=True, content_type="application/json")
+    except DropbatchError:
+        # No manifest, so no watcher will ever look at this record: fail it rather than leave it validating.
+        error = BatchError(
+            code="submit_failed", message="The batch could not be handed to the watcher; submit it again."
+        )
+        ctx.batches.update(
+            tenant, record.id, lambda b: b.fail([error], ctx.now()) if not b.status.is_terminal else None
+        )
+        raise
+    audit(ctx.records, "batch.submitted", now=ctx.clock(), tenant=tenant, batch_id=record.id, job=job, source="api")
+    return record
