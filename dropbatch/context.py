@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from dropbatch.auth.quota import Quotas
 from dropbatch.auth.tenants import TenantRegistry
+from dropbatch.auth.tokens import Tokens
 from dropbatch.queue import WorkQueue
 from dropbatch.records import BatchStore, Clock, FileStore, Records
 from dropbatch.settings import Settings
@@ -26,6 +27,7 @@ class Context:
     tenants: TenantRegistry = field(init=False)
     quotas: Quotas = field(init=False)
     queue: WorkQueue = field(init=False)
+    tokens: Tokens = field(init=False)
 
     def __post_init__(self) -> None:
         self.records = Records(self.store, self.settings.storage.control_bucket)
@@ -35,6 +37,7 @@ class Context:
         self.tenants = TenantRegistry(self.records, tiers=tiers, clock=self.clock)
         self.quotas = Quotas(self.records, limits=tiers, clock=self.clock)
         self.queue = WorkQueue(self.records, clock=self.clock)
+        self.tokens = Tokens(self.records, self.tenants, clock=self.clock)
 
     @property
     def inbox(self) -> str:

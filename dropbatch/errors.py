@@ -9,7 +9,9 @@
     │   │   └── StaleWrite           (If-Match on an ETag that moved on)
     │   └── StorageUnavailable       (still failing after the retries)
     ├── InvalidRequest               (400: the caller sent something malformed)
-    │   └── ManifestRejected         (a drop-box manifest that must not run)
+    │   ├── ManifestRejected         (a drop-box manifest that must not run)
+    │   ├── UnprocessableRequest     (422: readable, but fields fail the schema)
+    │   └── PayloadTooLarge          (413: an upload over the size limit)
     ├── AuthenticationFailed         (401)
     ├── PermissionDenied             (403)
     ├── NotFound                     (404: no such batch/file for this tenant)
@@ -115,6 +117,20 @@ class ManifestRejected(InvalidRequest):
     """Raised when a drop-box manifest fails verification; nothing of the job runs."""
 
     code = "manifest_rejected"
+
+
+class UnprocessableRequest(InvalidRequest):
+    """Raised when a readable request has fields that fail the schema (422)."""
+
+    status_code = 422
+    code = "invalid_value"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """Raised when an upload passes the file size limit (413)."""
+
+    status_code = 413
+    code = "file_too_large"
 
 
 class AuthenticationFailed(DropbatchError):

@@ -126,7 +126,7 @@ class BatchStore:
             start_after = ControlKeys.batch_index(tenant, anchor.created_at, anchor.id)
         page: list[BatchRecord] = []
         for key in self.records.list_keys(ControlKeys.batch_index_prefix(tenant), start_after=start_after):
-            batch_id = _indexed_id(key)
+            batch_id = indexed_id(key)
             record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
             if record is None:
                 continue
@@ -167,7 +167,7 @@ class FileStore:
             start_after = ControlKeys.file_index(tenant, anchor.created_at, anchor.id)
         page: list[FileRecord] = []
         for key in self.records.list_keys(ControlKeys.file_index_prefix(tenant), start_after=start_after):
-            file_id = _indexed_id(key)
+            file_id = indexed_id(key)
             record = self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
             if record is None:
                 continue
@@ -177,7 +177,7 @@ class FileStore:
         return page, False
 
 
-def _indexed_id(index_key: str) -> str:
+def indexed_id(index_key: str) -> str:
     """The id in an index key ``index/<kind>/<tenant>/<rank>_<id>``."""
     return index_key.rsplit("/", 1)[1].split("_", 1)[1]
 

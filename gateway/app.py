@@ -20,7 +20,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from dropbatch.auth.tokens import Tokens
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.observability.metrics import Metrics
@@ -47,7 +46,7 @@ def create_app(
 ) -> Starlette:
     """The ASGI app. Building it does no I/O (the Context connects on first use)."""
     ctx = ctx or Context.from_settings(settings)
-    tokens = Tokens(ctx.records, ctx.tenants, clock=ctx.clock)
+    tokens = ctx.tokens
     registry = Metrics("gateway")
     app = Starlette(
         routes=[route for module in ROUTE_MODULES for route in module.ROUTES],

@@ -27,12 +27,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dropbatch.context import Context
-from dropbatch.errors import Conflict, InvalidRequest, NotFound
+from dropbatch.errors import Conflict, InvalidRequest, NotFound, UnprocessableRequest
 from dropbatch.jsonl import encode, iter_lines
 from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
-from gateway.errors import UnprocessableRequest
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import MAX_INLINE_ITEMS, CostEstimateRequest, InlineBatchCreate, InlineItem

@@ -27,31 +27,17 @@ from starlette.responses import JSONResponse
 from dropbatch.errors import (
     ConfigError,
     DropbatchError,
-    InvalidRequest,
     ObjectNotFound,
     QuotaExceeded,
     RateLimited,
     StorageUnavailable,
+    UnprocessableRequest,
     WriteConflict,
 )
 
 log = logging.getLogger("dropbatch.gateway")
 
 MAX_RETRY_AFTER = 120  # the OpenAI SDK ignores retry-after above this
-
-
-class UnprocessableRequest(InvalidRequest):
-    """Raised when a readable request has fields that fail the schema (422)."""
-
-    status_code = 422
-    code = "invalid_value"
-
-
-class PayloadTooLarge(InvalidRequest):
-    """Raised when an upload passes the file size limit (413)."""
-
-    status_code = 413
-    code = "file_too_large"
 
 
 # Status by class, most specific first; anything else uses its class's status_code.

@@ -24,12 +24,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dropbatch.context import Context
-from dropbatch.errors import InvalidRequest
+from dropbatch.errors import InvalidRequest, PayloadTooLarge, UnprocessableRequest
 from dropbatch.ids import new_file_id
 from dropbatch.models import FileRecord
+from dropbatch.records import indexed_id
 from dropbatch.storage.keys import ControlKeys, uploaded_file_key
 from gateway.auth import Principal, tenant_route
-from gateway.errors import PayloadTooLarge, UnprocessableRequest
 from gateway.params import (
     check_content_length,
     limited_receive,
@@ -176,7 +176,7 @@ def list_files(
         keys = ordered[ordered.index(anchor_key) + 1 :] if anchor_key in ordered else ordered
     page: list[FileRecord] = []
     for key in keys:
-        file_id = key.rsplit("/", 1)[1].split("_", 1)[1]
+        file_id = indexed_id(key)
         record = ctx.records.get(ControlKeys.file(tenant, file_id), FileRecord)
         if record is None or (purpose is not None and record.purpose != purpose):
             continue

@@ -43,12 +43,13 @@ from dropbatch.errors import (
     PermissionDenied,
     StorageError,
     StorageUnavailable,
+    UnprocessableRequest,
 )
 from dropbatch.jsonl import iter_lines
 from dropbatch.models import BatchRecord
+from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
 from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, submit_lines
-from gateway.errors import UnprocessableRequest
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
@@ -114,10 +115,6 @@ class JobRecord(BaseModel):
     copied_at: int | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
     copy_error: str | None = None
-
-
-def job_key(tenant: str, job_id: str) -> str:
-    return f"gateway-jobs/{tenant}/{job_id}.json"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -220,7 +217,7 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
         output=body.output,
         created_at=ctx.now(),
     )
-    ctx.records.create(job_key(tenant, job.id), job)
+    ctx.records.create(ControlKeys.gateway_job(tenant, job.id), job)
     return job, batch
 
 
@@ -254,11 +251,11 @@ def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord
                 current.copied_at = now
                 current.outputs = outputs
 
-    return ctx.records.update(job_key(job.tenant, job.id), JobRecord, settle)
+    return ctx.records.update(ControlKeys.gateway_job(job.tenant, job.id), JobRecord, settle)
 
 
 def job_view(ctx: Context, tenant: str, job_id: str) -> dict[str, Any]:
-    job = ctx.records.get(job_key(tenant, job_id), JobRecord) if job_id.startswith("job-") else None
+    job = ctx.records.get(ControlKeys.gateway_job(tenant, job_id), JobRecord) if job_id.startswith("job-") else None
     if job is None:
         raise NotFound(f"No job found with id '{job_id}'.", param="job_id")
     batch = ctx.batches.get(tenant, job.batch_id)

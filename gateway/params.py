@@ -10,8 +10,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
-from dropbatch.errors import InvalidRequest, NotFound
-from gateway.errors import PayloadTooLarge, UnprocessableRequest, schema_error
+from dropbatch.errors import InvalidRequest, NotFound, PayloadTooLarge, UnprocessableRequest
+from gateway.errors import schema_error
 from gateway.schemas import ID_PATTERN
 
 M = TypeVar("M", bound=BaseModel)

@@ -21,15 +21,10 @@ from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExi
 from dropbatch.ids import batch_id_for
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject
 from dropbatch.records import audit
-from dropbatch.storage.keys import JobRef
+from dropbatch.storage.keys import ControlKeys, JobRef
 from manifests import Manifest, dumps, sign
 
 _KEY_ATTEMPTS = 5
-
-
-def gateway_key_pointer(tenant: str) -> str:
-    """Control key naming the signing key the gateway signs ``tenant``'s manifests with."""
-    return f"gateway-keys/{tenant}.json"
 
 
 class GatewayKey(BaseModel):
@@ -40,7 +35,7 @@ class GatewayKey(BaseModel):
 
 def signing_key_for(ctx: Context, tenant: str) -> SigningKey:
     """The tenant's gateway signing key, created on first use; safe with many replicas racing."""
-    pointer_key = gateway_key_pointer(tenant)
+    pointer_key = ControlKeys.gateway_key(tenant)
     for _ in range(_KEY_ATTEMPTS):
         pointer = ctx.records.get(pointer_key, GatewayKey)
         if pointer is not None:

@@ -156,7 +156,7 @@ class Tokens:
 
     def list(self, tenant: str | None = None) -> Iterator[TokenRecord]:
         """Every token (of ``tenant``, if given), oldest id first; secrets are never stored, so never listed."""
-        for key in self.records.list_keys("token-ids/"):
+        for key in self.records.list_keys(ControlKeys.TOKEN_ID_PREFIX):
             index = self.records.get(key, TokenIndex)
             record = self.records.get(ControlKeys.token(index.token_hash), TokenRecord) if index else None
             if record is not None and (tenant is None or record.tenant == tenant):

@@ -14,8 +14,7 @@ from dropbatch.cli.common import Group, State, emit
 
 
 def _tokens(state: State) -> Tokens:
-    ctx = state.context
-    return Tokens(ctx.records, ctx.tenants, clock=ctx.clock)
+    return state.context.tokens
 
 
 @click.group("token", cls=Group)

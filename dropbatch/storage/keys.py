@@ -181,9 +181,21 @@ class ControlKeys:
     def token(token_hash: str) -> str:
         return f"tokens/{token_hash}.json"
 
+    TOKEN_ID_PREFIX = "token-ids/"
+
     @staticmethod
     def token_id(token_id: str) -> str:
         return f"token-ids/{token_id}.json"
+
+    @staticmethod
+    def gateway_key(tenant: str) -> str:
+        """Which signing key the gateway signs ``tenant``'s API batches with."""
+        return f"gateway-keys/{tenant}.json"
+
+    @staticmethod
+    def gateway_job(tenant: str, job_id: str) -> str:
+        """A /start job of the compatibility API."""
+        return f"gateway-jobs/{tenant}/{job_id}.json"
 
     @staticmethod
     def audit(timestamp: float, event_id: str) -> str:

@@ -7,7 +7,6 @@ import json
 import pytest
 from openai import OpenAI
 
-from dropbatch.auth.tokens import Tokens
 from dropbatch.errors import Conflict
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +20,7 @@ def test_openai_sdk_batch_runs_on_the_real_engine(stack) -> None:
         ctx.tenants.create("gateway-e2e", "premium")
     except Conflict:
         pass  # the session's stack is shared; the tenant may exist from a rerun
-    token = Tokens(ctx.records, ctx.tenants, clock=ctx.clock).create("gateway-e2e").token
+    token = ctx.tokens.create("gateway-e2e").token
     model = stack.settings.engine.model_name
     lines = [
         {

@@ -90,7 +90,7 @@ def live(start_gateway, settings) -> Live:
 
 
 def tokens_of(ctx: Context) -> Tokens:
-    return Tokens(ctx.records, ctx.tenants, clock=ctx.clock)
+    return ctx.tokens
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from helpers import make_jsonl
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from dropbatch.auth.tokens import Tokens
 from gateway.ratelimit import TierRate
 
 pytestmark = pytest.mark.integration
@@ -109,7 +108,7 @@ def test_rate_limit_answers_429_with_retry_after(settings, start_gateway, tenant
     route_429 = (("method", "GET"), ("route", "/v1/batches"), ("status", "429"))
     assert samples[("dropbatch_http_requests_total", route_429)] == 1
     # The bucket is per token: another token of the same tenant is not limited.
-    second = Tokens(live.ctx.records, live.ctx.tenants, clock=live.ctx.clock).create("acme")
+    second = live.ctx.tokens.create("acme")
     assert sdk(live, second.token).batches.list().data == []
 
 
