@@ -113,6 +113,25 @@ class Batch(_Model):
     usage: Usage | None = None
 
 
+class RetryConfig(BaseModel):
+    """How a request line the engine failed (a server-side error) is retried.
+
+    Attempt n (1-based) waits ``retry_delay * backoff_factor ** (n - 1)`` seconds:
+    1 s, 2 s, 4 s by default. Client errors (a prompt over the context length, an
+    invalid request) are never retried: they would fail the same way.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(3, ge=0, le=10)
+    retry_delay: float = Field(1.0, ge=0, le=300)
+    backoff_factor: float = Field(2.0, ge=1, le=10)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return self.retry_delay * self.backoff_factor ** (attempt - 1)
+
+
 class InputObject(_Model):
     """One input object of a job, as its manifest binds it."""
 
@@ -158,7 +177,7 @@ class BatchRecord(Batch):
     content_sha256: str | None = None
     result: ResultLocation | None = None
     cached: bool = Field(False, description="Completed from an existing outbox prefix; no engine run.")
-    retry_config: dict[str, float] | None = None
+    retry_config: RetryConfig | None = Field(None, description="Per-batch retry policy; settings apply if unset.")
     updated_at: int = 0
 
     def openai(self) -> dict[str, Any]:

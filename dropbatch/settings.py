@@ -148,6 +148,14 @@ class LimitSettings(_Frozen):
     )
 
 
+class RetrySettings(_Frozen):
+    """The default retry policy for request lines the engine fails (a batch may set its own)."""
+
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of a line the engine failed server-side.")
+    retry_delay: float = Field(1.0, ge=0, description="Seconds before the first retry.")
+    backoff_factor: float = Field(2.0, ge=1, description="Each further retry waits this many times longer.")
+
+
 class ServiceSettings(_Frozen):
     """How the services run: addresses, cadence, leases."""
 
@@ -179,12 +187,13 @@ class Settings(_Frozen):
     storage: StorageSettings = StorageSettings()
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
+    retry: RetrySettings = RetrySettings()
     service: ServiceSettings = ServiceSettings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from ``environ`` (pass ``os.environ`` at an entrypoint, a dict in tests)."""
-        groups: dict[str, dict[str, Any]] = {"storage": {}, "engine": {}, "limits": {}, "service": {}}
+        groups: dict[str, dict[str, Any]] = {"storage": {}, "engine": {}, "limits": {}, "retry": {}, "service": {}}
         for var, (group, field, parse, fallbacks) in ENV_VARS.items():
             raw = environ.get(var)
             for fallback in fallbacks:
@@ -245,6 +254,7 @@ _GROUP_TYPES = {
     "storage": StorageSettings,
     "engine": EngineSettings,
     "limits": LimitSettings,
+    "retry": RetrySettings,
     "service": ServiceSettings,
 }
 
@@ -319,6 +329,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_CHUNK_LINES": ("limits", "chunk_lines", int, ()),
     "DROPBATCH_COALESCE_MAX_LINES": ("limits", "coalesce_max_lines", int, ()),
     "DROPBATCH_TIER_QUOTAS": ("limits", "tier_quotas", _quotas, ()),
+    "DROPBATCH_MAX_RETRIES": ("retry", "max_retries", int, ()),
+    "DROPBATCH_RETRY_DELAY": ("retry", "retry_delay", float, ()),
+    "DROPBATCH_BACKOFF_FACTOR": ("retry", "backoff_factor", float, ()),
     "DROPBATCH_HOME": ("service", "home", Path, ()),
     "DROPBATCH_GATEWAY_HOST": ("service", "gateway_host", str, ()),
     "DROPBATCH_GATEWAY_PORT": ("service", "gateway_port", int, ()),

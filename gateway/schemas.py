@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from dropbatch.jsonl import MAX_CUSTOM_ID_LENGTH
+from dropbatch.models import RetryConfig
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
@@ -38,6 +39,11 @@ class BatchCreate(_Body):
     metadata: Metadata | None = None
     output_expires_after: dict[str, Any] | None = Field(
         None, description="Accepted; outputs follow the outbox lifecycle."
+    )
+    retry_config: RetryConfig | None = Field(
+        None,
+        description="dropbatch extension (send with the SDK's extra_body): retries of lines the engine "
+        "failed, {max_retries, retry_delay, backoff_factor}; defaults 3, 1.0 s, 2.0.",
     )
 
 

@@ -19,7 +19,7 @@ from dropbatch.auth.tenants import SigningKey
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExists
 from dropbatch.ids import batch_id_for
-from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject
+from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject, RetryConfig
 from dropbatch.records import audit
 from dropbatch.storage.keys import ControlKeys, JobRef
 from manifests import Manifest, dumps, sign
@@ -83,6 +83,7 @@ def submit_batch(
     *,
     endpoint: str,
     metadata: dict[str, str] | None,
+    retry_config: RetryConfig | None = None,
 ) -> BatchRecord:
     """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
     source = check_input_file(ctx, file)
@@ -101,6 +102,7 @@ def submit_batch(
             metadata=metadata or {},
             created_at=now,
             nonce=nonce,
+            retry_config=retry_config,
         )
     except ValidationError as exc:
         raise InvalidRequest(
@@ -121,6 +123,7 @@ def submit_batch(
         job=job,
         source="api",
         manifest_key=ref.manifest_key,
+        retry_config=retry_config,
         updated_at=now,
     )
     # Record before manifest: the watcher finds the record and keeps its input_file_id and metadata.

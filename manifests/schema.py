@@ -7,7 +7,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dropbatch.errors import InvalidRequest
-from dropbatch.models import ENDPOINTS, InputObject
+from dropbatch.models import ENDPOINTS, InputObject, RetryConfig
 from dropbatch.storage.keys import MANIFEST_NAME, REJECTION_NAME, check_name
 
 MANIFEST_VERSION = "dropbatch.manifest/v1"
@@ -41,6 +41,7 @@ class Manifest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     created_at: int = Field(ge=0)
     nonce: str
+    retry_config: RetryConfig | None = None
     signature: str | None = None
 
     @field_validator("version")

@@ -22,7 +22,7 @@ SIGNATURE_PREFIX = "hmac-sha256:"
 
 def canonical_payload(manifest: Manifest) -> bytes:
     """The bytes that are signed: sorted keys, no whitespace, ASCII only, no signature."""
-    payload = manifest.model_dump(mode="json", exclude={"signature"})
+    payload = manifest.model_dump(mode="json", exclude={"signature"}, exclude_none=True)
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
@@ -40,7 +40,8 @@ def verify_signature(manifest: Manifest, secret: str) -> None:
 
 def dumps(manifest: Manifest) -> bytes:
     """The one accepted file form of a manifest (readable, and byte-for-byte reproducible)."""
-    return (json.dumps(manifest.model_dump(mode="json"), sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode(
+    document = manifest.model_dump(mode="json", exclude_none=True)
+    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode(
         "ascii"
     )
 

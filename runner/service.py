@@ -12,14 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
 from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFound
 from dropbatch.jsonl import is_success
-from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts
+from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts, RetryConfig
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
@@ -44,6 +44,9 @@ class Claimed:
     inflight: RequestCounts = field(default_factory=RequestCounts)
     stop_as: BatchStatus | None = None  # set when the batch must end early (cancel, expiry)
     lost: bool = False
+    policy: RetryConfig = field(default_factory=RetryConfig)
+    attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
+    pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
 
     @property
     def lines_left(self) -> int:
@@ -52,13 +55,20 @@ class Claimed:
 
 class Runner:
     def __init__(
-        self, ctx: Context, engine: Engine, *, owner: str | None = None, metrics: Metrics | None = None
+        self,
+        ctx: Context,
+        engine: Engine,
+        *,
+        owner: str | None = None,
+        metrics: Metrics | None = None,
+        sleep=time.sleep,
     ) -> None:
         self.ctx = ctx
         self.engine = engine
         self.owner = owner or runner_identity()
         self.metrics = metrics or Metrics("runner")
         self._stop: threading.Event | None = None
+        self._sleep = sleep  # backoff between retry passes when no stop event is given (tests inject it)
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -95,7 +105,8 @@ class Runner:
                 failed=sum(c.failed for c in done.values()),
             )
             remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
-            group.append(Claimed(entry, lease, record, remaining, committed))
+            policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
+            group.append(Claimed(entry, lease, record, remaining, committed, policy=policy))
         return group
 
     def _settle_without_engine(self, entry: QueueEntry, lease: Lease, record: BatchRecord) -> bool:
@@ -169,15 +180,26 @@ class Runner:
         return len(group)
 
     def _execute(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> None:
+        """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
         by_batch = {c.record.id: c for c in group}
+        work = [chunk for claimed in group for chunk in claimed.remaining.values()]
+        log.info("engine run", extra={"batches": len(group), "lines": sum(c.lines_left for c in group)})
+        while work:
+            if self._passes(work, by_batch, group, keeper):
+                return  # a batch must stop now
+            work, wait = self._due_retries(group)
+            if work:
+                log.info("retrying failed lines", extra={"lines": sum(len(c.only) for c in work), "wait": wait})
+                if self._stop is not None and self._stop.wait(wait):
+                    return
+                if self._stop is None:
+                    self._sleep(wait)
+
+    def _passes(self, work: Sequence[WorkChunk], by_batch: dict[str, Claimed], group, keeper) -> bool:
+        """One engine pass per task type; True if a batch must stop (cancel, expiry, lease, shutdown)."""
         by_task: dict[str, list[WorkChunk]] = {}
-        for claimed in group:
-            for chunk in claimed.remaining.values():
-                by_task.setdefault(TASK_OF_ENDPOINT[chunk.endpoint], []).append(chunk)
-        log.info(
-            "engine run",
-            extra={"batches": len(group), "lines": sum(c.lines_left for c in group), "tasks": sorted(by_task)},
-        )
+        for chunk in work:
+            by_task.setdefault(TASK_OF_ENDPOINT[chunk.endpoint], []).append(chunk)
         last_progress = started = time.monotonic()
         first = True
         for chunks in by_task.values():
@@ -191,13 +213,28 @@ class Runner:
                     if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
                         last_progress = time.monotonic()
                         if self._publish_progress(group, keeper):
-                            return  # a batch must stop now: end this engine pass
+                            return True
             finally:
                 close = getattr(results, "close", None)
                 if close is not None:
                     close()
                 self.metrics.pass_duration.observe(time.monotonic() - started)
-        self._publish_progress(group, keeper)
+        return self._publish_progress(group, keeper)
+
+    def _due_retries(self, group: Sequence[Claimed]) -> tuple[list[WorkChunk], float]:
+        """Chunks narrowed to the lines awaiting a retry, and how long to back off first."""
+        work: list[WorkChunk] = []
+        wait = 0.0
+        for claimed in group:
+            if claimed.lost or claimed.stop_as is not None:
+                continue
+            for index, custom_ids in claimed.pending_retry.items():
+                if custom_ids:
+                    work.append(replace(claimed.remaining[index], only=tuple(sorted(custom_ids))))
+                    attempt = max(claimed.attempts[c] for c in custom_ids)
+                    wait = max(wait, claimed.policy.delay(attempt))
+            claimed.pending_retry.clear()
+        return work, wait
 
     def _collect(self, claimed: Claimed, result: LineResult) -> None:
         if claimed.lost or claimed.stop_as is not None:
@@ -208,6 +245,13 @@ class Runner:
         buffer = claimed.buffers.setdefault(result.chunk, {})
         if result.custom_id in buffer:
             return  # Ray retried a batch after an engine actor died: keep the first answer
+        if not result.ok and is_retryable(result.line):
+            attempts = claimed.attempts.get(result.custom_id, 0)
+            if attempts < claimed.policy.max_retries:
+                claimed.attempts[result.custom_id] = attempts + 1
+                claimed.pending_retry.setdefault(result.chunk, set()).add(result.custom_id)
+                self.metrics.line_retries.inc()
+                return
         buffer[result.custom_id] = result.line
         self._observe(claimed.record, result)
         if result.ok:
@@ -392,3 +436,9 @@ def process_tree_rss() -> int:
         except psutil.Error:
             continue
     return total
+
+
+def is_retryable(line: dict) -> bool:
+    """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
+    response = line.get("response")
+    return response is not None and response["status_code"] >= 500

@@ -139,6 +139,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         batch.input_file_id = batch.input_file_id or input_file_id
         batch.inputs = list(manifest.inputs)
         batch.input_etags = scan.etags
+        batch.retry_config = manifest.retry_config or batch.retry_config
         batch.chunks = scan.chunks
         batch.content_sha256 = sha256
         batch.result = result_location(ctx, prefix)

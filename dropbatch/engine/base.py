@@ -30,6 +30,7 @@ class WorkChunk:
     created: int
     prompt_chars: int = 0
     max_tokens: int = 0
+    only: tuple[str, ...] = ()  # when set, just these custom_ids (a retry pass)
 
 
 @dataclass(frozen=True)

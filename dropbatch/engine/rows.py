@@ -72,6 +72,7 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: EngineSettings, *, max_l
     same pipeline and lands exactly once in the results.
     """
     task = TASK_OF_ENDPOINT[chunk.endpoint]
+    only = frozenset(chunk.only)
     lines = iter_lines([data], max_line_bytes=max_line_bytes, start_offset=chunk.start, first_number=chunk.first_line)
     for raw in lines:
         base = {
@@ -86,6 +87,8 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: EngineSettings, *, max_l
         }
         try:
             request = parse_request_line(raw, endpoint=chunk.endpoint, model=chunk.model)
+            if only and request.custom_id not in only:
+                continue
             base["custom_id"] = request.custom_id
             if task == EMBED:
                 inputs = embedding_inputs(request.body)

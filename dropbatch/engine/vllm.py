@@ -256,7 +256,7 @@ class RayVLLMEngine:
             postprocess_map_kwargs={"num_cpus": STAGE_CPUS},
         )
         assembler = LineAssembler({(c.batch_id, c.chunk): c for c in chunks})
-        expected = sum(c.lines for c in chunks) if task != EMBED else None
+        expected = sum(len(c.only) or c.lines for c in chunks) if task != EMBED else None
         produced = 0
         try:
             for row in processor(ds).iter_rows():

@@ -57,6 +57,9 @@ class Metrics:
             "dropbatch_engine_memory_bytes", "Memory held by the engine: GPU when there is one, else process RSS.",
             ["kind"], registry=r,
         )
+        self.line_retries = Counter(
+            "dropbatch_request_retries_total", "Request lines the engine failed and that were retried.", registry=r
+        )
         self.engine_restarts = Counter(
             "dropbatch_engine_restarts_total", "Engine passes that failed and will be retried.", registry=r
         )

@@ -245,3 +245,27 @@ def test_drop_box_batches_are_visible_through_the_api(settings, live, tenant_tok
     assert [b.id for b in client.batches.list().data] == [record.id]
     assert len(read_jsonl(client.files.content(seen.output_file_id).content)) == 3
     assert client.files.content(seen.input_file_id).content.count(b"\n") == 3
+
+
+def test_retry_config_on_creation_reaches_the_signed_manifest_and_the_record(settings, live, tenant_token, sdk) -> None:
+    """dropbatch's extension: `extra_body={"retry_config": ...}` sets the batch's retry policy."""
+    client = sdk(live, tenant_token(live.ctx, "acme").token)
+    uploaded = client.files.create(file=("r.jsonl", jsonl_bytes(make_jsonl(2))), purpose="batch")
+    policy = {"max_retries": 1, "retry_delay": 0.25, "backoff_factor": 3.0}
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"retry_config": policy},
+    )
+    record = live.ctx.batches.get("acme", batch.id)
+    assert record.retry_config is not None and record.retry_config.model_dump() == policy
+    manifest = json.loads(live.ctx.store.get(live.ctx.inbox, record.manifest_key)[0])
+    assert manifest["retry_config"] == policy
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"retry_config": {"max_retries": 99}},
+        )
