@@ -4,6 +4,7 @@
 #   make model             the tiny local model in .dropbatch/models/dropbatch-tiny
 #   make demo              the drop-box end to end (scripts/demo.sh)
 #   make test              the whole suite; test-unit / test-integration for parts
+#   make soak              kill -9 the runner 20+ times mid-batch; tally lost/duplicated lines
 #   make up                the local stack in the foreground (Ctrl-C stops it)
 #   make clean             local state (.dropbatch); `make distclean` also removes .venv
 #
@@ -24,7 +25,7 @@ ifdef MODEL
 export DROPBATCH_MODEL := $(MODEL)
 endif
 
-.PHONY: install model demo test test-unit test-integration up clean distclean
+.PHONY: install model demo test test-unit test-integration soak up clean distclean
 
 install: $(STAMP)
 
@@ -58,6 +59,10 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/pytest -m integration
+
+# 20+ SIGKILLs of a real runner mid-batch; prints kills, lines lost, lines duplicated (both must be 0).
+soak: install model
+	$(BIN)/python tests/e2e/soak.py --kills $(or $(KILLS),20)
 
 up: install model
 	$(BIN)/dropbatch up

@@ -38,6 +38,11 @@ from manifests import Manifest, dumps, sign  # noqa: E402
 MODEL = "dropbatch-tiny"
 
 
+def tokens_of_line(i: int) -> int:
+    """Varied lengths (16..175 tokens) so lines finish, and chunks commit, spread over the pass."""
+    return 16 + (i * 37) % 160
+
+
 @dataclass
 class Tally:
     kills: int = 0
@@ -71,7 +76,7 @@ def request_lines(n: int, job: str) -> list[dict]:
             "body": {
                 "model": MODEL,
                 "messages": [{"role": "user", "content": f"line {i} of {job}: keep talking"}],
-                "max_tokens": 48,
+                "max_tokens": tokens_of_line(i),
                 "temperature": 0,
                 "ignore_eos": True,
             },
@@ -111,11 +116,11 @@ class RunnerProcess:
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.log_dir / f"runner-{self.starts}.log").open("wb")
         dropbatch = str(Path(sys.executable).parent / "dropbatch")
-        self.proc = subprocess.Popen(
-            [dropbatch, "runner"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with (self.log_dir / f"runner-{self.starts}.log").open("wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [dropbatch, "runner"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -235,10 +240,11 @@ def main() -> int:
     port = _free_port()
     workdir = REPO / ".dropbatch" / "soak" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True)
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=(workdir / "moto.log").open("wb"), stderr=subprocess.STDOUT,
-    )
+    with (workdir / "moto.log").open("wb") as moto_log:
+        moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=moto_log, stderr=subprocess.STDOUT,
+        )
     try:
         time.sleep(2)
         settings = Settings.from_env(
@@ -246,6 +252,7 @@ def main() -> int:
                 "DROPBATCH_S3_ENDPOINT": f"http://127.0.0.1:{port}",
                 "DROPBATCH_MODEL": str(model),
                 "DROPBATCH_CHUNK_LINES": "50",
+                "DROPBATCH_ENGINE_BATCH_SIZE": "16",
                 "DROPBATCH_LEASE_SECONDS": str(args.lease_seconds),
                 "DROPBATCH_POLL_SECONDS": "0.5",
                 "DROPBATCH_HOME": str(workdir),
