@@ -73,3 +73,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Terraform, LocalStack, Docker lint: see deploy/README.md.
+include mk/deploy.mk

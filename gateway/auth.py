@@ -139,6 +139,7 @@ def tenant_route(handler: Callable[[Request, Principal], Awaitable[Response]]) -
     async def endpoint(request: Request) -> Response:
         gateway = request.app.state.gateway
         principal = await gateway.auth.authenticate(request)
+        request.scope.setdefault("state", {})["tenant"] = principal.tenant  # for the access log
         try:
             gateway.limiter.check(principal.token_id, principal.tier)
         except RateLimited:

@@ -126,7 +126,15 @@ async def handle_dropbatch_error(request: Request, exc: Exception) -> JSONRespon
         raise exc
     status = status_of(exc)
     if status >= 500:
-        log.error("request failed", extra={"path": request.url.path, "error": str(exc), "code": exc.code})
+        log.error(
+            "request failed",
+            extra={
+                "path": request.url.path,
+                "error": str(exc),
+                "code": exc.code,
+                "tenant": request.scope.get("state", {}).get("tenant"),
+            },
+        )
     return error_response(exc)
 
 

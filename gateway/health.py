@@ -42,6 +42,10 @@ def check(ctx: Context) -> dict:
         "service": SERVICE,
         "version": __version__,
         "model": ctx.settings.engine.model_name,
+        # The seed's fields: the gateway hands batches to the watcher/runner through the
+        # buckets, so its "processor" is ready when it can write the inbox and control bucket.
+        "processor_initialized": healthy,
+        "config_loaded": True,
         "components": {
             "s3": {"status": "ok" if reachable else "unreachable", "endpoint": storage.endpoint_url or "aws"},
             "buckets": buckets,
@@ -50,8 +54,14 @@ def check(ctx: Context) -> dict:
 
 
 async def health(request: Request) -> Response:
+    """Liveness: 200 while the process serves; the body says how its components are."""
+    return JSONResponse(await run_in_threadpool(check, gateway_of(request).ctx))
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 503 with the reasons while S3 or a bucket is not usable."""
     report = await run_in_threadpool(check, gateway_of(request).ctx)
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
-ROUTES = [Route("/health", health, methods=["GET"])]
+ROUTES = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"])]

@@ -8,6 +8,9 @@ dropbatch_http_request_duration_seconds, dropbatch_rate_limited_total.
 
 from __future__ import annotations
 
+import logging
+import re
+import secrets
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,9 +22,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dropbatch.observability.metrics import Metrics
 from gateway.state import gateway_of
 
+log = logging.getLogger("dropbatch.gateway.access")
+_QUIET = {"/metrics", "/health", "/ready"}  # scrapes and probes would drown the log
+_SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _SANE_ID.fullmatch(text):
+                return text
+    return "req_" + secrets.token_hex(8)
+
 
 class HttpMetrics:
-    """Pure ASGI middleware: one count and one latency observation per HTTP request."""
+    """Pure ASGI middleware: a count, a latency observation and one JSON access-log line per request.
+
+    Every response carries ``x-request-id`` (the client's, if it sent a sane one); the
+    log line has it, with route, status, duration and tenant, never headers or bodies.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -33,11 +53,14 @@ class HttpMetrics:
             return
         status = 500
         started = time.perf_counter()
+        request_id = _request_id(scope)
 
         async def observe(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -46,8 +69,21 @@ class HttpMetrics:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             method = scope.get("method", "")
+            elapsed = time.perf_counter() - started
             self.metrics.http_requests.labels(path, method, str(status)).inc()
-            self.metrics.http_duration.labels(path, method).observe(time.perf_counter() - started)
+            self.metrics.http_duration.labels(path, method).observe(elapsed)
+            if path not in _QUIET:
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "route": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 1),
+                        "tenant": scope.get("state", {}).get("tenant"),
+                    },
+                )
 
 
 async def metrics(request: Request) -> Response:

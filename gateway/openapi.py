@@ -134,9 +134,10 @@ def _paths() -> dict[str, Any]:
         },
     }
     return {
-        "/health": {
+        "/health": {"get": _op("Liveness, with the health of S3 and the buckets", _ok(_ref("Health")), public=True)},
+        "/ready": {
             "get": _op(
-                "Service and storage health",
+                "Readiness: 503 while S3 or a bucket is not usable",
                 {
                     **_ok(_ref("Health")),
                     **{"503": {"description": "Degraded", "content": {"application/json": {"schema": _ref("Health")}}}},
@@ -316,10 +317,13 @@ def document() -> dict[str, Any]:
             estimated_items={"type": "integer", "minimum": 0},
         ),
         "Health": _obj(
-            ["status", "service", "version", "components"],
+            ["status", "service", "version", "components", "processor_initialized", "config_loaded"],
             status={"enum": ["ok", "degraded"]},
             service={"type": "string"},
             version={"type": "string"},
+            model={"type": "string"},
+            processor_initialized={"type": "boolean"},
+            config_loaded={"type": "boolean"},
             components={"type": "object"},
         ),
     }

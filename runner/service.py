@@ -29,6 +29,7 @@ from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_
 log = logging.getLogger("dropbatch.runner")
 
 PROGRESS_EVERY_SECONDS = 1.0
+QUEUE_METRICS_EVERY_SECONDS = 5.0
 
 
 @dataclass
@@ -279,8 +280,17 @@ class Runner:
         m.record_tokens(record.tenant, model, result.prompt_tokens, result.completion_tokens)
         m.lines_rate.add(1)
 
+    def _observe_forever(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.observe_queue()
+            except DropbatchError as exc:
+                log.warning("could not refresh queue metrics", extra={"error": str(exc)})
+            if stop.wait(QUEUE_METRICS_EVERY_SECONDS):
+                return
+
     def observe_queue(self) -> None:
-        """Refresh the queue and SLA gauges (cheap: one listing of the queue)."""
+        """Refresh the queue and SLA gauges (cheap: one listing of the queue and of the leases)."""
         ctx, m = self.ctx, self.metrics
         now = ctx.clock()
         window = ctx.settings.limits.completion_window_seconds
@@ -291,17 +301,23 @@ class Runner:
         m.queue_requests.set(sum(e.lines for e in entries))
         m.oldest_queued_age.set(max((now - (e.deadline - window) for e in entries), default=0))
         m.most_urgent_deadline.set(min((e.deadline - now for e in entries), default=window))
+        m.tokens_per_second.set(m.tokens_rate_now())
         rate = m.lines_rate.per_second()
-        if entries and rate > 0:
+        if entries and rate <= 0:
+            m.projected_overrun.set(float("nan"))  # no rate yet (engine starting or stalled): no projection
+        elif entries:
             ahead = 0
             overrun = float("-inf")
             for entry in entries:  # earliest deadline first: the order the runner works in
                 ahead += entry.lines
                 overrun = max(overrun, now + ahead / rate - entry.deadline)
             m.projected_overrun.set(overrun)
-        elif not entries:
+        else:
             m.projected_overrun.set(-window)
         m.engine_memory.labels("rss").set(process_tree_rss())
+        gpu = gpu_memory_used()
+        if gpu is not None:
+            m.engine_memory.labels("gpu").set(gpu)
 
     def _publish_progress(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> bool:
         """Move request_counts on the records; returns True if the engine pass must end now.
@@ -367,6 +383,9 @@ class Runner:
         log.info("runner started", extra={"owner": self.owner})
         self._stop = stop
         self.metrics.engine_up.set(1)
+        # Queue and SLA gauges must move during a pass too (engine start-up alone takes ~25 s).
+        observer = threading.Thread(target=self._observe_forever, args=(stop,), name="queue-metrics", daemon=True)
+        observer.start()
         while not stop.is_set():
             try:
                 touched = self.run_once()
@@ -377,12 +396,9 @@ class Runner:
             except DropbatchError as exc:
                 log.error("runner pass failed; will retry", extra={"error": str(exc)})
                 touched = 0
-            try:
-                self.observe_queue()
-            except DropbatchError as exc:
-                log.warning("could not refresh queue metrics", extra={"error": str(exc)})
             if not touched:
                 stop.wait(self.ctx.settings.service.poll_seconds)
+        self.metrics.engine_up.set(0)
 
 
 class _LeaseKeeper:
@@ -442,3 +458,20 @@ def is_retryable(line: dict) -> bool:
     """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
     response = line.get("response")
     return response is not None and response["status_code"] >= 500
+
+
+def gpu_memory_used() -> int | None:
+    """Bytes used on this host's GPUs (nvidia-smi), or None without one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(int(line) for line in out.split() if line.strip().isdigit()) * 1024 * 1024

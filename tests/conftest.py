@@ -1,7 +1,9 @@
 """Fixtures shared by the integration and e2e suites: a real moto server over HTTP and the real `aws` CLI.
 
-    moto_server     session: a `python -m moto.server` process on a free 127.0.0.1 port
-    s3_env          per test: that server, reset (POST /moto-api/reset); its endpoint URL
+    moto_server     session: a `python -m moto.server` process on a free 127.0.0.1 port, or the
+                    emulator at DROPBATCH_TEST_S3_ENDPOINT (e.g. LocalStack: `make test-localstack`)
+    s3_env          per test: that server, emptied (moto: POST /moto-api/reset; an external
+                    endpoint: every bucket and queue on it deleted); its endpoint URL
     make_settings   per test: factory → Settings pointing at it, resources bootstrapped
     make_context    factory → Context.from_settings (S3ObjectStore over HTTP)
     aws             the real `aws` CLI (helpers.AwsCli) against the server
@@ -27,6 +29,9 @@ import pytest
 from helpers import AwsCli, DropBox, aws_executable
 
 SERVER_START_SECONDS = 30.0
+# An emulator the suite runs against instead of its own moto. Every bucket and queue on it
+# is deleted before each test: point it at a throwaway instance only.
+EXTERNAL_ENDPOINT = "DROPBATCH_TEST_S3_ENDPOINT"
 
 
 def unavailable(reason: str) -> None:
@@ -48,6 +53,34 @@ def _reset(endpoint: str) -> None:
         response.read()
 
 
+def _empty(endpoint: str) -> None:
+    """Delete every bucket (all versions) and queue on an external emulator: its moto reset."""
+    import boto3
+
+    kwargs = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+    }
+    s3 = boto3.client("s3", **kwargs)
+    for bucket in s3.list_buckets().get("Buckets", []):
+        name = bucket["Name"]
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
+            if doomed:
+                s3.delete_objects(Bucket=name, Delete={"Objects": doomed, "Quiet": True})
+        for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        s3.delete_bucket(Bucket=name)
+    sqs = boto3.client("sqs", **kwargs)
+    for url in sqs.list_queues().get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+
+
 def _wait_until_up(endpoint: str, proc: subprocess.Popen, deadline: float) -> str | None:
     """None once the server answers, else why it never did."""
     while time.monotonic() < deadline:
@@ -63,7 +96,11 @@ def _wait_until_up(endpoint: str, proc: subprocess.Popen, deadline: float) -> st
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3/SQS server process on 127.0.0.1; yields its endpoint URL."""
+    """A moto S3/SQS server process on 127.0.0.1 (or DROPBATCH_TEST_S3_ENDPOINT); yields its endpoint URL."""
+    external = os.environ.get(EXTERNAL_ENDPOINT)
+    if external:
+        yield external.rstrip("/")
+        return
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
@@ -91,7 +128,10 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def s3_env(moto_server: str) -> str:
     """The moto server with every bucket and queue cleared for this test; its endpoint URL."""
-    _reset(moto_server)
+    if os.environ.get(EXTERNAL_ENDPOINT):
+        _empty(moto_server)
+    else:
+        _reset(moto_server)
     return moto_server
 
 

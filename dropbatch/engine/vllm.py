@@ -50,12 +50,17 @@ SESSION_VAR = "DROPBATCH_ENGINE_SESSION"
 
 
 def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
-    """Environment for Ray workers: offline, no telemetry, a fixed CPU KV cache, our session tag."""
+    """Environment for Ray workers: no telemetry, a fixed CPU KV cache, our session tag.
+
+    A local model folder runs fully offline; a hub id (``Qwen/Qwen2.5-0.5B-Instruct``)
+    may download on first use.
+    """
+    offline = "1" if Path(engine.model).is_dir() else "0"
     return {
         SESSION_VAR: session,
         "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": offline,
+        "TRANSFORMERS_OFFLINE": offline,
         "RAY_USAGE_STATS_ENABLED": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",

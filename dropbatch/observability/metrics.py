@@ -19,13 +19,29 @@ _DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+_GATEWAY = {"dropbatch_http_requests", "dropbatch_http_request_duration_seconds", "dropbatch_rate_limited"}
+_WATCHER = {"dropbatch_manifests"}
+# Which families each service exports; a service never shows another's metrics as zeros.
+SERVICE_FAMILIES: dict[str, frozenset[str] | None] = {
+    "gateway": frozenset(_GATEWAY),
+    "watcher": frozenset(_WATCHER),
+    "runner": None,  # everything but the two above
+}
+FINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+
+
 class Metrics:
-    """The metric families of one service process."""
+    """The metric families of one service process.
+
+    Every family exists on every instance (so any code path may record), but only
+    the service's own families are registered, and so exported. A service name
+    not in ``SERVICE_FAMILIES`` registers everything (documentation, tests).
+    """
 
     def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
         self.service = service
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        r = _ServiceRegistry(self.registry, service)
         # Throughput
         self.requests_completed = Counter(
             "dropbatch_requests_completed_total", "Request lines answered successfully.",
@@ -106,6 +122,12 @@ class Metrics:
         )
         self._rate = TokenRate()
         self.lines_rate = TokenRate()  # request lines per second, for the SLA projection
+        for status in FINAL_STATUSES:  # export zeros from the start, so increase() sees the first one
+            self.batches_finished.labels(status)
+
+    def tokens_rate_now(self) -> float:
+        """Generated tokens per second over the last minute (0 once the runner idles)."""
+        return self._rate.per_second()
 
     def record_tokens(self, tenant: str, model: str, prompt: int, generated: int) -> None:
         self.prompt_tokens.labels(tenant, model).inc(prompt)
@@ -113,6 +135,28 @@ class Metrics:
         self._rate.add(generated)
         self.tokens_per_second.set(self._rate.per_second())
         self.last_progress.set(time.time())
+
+
+class _ServiceRegistry:
+    """Stands in for the registry: registers a family only if ``service`` exports it."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.registry = registry
+        self.service = service
+
+    def register(self, collector) -> None:
+        name = collector.describe()[0].name  # a counter's family name, without _total
+        own = SERVICE_FAMILIES.get(self.service, "all")
+        if own == "all":
+            self.registry.register(collector)
+        elif own is None:
+            if name not in _GATEWAY | _WATCHER:
+                self.registry.register(collector)
+        elif name in own:
+            self.registry.register(collector)
+
+    def unregister(self, collector) -> None:
+        self.registry.unregister(collector)
 
 
 class TokenRate:

@@ -63,9 +63,17 @@ def test_health(settings, live, start_gateway, make_settings) -> None:
     assert (body["status"], body["service"]) == ("ok", "dropbatch-gateway") and body["version"]
     assert body["components"]["s3"]["status"] == "ok"
     assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
+    assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
+    assert httpx.get(live.url + "/ready").status_code == 200
+    assert report.headers["x-request-id"].startswith("req_")
+    echoed = httpx.get(live.url + "/health", headers={"x-request-id": "client-abc.1"})
+    assert echoed.headers["x-request-id"] == "client-abc.1"
 
     broken = start_gateway(make_settings({"DROPBATCH_OUTBOX_BUCKET": "no-such-outbox"}, bootstrap=False))
-    degraded = httpx.get(broken.url + "/health")
+    alive = httpx.get(broken.url + "/health")
+    assert alive.status_code == 200, "liveness does not depend on S3"
+    assert (alive.json()["status"], alive.json()["processor_initialized"]) == ("degraded", False)
+    degraded = httpx.get(broken.url + "/ready")
     assert degraded.status_code == 503
     assert degraded.json()["components"]["buckets"]["outbox"]["status"] == "missing"
     assert httpx.get(live.url + "/openapi.json").json()["openapi"].startswith("3.")

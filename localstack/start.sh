@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Start LocalStack's in-process runtime (no Docker) on 127.0.0.1, in the background.
+#
+#   localstack/start.sh            # S3, SQS, IAM, STS on http://127.0.0.1:4566
+#   localstack/stop.sh
+#
+# First run creates .venv-localstack with Python 3.12+ (LocalStack's runtime needs it;
+# dropbatch itself stays on 3.11) and installs localstack/requirements.txt (~1-2 min).
+# Knobs: LOCALSTACK_PORT (4566), LOCALSTACK_PYTHON (python3.13 / python3.12 found on PATH
+# or under pyenv), LOCALSTACK_VENV, LOCALSTACK_HOME (state, pid file and log;
+# .dropbatch/localstack), LOCALSTACK_START_TIMEOUT (120 s).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORT="${LOCALSTACK_PORT:-4566}"
+VENV="${LOCALSTACK_VENV:-$ROOT/.venv-localstack}"
+HOME_DIR="${LOCALSTACK_HOME:-$ROOT/.dropbatch/localstack}"
+TIMEOUT="${LOCALSTACK_START_TIMEOUT:-120}"
+PID_FILE="$HOME_DIR/localstack.pid"
+LOG_FILE="$HOME_DIR/localstack.log"
+REQUIREMENTS="$ROOT/localstack/requirements.txt"
+ENDPOINT="http://127.0.0.1:$PORT"
+
+say() { printf 'localstack: %s\n' "$*" >&2; }
+
+find_python() {
+    if [[ -n "${LOCALSTACK_PYTHON:-}" ]]; then echo "$LOCALSTACK_PYTHON"; return; fi
+    local candidate
+    for candidate in python3.13 python3.12 \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+        # pyenv shims exist for versions that are not active: ask the interpreter itself.
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+            command -v "$candidate"; return
+        fi
+    done
+    return 1
+}
+
+health() { curl -fsS --max-time 2 "$ENDPOINT/_localstack/health" 2>/dev/null; }
+
+mkdir -p "$HOME_DIR"
+HOME_DIR="$(cd "$HOME_DIR" && pwd)"  # absolute: the runtime starts inside it
+PID_FILE="$HOME_DIR/localstack.pid"
+LOG_FILE="$HOME_DIR/localstack.log"
+if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+    say "already running (pid $(cat "$PID_FILE")) on $ENDPOINT"
+    exit 0
+fi
+
+stamp="$VENV/.requirements.sha256"
+want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    python="$(find_python)" || { say "needs Python >= 3.12 (set LOCALSTACK_PYTHON)"; exit 1; }
+    say "installing into $VENV with $python"
+    "$python" -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+    echo "$want" > "$stamp"
+fi
+
+say "starting on $ENDPOINT (log: $LOG_FILE)"
+# hypercorn binds exactly GATEWAY_LISTEN (the default server binds 0.0.0.0); DNS_ADDRESS=0
+# keeps LocalStack's DNS server off; SKIP_SSL_CERT_DOWNLOAD and DISABLE_EVENTS keep it offline.
+# LOCALSTACK_HOST + SQS_ENDPOINT_STRATEGY=off make queue URLs http://127.0.0.1:<port>/<account>/<name>:
+# resolvable here (localhost.localstack.cloud is not) and in the format the Terraform AWS provider parses.
+(
+    cd "$HOME_DIR"
+    exec env \
+        GATEWAY_SERVER=hypercorn \
+        GATEWAY_LISTEN="127.0.0.1:$PORT" \
+        DNS_ADDRESS=0 \
+        SERVICES=s3,sqs,iam,sts \
+        EAGER_SERVICE_LOADING=1 \
+        SKIP_SSL_CERT_DOWNLOAD=1 \
+        DISABLE_EVENTS=1 \
+        LOCALSTACK_TELEMETRY_DISABLED=1 \
+        SQS_ENDPOINT_STRATEGY=off \
+        LOCALSTACK_HOST="127.0.0.1:$PORT" \
+        FILESYSTEM_ROOT="$HOME_DIR/fs" \
+        setsid "$VENV/bin/python" -m localstack.runtime.main
+) >"$LOG_FILE" 2>&1 < /dev/null &
+echo $! > "$PID_FILE"
+
+deadline=$(( $(date +%s) + TIMEOUT ))
+until health | grep -q '"s3": "\(available\|running\)"'; do
+    if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+        say "exited during start; last log lines:"; tail -n 30 "$LOG_FILE" >&2
+        rm -f "$PID_FILE"; exit 1
+    fi
+    if (( $(date +%s) > deadline )); then
+        say "not ready after ${TIMEOUT}s; last log lines:"; tail -n 30 "$LOG_FILE" >&2
+        exit 1
+    fi
+    sleep 1
+done
+say "ready: DROPBATCH_S3_ENDPOINT=$ENDPOINT (pid $(cat "$PID_FILE"))"
