@@ -1,0 +1,130 @@
+"""The runner as a driver on a multi-node Ray cluster (deploy/ray), proven on one machine.
+
+`ray start --head` with zero CPUs plus a second `ray start --address` worker node
+with its own resources: every Ray Data task and the vLLM engine actor can only be
+placed on the worker node. A `dropbatch runner` attached with DROPBATCH_RAY_ADDRESS
+then runs a real batch through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from soak import request_lines, submit
+
+from dropbatch.models import BatchStatus
+from watcher.service import Watcher
+
+pytestmark = pytest.mark.e2e
+
+LINES = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """Stop only this cluster's processes (`ray stop` would kill every Ray on the machine)."""
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in cmdline or proc.environ().get("DROPBATCH_TEST_RAY_CLUSTER") == temp_dir:
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=15)
+
+
+@pytest.fixture
+def two_node_cluster():
+    ray = str(Path(sys.executable).parent / "ray")
+    temp_dir = f"/tmp/dbray-{secrets.token_hex(3)}"  # short: Ray puts unix sockets under it
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "DROPBATCH_TEST_RAY_CLUSTER": temp_dir,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    try:
+        subprocess.run(
+            [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
+             "--include-dashboard=false", *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        subprocess.run(
+            [ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+             '--resources={"gpu_worker_stand_in": 1}', *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        deadline = time.monotonic() + 60
+        while True:  # the worker registers with the head asynchronously
+            status = subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                                    text=True, timeout=60).stdout
+            if len(re.findall(r"^\s*1 node_", status, re.M)) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        yield f"127.0.0.1:{port}", status, env
+    finally:
+        _kill_cluster(temp_dir)
+
+
+def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_cluster, tmp_path):
+    address, status, env = two_node_cluster
+    assert len(re.findall(r"^\s*1 node_", status, re.M)) == 2, f"expected a head and a worker node:\n{status}"
+    assert "0.0/4.0 CPU" in status or "/4.0 CPU" in status, status  # the head has none: all CPUs are the worker's
+    stack.ctx.tenants.create("e2e-cluster", "enterprise")
+    ref = submit(stack.ctx, "e2e-cluster", "cluster", request_lines(LINES, "cluster"))
+    Watcher(stack.ctx).run_once()
+
+    runner_env = {
+        **env,
+        **stack.settings.to_env(),
+        "DROPBATCH_RAY_ADDRESS": address,
+        "DROPBATCH_RUNNER_PORT": str(_free_port()),
+    }
+    dropbatch = str(Path(sys.executable).parent / "dropbatch")
+    with (tmp_path / "runner.log").open("wb") as log:
+        runner = subprocess.Popen([dropbatch, "runner"], env=runner_env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not stack.ctx.batches.for_job(ref).status.is_terminal:
+            assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the batch did not finish on the cluster in 10 minutes"
+            time.sleep(1)
+    finally:
+        os.killpg(runner.pid, signal.SIGTERM)
+        try:
+            runner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(runner.pid, signal.SIGKILL)
+    record = stack.ctx.batches.for_job(ref)
+    assert record.status == BatchStatus.COMPLETED
+    assert (record.request_counts.completed, record.request_counts.failed) == (LINES, 0)
+    out, _ = stack.ctx.store.get(stack.ctx.outbox, record.result.output_key)
+    ids = sorted(json.loads(line)["custom_id"] for line in out.splitlines())
+    assert ids == sorted(f"cluster-{i}" for i in range(LINES))
+    log_text = (tmp_path / "runner.log").read_text()
+    assert "Connecting to existing Ray cluster" in log_text, "the runner attached; it did not start its own Ray"
