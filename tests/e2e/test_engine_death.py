@@ -1,0 +1,56 @@
+"""A dead engine mid-pass (the CPU build's occasional SIGILL, a GPU falling off the bus).
+
+After some real results, the vLLM engine's processes are SIGKILLed. Ray restarts
+the engine actor or the pass fails and the runner reruns the unfinished chunks;
+either way every custom_id comes back exactly once, and no line is lost to it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import psutil
+import pytest
+from soak import request_lines, submit
+
+from dropbatch.engine.vllm import SESSION_VAR
+from dropbatch.models import BatchStatus
+from watcher.service import Watcher
+
+pytestmark = pytest.mark.e2e
+
+LINES = 600
+
+
+def kill_engine(session: str) -> int:
+    """SIGKILL this engine's vLLM processes (engine core and/or worker; titles vary by version)."""
+    killed = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("VLLM::") and proc.environ().get(SESSION_VAR) == session:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return killed
+
+
+def test_killing_the_engine_mid_pass_loses_and_duplicates_nothing(stack):
+    stack.ctx.tenants.create("e2e-dead-engine", "enterprise")
+    ref = submit(stack.ctx, "e2e-dead-engine", "dead", request_lines(LINES, "dead"))
+    Watcher(stack.ctx).run_once()
+    killed: list[int] = []
+    stack.engine.after(100, lambda: killed.append(kill_engine(stack.engine.engine._session)))
+
+    stack.drain()
+
+    assert len(killed) == 1 and killed[0] >= 1, "the running engine's processes were killed"
+    record = stack.ctx.batches.for_job(ref)
+    assert record.status == BatchStatus.COMPLETED
+    assert (record.request_counts.completed, record.request_counts.failed) == (LINES, 0)
+    seen: list[str] = []
+    for key in (record.result.output_key, record.result.errors_key):
+        data, _ = stack.ctx.store.get(stack.ctx.outbox, key)
+        seen += [json.loads(line)["custom_id"] for line in data.splitlines()]
+    assert sorted(seen) == sorted(f"dead-{i}" for i in range(LINES)), "every custom_id exactly once"
