@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -120,20 +120,17 @@ class BatchStore:
 
     def list(self, tenant: str, *, after: str | None = None, limit: int = 20) -> tuple[list[BatchRecord], bool]:
         """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""
-        start_after = None
+        anchor = None
         if after is not None:
-            anchor = self.get(tenant, after)
-            start_after = ControlKeys.batch_index(tenant, anchor.created_at, anchor.id)
-        page: list[BatchRecord] = []
-        for key in self.records.list_keys(ControlKeys.batch_index_prefix(tenant), start_after=start_after):
-            batch_id = indexed_id(key)
-            record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
-            if record is None:
-                continue
-            if len(page) == limit:
-                return page, True
-            page.append(record)
-        return page, False
+            record = self.get(tenant, after)
+            anchor = ControlKeys.batch_index(tenant, record.created_at, record.id)
+        return page_index(
+            self.records,
+            ControlKeys.batch_index_prefix(tenant),
+            anchor=anchor,
+            load=lambda batch_id: self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord),
+            limit=limit,
+        )
 
 
 class FileStore:
@@ -160,21 +157,60 @@ class FileStore:
         self.records.store.delete(self.records.bucket, ControlKeys.file(tenant, file_id))
         return record
 
-    def list(self, tenant: str, *, after: str | None = None, limit: int = 10_000) -> tuple[list[FileRecord], bool]:
-        start_after = None
+    def list(
+        self,
+        tenant: str,
+        *,
+        after: str | None = None,
+        limit: int = 10_000,
+        newest_first: bool = True,
+        purpose: str | None = None,
+    ) -> tuple[list[FileRecord], bool]:
+        """A page of ``tenant``'s files in creation order, after the file id ``after``."""
+        anchor = None
         if after is not None:
-            anchor = self.get(tenant, after)
-            start_after = ControlKeys.file_index(tenant, anchor.created_at, anchor.id)
-        page: list[FileRecord] = []
-        for key in self.records.list_keys(ControlKeys.file_index_prefix(tenant), start_after=start_after):
-            file_id = indexed_id(key)
-            record = self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
-            if record is None:
-                continue
-            if len(page) == limit:
-                return page, True
-            page.append(record)
-        return page, False
+            record = self.get(tenant, after)
+            anchor = ControlKeys.file_index(tenant, record.created_at, record.id)
+        return page_index(
+            self.records,
+            ControlKeys.file_index_prefix(tenant),
+            anchor=anchor,
+            load=lambda file_id: self.records.get(ControlKeys.file(tenant, file_id), FileRecord),
+            limit=limit,
+            newest_first=newest_first,
+            keep=(lambda record: record.purpose == purpose) if purpose is not None else None,
+        )
+
+
+def page_index(
+    records: Records,
+    prefix: str,
+    *,
+    anchor: str | None,
+    load: Callable[[str], M | None],
+    limit: int,
+    newest_first: bool = True,
+    keep: Callable[[M], bool] | None = None,
+) -> tuple[list[M], bool]:
+    """One page of records through a newest-first index (``<prefix><rank>_<id>`` keys).
+
+    Returns the page and whether more records follow. ``anchor`` is the index key of
+    the record the page starts after; ``keep`` filters records without ending the page.
+    """
+    if newest_first:  # the index's key order
+        keys: Iterable[str] = records.list_keys(prefix, start_after=anchor)
+    else:
+        ordered = list(records.list_keys(prefix))[::-1]
+        keys = ordered[ordered.index(anchor) + 1 :] if anchor in ordered else ordered
+    page: list[M] = []
+    for key in keys:
+        record = load(indexed_id(key))
+        if record is None or (keep is not None and not keep(record)):
+            continue
+        if len(page) == limit:
+            return page, True
+        page.append(record)
+    return page, False
 
 
 def indexed_id(index_key: str) -> str:

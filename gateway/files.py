@@ -27,8 +27,7 @@ from dropbatch.context import Context
 from dropbatch.errors import InvalidRequest, PayloadTooLarge, UnprocessableRequest
 from dropbatch.ids import new_file_id
 from dropbatch.models import FileRecord
-from dropbatch.records import indexed_id
-from dropbatch.storage.keys import ControlKeys, uploaded_file_key
+from dropbatch.storage.keys import uploaded_file_key
 from gateway.auth import Principal, tenant_route
 from gateway.params import (
     check_content_length,
@@ -164,26 +163,7 @@ def list_files(
     ctx: Context, tenant: str, *, after: str | None, limit: int, order: str, purpose: str | None
 ) -> tuple[list[FileRecord], bool]:
     """A page of ``tenant``'s files in ``order`` of creation, after the file id ``after``."""
-    prefix = ControlKeys.file_index_prefix(tenant)
-    anchor_key = None
-    if after is not None:
-        anchor = ctx.files.get(tenant, after)
-        anchor_key = ControlKeys.file_index(tenant, anchor.created_at, anchor.id)
-    if order == "desc":  # the index is newest first in key order
-        keys: Iterable[str] = ctx.records.list_keys(prefix, start_after=anchor_key)
-    else:
-        ordered = list(ctx.records.list_keys(prefix))[::-1]
-        keys = ordered[ordered.index(anchor_key) + 1 :] if anchor_key in ordered else ordered
-    page: list[FileRecord] = []
-    for key in keys:
-        file_id = indexed_id(key)
-        record = ctx.records.get(ControlKeys.file(tenant, file_id), FileRecord)
-        if record is None or (purpose is not None and record.purpose != purpose):
-            continue
-        if len(page) == limit:
-            return page, True
-        page.append(record)
-    return page, False
+    return ctx.files.list(tenant, after=after, limit=limit, newest_first=order == "desc", purpose=purpose)
 
 
 def list_envelope(data: list[dict], has_more: bool) -> dict:

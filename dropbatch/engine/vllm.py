@@ -249,7 +249,7 @@ class RayVLLMEngine:
             ds = ds.map_batches(
                 ChatTemplater,
                 fn_constructor_kwargs={"model": self.settings.engine.model},
-                concurrency=1,
+                compute=ray.data.ActorPoolStrategy(size=1),
                 num_cpus=STAGE_CPUS,
                 batch_size=256,
             )
