@@ -99,6 +99,11 @@ def parse_request_line(raw: RawLine, *, endpoint: str, model: str) -> RequestLin
         obj = json.loads(raw.data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("invalid_json_line", f"Line {n} is not valid UTF-8 JSON.") from None
+    if b"\\u" in raw.data and not is_unicode_text(obj):
+        raise bad(
+            "invalid_json_line",
+            f"Line {n} escapes an unpaired UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode text.",
+        )
     if not isinstance(obj, dict):
         raise bad("invalid_json_line", f"Line {n} must be a JSON object.")
     for name in ("custom_id", "method", "url", "body"):
@@ -134,6 +139,15 @@ def parse_request_line(raw: RawLine, *, endpoint: str, model: str) -> RequestLin
         )
     _check_body(body, endpoint, bad)
     return RequestLine(custom_id=custom_id, method="POST", url=url, body=body, line=n)
+
+
+def is_unicode_text(value: Any) -> bool:
+    """False if a decoded JSON value holds a lone surrogate (valid as a JSON escape, unwritable as UTF-8)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_body(body: dict[str, Any], endpoint: str, bad) -> None:

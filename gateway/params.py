@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from dropbatch.errors import InvalidRequest, NotFound, PayloadTooLarge, UnprocessableRequest
+from dropbatch.jsonl import is_unicode_text
 from gateway.errors import schema_error
 from gateway.schemas import ID_PATTERN
 
@@ -76,6 +77,11 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if b"\\u" in body and not is_unicode_text(data):
+        raise InvalidRequest(
+            "The JSON body escapes an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode text.",
+            code="invalid_json",
+        )
     return data
 
 

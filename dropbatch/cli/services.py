@@ -6,9 +6,8 @@ import click
 
 from dropbatch.cli.common import Command, State, emit, s3_uri, stop_on_signals
 from dropbatch.errors import ConfigError
-from dropbatch.observability.health import Health, ServiceHttp, buckets_check
+from dropbatch.observability.health import buckets_check, observed
 from dropbatch.observability.logging import configure_logging
-from dropbatch.observability.metrics import Metrics
 
 
 @click.command("bootstrap", cls=Command)
@@ -56,21 +55,14 @@ def watcher_command(state: State, as_json: bool) -> None:
                 "(run `dropbatch bootstrap`, or set DROPBATCH_QUEUE_URL)."
             )
     events = SqsIntake(ctx, queue_url) if queue_url else None
-    metrics = Metrics("watcher")
-    health = Health("watcher")
-    health.add("s3", buckets_check(ctx.store, [ctx.inbox, settings.storage.control_bucket]))
+    checks = {"s3": buckets_check(ctx.store, [ctx.inbox, settings.storage.control_bucket])}
     if events is not None:
-        health.add("queue", events.check)
-    http = ServiceHttp(settings.service.metrics_host, settings.service.watcher_port, health, metrics).start()
-    emit(
-        as_json,
-        {"service": "watcher", "intake": "sqs" if events else "poll", "queue_url": queue_url, "metrics_port": http.port},
-        None,
-    )
-    try:
+        checks["queue"] = events.check
+    service = settings.service
+    with observed("watcher", service.metrics_host, service.watcher_port, checks) as (metrics, _, port):
+        intake = "sqs" if events else "poll"
+        emit(as_json, {"service": "watcher", "intake": intake, "queue_url": queue_url, "metrics_port": port}, None)
         Watcher(ctx, events=events, metrics=metrics).run(stop)
-    finally:
-        http.stop()
 
 
 @click.command("runner", cls=Command)
@@ -85,30 +77,24 @@ def runner_command(state: State, as_json: bool) -> None:
     from runner.service import Runner
 
     ctx = state.context
-    metrics = Metrics("runner")
-    health = Health("runner")
-    health.add("s3", buckets_check(ctx.store, [ctx.inbox, ctx.outbox, settings.storage.control_bucket]))
     engine_started = {"ok": False}
-    health.add("engine", lambda: None if engine_started["ok"] else "the engine (Ray session) is not started yet")
-    http = ServiceHttp(settings.service.metrics_host, settings.service.runner_port, health, metrics).start()
-    emit(
-        as_json,
-        {
-            "service": "runner",
-            "model": settings.engine.model,
-            "model_name": settings.engine.model_name,
-            "metrics_port": http.port,
-        },
-        None,
-    )
-    try:
-        with build_engine(settings) as engine:
+    checks = {
+        "s3": buckets_check(ctx.store, [ctx.inbox, ctx.outbox, settings.storage.control_bucket]),
+        "engine": lambda: None if engine_started["ok"] else "the engine (Ray session) is not started yet",
+    }
+    service = settings.service
+    with observed("runner", service.metrics_host, service.runner_port, checks) as (metrics, health, port):
+        engine = settings.engine
+        emit(
+            as_json,
+            {"service": "runner", "model": engine.model, "model_name": engine.model_name, "metrics_port": port},
+            None,
+        )
+        with build_engine(settings) as running:
             stop_on_signals(stop)  # starting the engine ran ray.init, which took over SIGTERM
             health.add("ray", ray_check)
             engine_started["ok"] = True
-            Runner(ctx, engine, metrics=metrics).run(stop)
-    finally:
-        http.stop()
+            Runner(ctx, running, metrics=metrics).run(stop)
 
 
 @click.command("gateway", cls=Command)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -113,3 +114,21 @@ class ServiceHttp:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def observed(service: str, host: str, port: int, checks: dict[str, Check]) -> Iterator[tuple[Metrics, Health, int]]:
+    """A service's Metrics and Health, served on ``host:port`` while the block runs.
+
+    Yields (metrics, health, bound port); ``health.add`` may add checks later (the
+    runner adds its Ray check once the engine has started).
+    """
+    metrics = Metrics(service)
+    health = Health(service)
+    for name, check in checks.items():
+        health.add(name, check)
+    http = ServiceHttp(host, port, health, metrics).start()
+    try:
+        yield metrics, health, http.port
+    finally:
+        http.stop()

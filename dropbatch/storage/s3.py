@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    ResponseStreamingError,
+)
 
 from dropbatch.errors import (
     ObjectExists,
@@ -21,6 +32,24 @@ from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, Object
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchUpload"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "500", "503", "RequestTimeout", "Throttling"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+# A body cut mid-read. botocore wraps this as ResponseStreamingError only for streamed bodies; for
+# the small bodies it reads itself (XML results, error documents: convert_to_response_dict runs
+# outside its try) the raw urllib3 ProtocolError escapes, unretried and outside BotoCoreError.
+_BODY_CUT = (ResponseStreamingError, IncompleteReadError, urllib3.exceptions.ProtocolError)
+_AWS_ERRORS = (ClientError, BotoCoreError, urllib3.exceptions.HTTPError)
+
+
+def _retried_precondition(exc: BaseException) -> bool:
+    """A 412 on a retried attempt: the first attempt may have been ours, its answer lost."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in _PRECONDITION and exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(20.0, random.random() * 2**attempt))  # botocore standard mode's full jitter
 
 
 def _translate(exc: Exception, *, bucket: str, key: str, conditional: str | None = None) -> StorageError:
@@ -32,14 +61,15 @@ def _translate(exc: Exception, *, bucket: str, key: str, conditional: str | None
             return ObjectNotFound(f"{where} does not exist")
         # 412 PreconditionFailed; S3 may also answer 409 ConditionalRequestConflict
         # when two conditional writes race on one key.
-        if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+        if code in _PRECONDITION:
             if conditional == "if_none_match":
                 return ObjectExists(f"{where} already exists")
             return StaleWrite(f"{where} changed since it was read")
         if code in _UNAVAILABLE:
             return StorageUnavailable(f"{where}: {code} after retries")
         return StorageError(f"{where}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}")
-    if isinstance(exc, (ConnectionError, ReadTimeoutError)):
+    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError, urllib3.exceptions.HTTPError)):
+        # HTTPClientError: ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
         return StorageUnavailable(f"{where}: connection failed after retries: {exc}")
     return StorageError(f"{where}: {exc}")
 
@@ -67,7 +97,7 @@ class S3ObjectStore:
     def head(self, bucket: str, key: str) -> ObjectInfo:
         try:
             resp = self._client().head_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
             raise _translate(exc, bucket=bucket, key=key) from exc
         return ObjectInfo(
             key=key,
@@ -78,11 +108,18 @@ class S3ObjectStore:
         )
 
     def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        try:
-            resp = self._client().get_object(Bucket=bucket, Key=key)
-            return resp["Body"].read(), resp["ETag"]
-        except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, bucket=bucket, key=key) from exc
+        attempt = 0
+        while True:
+            try:
+                resp = self._client().get_object(Bucket=bucket, Key=key)
+                return resp["Body"].read(), resp["ETag"]
+            except _BODY_CUT as exc:
+                attempt += 1
+                if attempt >= self._settings.max_attempts:
+                    raise _translate(exc, bucket=bucket, key=key) from exc
+                _backoff(attempt - 1)
+            except _AWS_ERRORS as exc:
+                raise _translate(exc, bucket=bucket, key=key) from exc
 
     def iter_bytes(
         self,
@@ -95,16 +132,31 @@ class S3ObjectStore:
     ) -> Iterator[bytes]:
         if end is not None and end <= start:
             return
-        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
-        try:
-            resp = self._client().get_object(Bucket=bucket, Key=key, Range=byte_range)
-            body = resp["Body"]
-            while chunk := body.read(chunk_size):
-                yield chunk
-        except (ClientError, BotoCoreError) as exc:
-            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                return  # an empty object, or a range past its end: nothing to read
-            raise _translate(exc, bucket=bucket, key=key) from exc
+        offset, etag, attempt = start, None, 0
+        while True:
+            kwargs = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
+            if etag is not None:
+                kwargs["IfMatch"] = etag  # resume only on the very object this read started on
+            try:
+                resp = self._client().get_object(**kwargs)
+                etag = etag or resp["ETag"]
+                body = resp["Body"]
+                while chunk := body.read(chunk_size):
+                    offset += len(chunk)
+                    yield chunk
+                return
+            except _BODY_CUT as exc:
+                attempt += 1
+                if attempt >= self._settings.max_attempts:
+                    raise _translate(exc, bucket=bucket, key=key) from exc
+                _backoff(attempt - 1)
+            except _AWS_ERRORS as exc:
+                code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+                if code == "InvalidRange":
+                    return  # an empty object, or a range past its end: nothing (more) to read
+                if etag is not None and code in _PRECONDITION:
+                    raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
+                raise _translate(exc, bucket=bucket, key=key) from exc
 
     def put(
         self,
@@ -126,7 +178,15 @@ class S3ObjectStore:
             kwargs["Metadata"] = metadata
         try:
             return self._client().put_object(**kwargs)["ETag"]
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
+            if (if_none_match or if_match is not None) and _retried_precondition(exc):
+                # botocore re-sent a write whose answer was lost; the 412 may be that write itself.
+                mine = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+                try:
+                    if self.head(bucket, key).etag == mine:
+                        return mine
+                except StorageError:
+                    pass
             conditional = "if_none_match" if if_none_match else "if_match"
             raise _translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
 
@@ -173,7 +233,7 @@ class S3ObjectStore:
                 kwargs["IfNoneMatch"] = "*"
             etag = client.complete_multipart_upload(**kwargs)["ETag"]
             return ObjectInfo(key=key, size=size, etag=etag)
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
             self._abort(bucket, key, upload_id)
             raise _translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
         except BaseException:
@@ -185,7 +245,7 @@ class S3ObjectStore:
             return
         try:
             self._client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
+        except _AWS_ERRORS:
             pass  # the bucket lifecycle rule cleans up incomplete uploads
 
     def list(self, bucket: str, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
@@ -201,13 +261,13 @@ class S3ObjectStore:
                         etag=item["ETag"],
                         last_modified=item["LastModified"].timestamp(),
                     )
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
             raise _translate(exc, bucket=bucket, key=prefix) from exc
 
     def delete(self, bucket: str, key: str) -> None:
         try:
             self._client().delete_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
             error = _translate(exc, bucket=bucket, key=key)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
@@ -218,7 +278,7 @@ class S3ObjectStore:
             kwargs["IfNoneMatch"] = "*"
         try:
             return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
-        except (ClientError, BotoCoreError) as exc:
+        except _AWS_ERRORS as exc:
             raise _translate(exc, bucket=dest_bucket, key=dest_key, conditional="if_none_match") from exc
 
 
@@ -244,7 +304,7 @@ def call_aws(fn, *args, what: str, **kwargs):
     """Call a raw boto3 method (SQS, bucket admin) with the same error translation."""
     try:
         return fn(*args, **kwargs)
-    except (ClientError, BotoCoreError) as exc:
+    except _AWS_ERRORS as exc:
         raise _translate(exc, bucket=what, key="") from exc
 
 
