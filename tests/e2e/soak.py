@@ -54,6 +54,11 @@ class Tally:
     kill_points: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def merge(self, other: Tally) -> None:
+        for name in ("kills", "restarts", "lines", "lost", "duplicated", "unexpected", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.kill_points += other.kill_points
+
     def table(self) -> str:
         rows = [
             ("kills (SIGKILL to the runner's process group)", self.kills),
@@ -217,7 +222,7 @@ def exactly_once(ctx: Context, record: BatchRecord) -> tuple[int, int, int]:
     for key in (record.result.output_key, record.result.errors_key):
         data, _ = ctx.store.get(ctx.outbox, key)
         seen.update(json.loads(line)["custom_id"] for line in data.splitlines())
-    expected = {f"{record.job}-{i}" for i in range(record.request_counts.total)}
+    expected = {f"{record.job}-{i}" for i in range(record.request_counts.total)}  # request_lines(n, job)
     lost = len(expected - set(seen))
     duplicated = sum(count - 1 for count in seen.values() if count > 1)
     unexpected = len(set(seen) - expected)
@@ -261,12 +266,21 @@ def main() -> int:
         bootstrap(settings.storage)
         ctx = Context.from_settings(settings)
         ctx.tenants.create("soak", "enterprise")
-        ref = submit(ctx, "soak", "soak", request_lines(args.lines, "soak"))
         from watcher.service import Watcher
 
-        Watcher(ctx).run_once()
-        print(f"soak: {args.lines} lines, {args.kills} kills, seed {args.seed}, logs in {workdir}")
-        tally = kill_campaign(ctx, settings, ref, kills=args.kills, rng=random.Random(args.seed), log_dir=workdir)
+        print(f"soak: {args.kills} kills over batches of {args.lines} lines, seed {args.seed}, logs in {workdir}")
+        rng = random.Random(args.seed)
+        tally = Tally()
+        batch = 0
+        # A batch can finish before the campaign has killed enough times: keep feeding new ones.
+        while tally.kills < args.kills:
+            batch += 1
+            job = f"soak-{batch}"
+            ref = submit(ctx, "soak", job, request_lines(args.lines, job))
+            Watcher(ctx).run_once()
+            one = kill_campaign(ctx, settings, ref, kills=args.kills - tally.kills, rng=rng, log_dir=workdir)
+            print(f"batch {batch}: {one.kills} kills, lost {one.lost}, duplicated {one.duplicated}")
+            tally.merge(one)
     finally:
         moto.terminate()
     print("\nsoak tally\n" + tally.table())
