@@ -135,6 +135,8 @@ class Runner:
                 return True
             return False
         closed = finalize(ctx, record, final=final)
+        if closed.status == BatchStatus.CANCELLED and closed.request_counts.completed == 0:
+            ctx.quotas.release(record.tenant, record.id)  # cancelled before any line ran: nothing was used
         self.metrics.batches_finished.labels(closed.status.value).inc()
         self._done(entry, lease)
         return True

@@ -129,3 +129,16 @@ def test_a_manifest_with_a_retry_config_round_trips_and_one_without_is_unchanged
     with_policy = sign(base.model_copy(update={"retry_config": RetryConfig(max_retries=2)}), key.secret)
     parsed = loads(dumps(Manifest.model_validate(with_policy.model_dump())))
     assert parsed.retry_config is not None and parsed.retry_config.max_retries == 2
+
+
+def test_a_batch_cancelled_before_it_ran_gives_its_hourly_quota_back(make_context, make_tenant, make_jsonl, drop_job):
+    from dropbatch.models import BatchStatus as Status
+
+    ctx = make_context()
+    record = submit(ctx, make_tenant, make_jsonl, drop_job)
+    assert ctx.quotas.usage("acme", "enterprise")[0] == LINES
+    ctx.batches.update("acme", record.id, lambda b: b.transition(Status.CANCELLING, ctx.now()))
+    engine, _, _ = run(ctx, lambda row: None)
+    assert engine.runs == []
+    assert ctx.batches.get("acme", record.id).status == Status.CANCELLED
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 0
