@@ -1,0 +1,59 @@
+"""/health and /ready of the watcher and runner: a down component turns readiness to 503 with a reason."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from dropbatch.observability.health import buckets_check, observed
+from dropbatch.storage import MemoryObjectStore
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_ready_is_503_naming_the_component_that_is_down_while_health_stays_200():
+    store = MemoryObjectStore(["inbox"])  # the control bucket is missing
+    engine = {"started": False}
+    checks = {
+        "s3": buckets_check(store, ["inbox", "control"]),
+        "engine": lambda: None if engine["started"] else "the engine is not started yet",
+    }
+    with observed("runner", "127.0.0.1", 0, checks) as (metrics, health, port):
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/health") == (200, {"status": "ok", "service": "runner", "version": health_version()})
+        status, body = get(base + "/ready")
+        assert status == 503
+        assert body["status"] == "unavailable"
+        assert body["components"]["s3"]["status"] == "down"
+        assert "control" in body["components"]["s3"]["reason"]
+        assert body["components"]["engine"] == {"status": "down", "reason": "the engine is not started yet"}
+
+        store.create_bucket("control")
+        engine["started"] = True
+        status, body = get(base + "/ready")
+        assert status == 200
+        assert {c["status"] for c in body["components"].values()} == {"ok"}
+        assert metrics.service == "runner"
+
+
+def test_a_check_that_raises_reports_down_instead_of_crashing_the_endpoint():
+    def broken() -> str | None:
+        raise RuntimeError("probe exploded")
+
+    with observed("watcher", "127.0.0.1", 0, {"queue": broken}) as (_, _, port):
+        status, body = get(f"http://127.0.0.1:{port}/ready")
+    assert status == 503
+    assert body["components"]["queue"] == {"status": "down", "reason": "RuntimeError: probe exploded"}
+
+
+def health_version() -> str:
+    from dropbatch import __version__
+
+    return __version__
