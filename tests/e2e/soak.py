@@ -177,19 +177,23 @@ def kill_campaign(
         for n in range(kills):
             runner.start()
             before = committed_chunks(ctx, record.id)
-            # Where to kill: during engine start-up (no new chunk yet), or after k new chunks.
-            if rng.random() < 0.25:
-                point = f"start-up +{rng.uniform(3, 25):.0f}s"
+            left = total_chunks - before
+            # Where to kill: during engine start-up (before any result: ray.init and the engine
+            # take >15 s even on a quiet machine), or just after the next few chunks commit,
+            # scaled to what is left so the later kills still land mid-run.
+            if rng.random() < 0.25 or left < 2:
+                point = f"start-up +{rng.uniform(3, 12):.0f}s"
                 time.sleep(float(point.split("+")[1].rstrip("s")))
             else:
-                target = min(total_chunks - 1, before + rng.randint(1, max(1, total_chunks // (kills + 1))))
+                step = 1 + rng.randrange(max(1, left // (2 * (kills - n))))
+                target = min(total_chunks - 1, before + step)
                 point = f"after chunk {target}/{total_chunks}"
                 deadline = time.monotonic() + 300
                 while committed_chunks(ctx, record.id) < target and time.monotonic() < deadline:
                     if runner.proc is not None and runner.proc.poll() is not None:
                         break
-                    time.sleep(0.2)
-                time.sleep(rng.uniform(0, 1.5))  # land mid-chunk, not just on a boundary
+                    time.sleep(0.1)
+                time.sleep(rng.uniform(0, 0.3))  # land mid-chunk, not just on a boundary
             if ctx.batches.get(ref.tenant, record.id).status.is_terminal:
                 say(f"kill {n + 1}: batch already finished; stopping the campaign early")
                 break
@@ -197,7 +201,8 @@ def kill_campaign(
             tally.kills += 1
             tally.kill_points.append(point)
             say(f"kill {n + 1}/{kills} at {point}: {committed_chunks(ctx, record.id)}/{total_chunks} chunks committed")
-        runner.start()
+        else:
+            runner.start()  # the last restart: let it finish
         deadline = time.monotonic() + finish_timeout
         while not ctx.batches.get(ref.tenant, record.id).status.is_terminal:
             if time.monotonic() > deadline:

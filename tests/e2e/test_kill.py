@@ -17,7 +17,7 @@ from watcher.service import Watcher
 pytestmark = pytest.mark.e2e
 
 KILLS = 3
-LINES = 1500
+LINES = 3000  # long enough that even a quiet machine cannot finish before the kills
 
 
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(stack, tmp_path):
