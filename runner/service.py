@@ -21,10 +21,12 @@ from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFou
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts, RetryConfig
 from dropbatch.observability.metrics import Metrics
-from dropbatch.queue import Lease, LeaseLost, QueueEntry, runner_identity
+from dropbatch.queue import Lease, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
 from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_result
+from runner.leases import LeaseKeeper
+from runner.observe import observe_queue, record_line
 
 log = logging.getLogger("dropbatch.runner")
 
@@ -172,7 +174,7 @@ class Runner:
         group = self.claim_group()
         if not group:
             return 0
-        keeper = _LeaseKeeper(self.ctx, group)
+        keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
         keeper.start()
         try:
             self._execute(group, keeper)
@@ -182,7 +184,7 @@ class Runner:
             self._settle(claimed)
         return len(group)
 
-    def _execute(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> None:
+    def _execute(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> None:
         """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
         by_batch = {c.record.id: c for c in group}
         work = [chunk for claimed in group for chunk in claimed.remaining.values()]
@@ -273,14 +275,7 @@ class Runner:
             del claimed.remaining[result.chunk]
 
     def _observe(self, record: BatchRecord, result: LineResult) -> None:
-        m = self.metrics
-        model = record.model or ""
-        if result.ok:
-            m.requests_completed.labels(record.tenant, record.endpoint, model).inc()
-        else:
-            m.requests_failed.labels(record.tenant, record.endpoint, model, failure_code(result.line)).inc()
-        m.record_tokens(record.tenant, model, result.prompt_tokens, result.completion_tokens)
-        m.lines_rate.add(1)
+        record_line(self.metrics, record, result)
 
     def _observe_forever(self, stop: threading.Event) -> None:
         while True:
@@ -292,36 +287,10 @@ class Runner:
                 return
 
     def observe_queue(self) -> None:
-        """Refresh the queue and SLA gauges (cheap: one listing of the queue and of the leases)."""
-        ctx, m = self.ctx, self.metrics
-        now = ctx.clock()
-        window = ctx.settings.limits.completion_window_seconds
-        entries = list(ctx.queue.entries())
-        leased = {key.rsplit("/", 1)[1].removesuffix(".json") for key in ctx.records.list_keys("leases/")}
-        m.queue_batches.labels("running").set(sum(1 for e in entries if e.batch_id in leased))
-        m.queue_batches.labels("queued").set(sum(1 for e in entries if e.batch_id not in leased))
-        m.queue_requests.set(sum(e.lines for e in entries))
-        m.oldest_queued_age.set(max((now - (e.deadline - window) for e in entries), default=0))
-        m.most_urgent_deadline.set(min((e.deadline - now for e in entries), default=window))
-        m.tokens_per_second.set(m.tokens_rate_now())
-        rate = m.lines_rate.per_second()
-        if entries and rate <= 0:
-            m.projected_overrun.set(float("nan"))  # no rate yet (engine starting or stalled): no projection
-        elif entries:
-            ahead = 0
-            overrun = float("-inf")
-            for entry in entries:  # earliest deadline first: the order the runner works in
-                ahead += entry.lines
-                overrun = max(overrun, now + ahead / rate - entry.deadline)
-            m.projected_overrun.set(overrun)
-        else:
-            m.projected_overrun.set(-window)
-        m.engine_memory.labels("rss").set(process_tree_rss())
-        gpu = gpu_memory_used()
-        if gpu is not None:
-            m.engine_memory.labels("gpu").set(gpu)
+        """Refresh the queue, SLA and engine-memory gauges."""
+        observe_queue(self.ctx, self.metrics)
 
-    def _publish_progress(self, group: Sequence[Claimed], keeper: _LeaseKeeper) -> bool:
+    def _publish_progress(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> bool:
         """Move request_counts on the records; returns True if the engine pass must end now.
 
         That is when a batch is cancelled or expired, a lease was lost, or the runner
@@ -403,77 +372,7 @@ class Runner:
         self.metrics.engine_up.set(0)
 
 
-class _LeaseKeeper:
-    """Renews the group's leases in the background while the engine runs."""
-
-    def __init__(self, ctx: Context, group: Sequence[Claimed]) -> None:
-        self.ctx = ctx
-        self.leases = [c.lease for c in group]
-        self.lost: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        seconds = self.ctx.settings.service.lease_seconds
-        while not self._stop.wait(max(0.5, seconds / 3)):
-            for lease in self.leases:
-                if lease.batch_id in self.lost:
-                    continue
-                try:
-                    self.ctx.queue.renew(lease, seconds)
-                except LeaseLost:
-                    self.lost.add(lease.batch_id)
-                except DropbatchError as exc:
-                    log.warning("lease renewal failed; retrying", extra={"batch_id": lease.batch_id, "error": str(exc)})
-
-
-def failure_code(line: dict) -> str:
-    """The error code of a failed result line (bounded: OpenAI/dropbatch codes only)."""
-    if line.get("error"):
-        return str(line["error"].get("code") or "error")
-    body = (line.get("response") or {}).get("body") or {}
-    return str((body.get("error") or {}).get("code") or "error")
-
-
-def process_tree_rss() -> int:
-    """RSS of this process and its children (a local Ray cluster and its vLLM workers)."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def is_retryable(line: dict) -> bool:
     """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
     response = line.get("response")
     return response is not None and response["status_code"] >= 500
-
-
-def gpu_memory_used() -> int | None:
-    """Bytes used on this host's GPUs (nvidia-smi), or None without one."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sum(int(line) for line in out.split() if line.strip().isdigit()) * 1024 * 1024

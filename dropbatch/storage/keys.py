@@ -161,6 +161,8 @@ class ControlKeys:
         # Earliest deadline first is S3's ascending key order.
         return f"queue/{deadline:012d}_{batch_id}.json"
 
+    LEASE_PREFIX = "leases/"
+
     @staticmethod
     def lease(batch_id: str) -> str:
         return f"leases/{batch_id}.json"
