@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,20 +87,13 @@ def run_raw(path: Path, max_tokens: int, max_model_len: int) -> dict:
     return json.loads(result.removeprefix("RESULT "))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_dropbox(path: Path, n: int) -> dict:
     """Upload → admit → engine → outbox, with the real services' code over a real S3 server."""
     import threading
 
-    import httpx
-
     from dropbatch.bootstrap import bootstrap
     from dropbatch.context import Context
+    from dropbatch.emulator import moto_server
     from dropbatch.engine import build_engine
     from dropbatch.errors import NotFound
     from dropbatch.settings import Settings
@@ -110,20 +102,7 @@ def run_dropbox(path: Path, n: int) -> dict:
     from runner.service import Runner
     from watcher.service import Watcher
 
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with moto_server() as endpoint:
         settings = Settings.from_env(
             {"DROPBATCH_S3_ENDPOINT": endpoint, "DROPBATCH_MODEL": str(MODEL_DIR), "DROPBATCH_POLL_SECONDS": "0.2"}
         )
@@ -165,8 +144,6 @@ def run_dropbox(path: Path, n: int) -> dict:
             "failed": record.request_counts.failed,
             "status": record.status.value,
         }
-    finally:
-        moto.terminate()
 
 
 def plot(rows: list[tuple[str, dict]], out: Path) -> Path:

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -35,8 +34,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dropbatch.emulator import free_port, moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"token cache 2 s": 2.0, "no token cache": 0.0}
@@ -54,10 +56,14 @@ MIX = (
 NOISY_PAUSE = 0.02  # the free-tier poller asks ~50 times a second; its tier allows 1
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
@@ -321,16 +327,9 @@ def bench(seconds: float, clients: int, out: Path, seed: int) -> int:
     from dropbatch.settings import Settings
 
     procs: list[subprocess.Popen] = []
-    try:
-        s3_port = free_port()
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(moto)
-        wait_http(endpoint + "/moto-api/data.json", moto, "moto server")
+    with ExitStack() as resources:
+        endpoint = resources.enter_context(moto_server())
+        resources.callback(_stop_all, procs)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DROPBATCH_", "AWS_"))},
             "DROPBATCH_S3_ENDPOINT": endpoint,
@@ -373,15 +372,6 @@ def bench(seconds: float, clients: int, out: Path, seed: int) -> int:
                 "seconds": seconds,
                 "token_cache_seconds": cache,
             }
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
     print_table(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gateway_load.json").write_text(json.dumps(results, indent=2) + "\n")

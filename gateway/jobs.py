@@ -45,7 +45,7 @@ from dropbatch.errors import (
     StorageUnavailable,
     UnprocessableRequest,
 )
-from dropbatch.jsonl import iter_lines
+from dropbatch.jsonl import encode, iter_lines
 from dropbatch.models import BatchRecord
 from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
@@ -163,20 +163,19 @@ def _converted(
                 param="input",
                 line=raw.number,
             )
-        data = raw.data
+        out = raw.data + b"\n"
         try:
-            obj = json.loads(data)
+            obj = json.loads(raw.data)
         except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and "body" not in obj:
             custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else f"line-{raw.number}"
             body = {**settings_body, "messages": [{"role": "user", "content": obj["prompt"]}]}
-            line = {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
-            data = json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            obj = line
+            obj = {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+            out = encode(obj)
         if not endpoint and isinstance(obj, dict) and isinstance(obj.get("url"), str):
             endpoint.append(obj["url"])
-        yield data + b"\n"
+        yield out
 
 
 def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:

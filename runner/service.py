@@ -65,6 +65,7 @@ class Runner:
         owner: str | None = None,
         metrics: Metrics | None = None,
         sleep=time.sleep,
+        progress_seconds: float = PROGRESS_EVERY_SECONDS,
     ) -> None:
         self.ctx = ctx
         self.engine = engine
@@ -72,6 +73,9 @@ class Runner:
         self.metrics = metrics or Metrics("runner")
         self._stop: threading.Event | None = None
         self._sleep = sleep  # backoff between retry passes when no stop event is given (tests inject it)
+        # How often a pass looks at its records (counts out, cancel/expiry/lease in). Ray hands rows
+        # over in blocks, so 0 (look after every result) makes a stop land right after a given line.
+        self.progress_seconds = progress_seconds
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -215,7 +219,7 @@ class Runner:
                         self.metrics.pipeline_start.observe(time.monotonic() - started)
                         first = False
                     self._collect(by_batch[result.batch_id], result)
-                    if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
+                    if time.monotonic() - last_progress >= self.progress_seconds:
                         last_progress = time.monotonic()
                         if self._publish_progress(group, keeper):
                             return True

@@ -16,35 +16,22 @@ Plain helpers (make_jsonl, make_tenant, Tamper, ...) live in tests/helpers.py.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from helpers import AwsCli, DropBox, aws_executable
+from helpers import AwsCli, DropBox, aws_executable, unavailable
+
+from dropbatch.emulator import moto_server as moto_server_process
+from dropbatch.errors import StorageUnavailable
 
 SERVER_START_SECONDS = 30.0
 # An emulator the suite runs against instead of its own moto. Every bucket and queue on it
 # is deleted before each test: point it at a throwaway instance only.
 EXTERNAL_ENDPOINT = "DROPBATCH_TEST_S3_ENDPOINT"
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally; under CI a missing real service is a failure, never a silent skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _reset(endpoint: str) -> None:
@@ -81,19 +68,6 @@ def _empty(endpoint: str) -> None:
         sqs.delete_queue(QueueUrl=url)
 
 
-def _wait_until_up(endpoint: str, proc: subprocess.Popen, deadline: float) -> str | None:
-    """None once the server answers, else why it never did."""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited with code {proc.returncode}"
-        try:
-            _reset(endpoint)
-            return None
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    return f"did not answer within {SERVER_START_SECONDS:.0f} s"
-
-
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3/SQS server process on 127.0.0.1 (or DROPBATCH_TEST_S3_ENDPOINT); yields its endpoint URL."""
@@ -101,28 +75,13 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external.rstrip("/")
         return
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        problem = _wait_until_up(endpoint, proc, time.monotonic() + SERVER_START_SECONDS)
-        if problem is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            unavailable(f"moto server ({sys.executable} -m moto.server) {problem}:\n{tail}")
-        yield endpoint
-    finally:
-        proc.terminate()
+    with ExitStack() as stack:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            endpoint = stack.enter_context(moto_server_process(log_path=log_path, timeout=SERVER_START_SECONDS))
+        except StorageUnavailable as exc:
+            unavailable(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
+        yield endpoint
 
 
 @pytest.fixture

@@ -12,10 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dropbatch.auth.tenants import SigningKey, Tenant
 from dropbatch.context import Context
@@ -266,3 +271,33 @@ def audit_events(ctx: Context, event: str) -> list[dict[str, Any]]:
     bucket = ctx.settings.storage.control_bucket
     entries = [json.loads(ctx.store.get(bucket, key)[0]) for key in control_keys(ctx, "audit/")]
     return [entry for entry in entries if entry["event"] == event]
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally; under CI a missing real service is a failure, never a silent skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@contextmanager
+def live_app(app: Any, *, start_seconds: float = 30.0) -> Iterator[str]:
+    """Serve an ASGI ``app`` with uvicorn on a free loopback port in a thread; yields its root URL."""
+    import uvicorn
+
+    from dropbatch.emulator import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_seconds
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start on 127.0.0.1:{port}")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -11,18 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from helpers import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
 TERRAFORM_TIMEOUT = 600
 
 
-def missing(reason: str) -> None:
-    """Skip locally; under CI a missing tool is a failure, never a silent skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+missing = unavailable  # skip locally; under CI a missing tool is a failure
 
 
 class TerraformFailed(RuntimeError):

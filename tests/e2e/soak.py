@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from dropbatch.context import Context  # noqa: E402
+from dropbatch.emulator import free_port, moto_server  # noqa: E402
 from dropbatch.models import BatchRecord, BatchStatus, InputObject  # noqa: E402
 from dropbatch.settings import Settings  # noqa: E402
 from dropbatch.storage.keys import ControlKeys, JobRef  # noqa: E402
@@ -114,7 +114,7 @@ class RunnerProcess:
     """`dropbatch runner` in its own process group, so one killpg takes Ray and vLLM with it."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.env = {**os.environ, **settings.to_env(), "DROPBATCH_RUNNER_PORT": str(_free_port())}
+        self.env = {**os.environ, **settings.to_env(), "DROPBATCH_RUNNER_PORT": str(free_port())}
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -155,12 +155,6 @@ def _kill_strays(env: dict[str, str]) -> None:
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_campaign(
@@ -247,19 +241,12 @@ def main() -> int:
 
     model = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
     build_tiny_model(model)
-    port = _free_port()
     workdir = REPO / ".dropbatch" / "soak" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True)
-    with (workdir / "moto.log").open("wb") as moto_log:
-        moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=moto_log, stderr=subprocess.STDOUT,
-        )
-    try:
-        time.sleep(2)
+    with moto_server(log_path=workdir / "moto.log") as endpoint:
         settings = Settings.from_env(
             {
-                "DROPBATCH_S3_ENDPOINT": f"http://127.0.0.1:{port}",
+                "DROPBATCH_S3_ENDPOINT": endpoint,
                 "DROPBATCH_MODEL": str(model),
                 "DROPBATCH_CHUNK_LINES": "50",
                 "DROPBATCH_ENGINE_BATCH_SIZE": "16",
@@ -286,8 +273,6 @@ def main() -> int:
             one = kill_campaign(ctx, settings, ref, kills=args.kills - tally.kills, rng=rng, log_dir=workdir)
             print(f"batch {batch}: {one.kills} kills, lost {one.lost}, duplicated {one.duplicated}")
             tally.merge(one)
-    finally:
-        moto.terminate()
     print("\nsoak tally\n" + tally.table())
     ok = tally.lost == 0 and tally.duplicated == 0 and tally.unexpected == 0
     print("\nPASS: nothing lost, nothing duplicated" if ok else "\nFAIL")

@@ -43,13 +43,6 @@ def chat_lines(n: int, prefix: str) -> list[dict]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def check_every_result(monkeypatch):
-    """Ray hands rows over in blocks of ~200: look at the record after every result,
-    so the stop lands right after the hook instead of up to a block later."""
-    monkeypatch.setattr("runner.service.PROGRESS_EVERY_SECONDS", 0)
-
-
 @pytest.fixture(scope="module")
 def signing_key(stack):
     stack.ctx.tenants.create(TENANT, "enterprise")
@@ -120,7 +113,7 @@ def test_cancel_mid_run(stack, signing_key, tmp_path):
         )
 
     stack.engine.after(ACT_AFTER, cancel)
-    stack.drain()
+    stack.drain(progress_seconds=0)  # Ray hands rows over in blocks: look after every result
     check_partial_results(stack, ref, BatchStatus.CANCELLED, "batch_cancelled")
     record = stack.ctx.batches.for_job(ref)
     assert record.cancelling_at is not None and record.cancelling_at <= record.cancelled_at
@@ -138,7 +131,7 @@ def test_expiry_mid_run(stack, signing_key, tmp_path):
     window = stack.settings.limits.completion_window_seconds
     stack.engine.after(ACT_AFTER, lambda: stack.clock.advance(window + 1))
     try:
-        stack.drain()
+        stack.drain(progress_seconds=0)  # Ray hands rows over in blocks: look after every result
     finally:
         stack.clock.advance(-(window + 1))
     check_partial_results(stack, ref, BatchStatus.EXPIRED, "batch_expired")

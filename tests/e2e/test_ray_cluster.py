@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,13 @@ import psutil
 import pytest
 from soak import request_lines, submit
 
+from dropbatch.emulator import free_port
 from dropbatch.models import BatchStatus
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.e2e
 
 LINES = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_cluster(temp_dir: str) -> None:
@@ -59,7 +53,7 @@ def _kill_cluster(temp_dir: str) -> None:
 def two_node_cluster():
     ray = str(Path(sys.executable).parent / "ray")
     temp_dir = f"/tmp/dbray-{secrets.token_hex(3)}"  # short: Ray puts unix sockets under it
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -102,7 +96,7 @@ def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_c
         **env,
         **stack.settings.to_env(),
         "DROPBATCH_RAY_ADDRESS": address,
-        "DROPBATCH_RUNNER_PORT": str(_free_port()),
+        "DROPBATCH_RUNNER_PORT": str(free_port()),
     }
     dropbatch = str(Path(sys.executable).parent / "dropbatch")
     with (tmp_path / "runner.log").open("wb") as log:

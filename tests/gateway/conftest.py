@@ -11,15 +11,13 @@ a fake model); the real-engine proof is tests/e2e/test_gateway_sdk.py.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
+from helpers import live_app
 from openai import OpenAI
 
 from dropbatch.auth.tokens import IssuedToken, Tokens
@@ -30,15 +28,8 @@ from gateway.app import create_app
 from runner.service import Runner
 from watcher.service import Watcher
 
-START_SECONDS = 20.0
 ADMIN_TOKEN = "admin-test-token-0123456789"
 MAX_DRAIN_PASSES = 10
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -56,27 +47,14 @@ class Live:
 
 @pytest.fixture
 def start_gateway(make_context) -> Iterator[Callable[..., Live]]:
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    with ExitStack() as servers:
 
-    def start(settings: Settings, *, ctx: Context | None = None, **app_kwargs: Any) -> Live:
-        ctx = ctx or make_context(settings)
-        port = _free_port()
-        app = create_app(settings, ctx=ctx, **app_kwargs)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + START_SECONDS
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)
-        return Live(url=f"http://127.0.0.1:{port}", ctx=ctx, settings=settings)
+        def start(settings: Settings, *, ctx: Context | None = None, **app_kwargs: Any) -> Live:
+            ctx = ctx or make_context(settings)
+            url = servers.enter_context(live_app(create_app(settings, ctx=ctx, **app_kwargs)))
+            return Live(url=url, ctx=ctx, settings=settings)
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+        yield start
 
 
 @pytest.fixture

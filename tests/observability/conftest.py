@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import unavailable
 
 from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
@@ -41,11 +41,6 @@ MODEL = "dropbatch-tiny"
 CHAT = "/v1/chat/completions"
 
 
-def unavailable(reason: str) -> None:
-    """Skip locally; under CI a missing tool is a failure, never a silent skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

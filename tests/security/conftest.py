@@ -7,31 +7,22 @@ live_gateway(settings)  the gateway app under uvicorn on 127.0.0.1 (a thread), g
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
+from helpers import live_app
 
 from dropbatch.context import Context
 from dropbatch.settings import Settings
 from gateway.app import create_app
 from gateway.ratelimit import TierRate
 
-START_SECONDS = 20.0
 GENEROUS = TierRate(per_minute=10**9, burst=10**9)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -91,25 +82,12 @@ class LiveGateway:
 
 @pytest.fixture
 def live_gateway(make_context) -> Iterator[Callable[..., LiveGateway]]:
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    with ExitStack() as servers:
 
-    def start(settings: Settings, **app_kwargs: Any) -> LiveGateway:
-        ctx = make_context(settings)
-        port = free_port()
-        rates = {tier: GENEROUS for tier in settings.limits.tier_quotas}
-        app = create_app(settings, ctx=ctx, rate_limits=rates, **app_kwargs)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + START_SECONDS
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)
-        return LiveGateway(url=f"http://127.0.0.1:{port}", ctx=ctx)
+        def start(settings: Settings, **app_kwargs: Any) -> LiveGateway:
+            ctx = make_context(settings)
+            rates = {tier: GENEROUS for tier in settings.limits.tier_quotas}
+            url = servers.enter_context(live_app(create_app(settings, ctx=ctx, rate_limits=rates, **app_kwargs)))
+            return LiveGateway(url=url, ctx=ctx)
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+        yield start

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
 from helpers import AwsCli
 
 from dropbatch.context import Context
+from dropbatch.emulator import free_port
 from dropbatch.settings import Settings
 from dropbatch.storage.keys import JobRef
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import runner.service
 from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import EngineError
@@ -297,8 +296,7 @@ def test_cancel_before_run(make_context, submit) -> None:
     assert_settled(ctx, record)
 
 
-def test_cancel_during_run_keeps_finished_lines(make_context, submit, monkeypatch) -> None:
-    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+def test_cancel_during_run_keeps_finished_lines(make_context, submit) -> None:
     ctx = make_context(DROPBATCH_CHUNK_LINES=2)
     admitted = submit(ctx, "j1", 6)
 
@@ -307,7 +305,7 @@ def test_cancel_during_run_keeps_finished_lines(make_context, submit, monkeypatc
         if i == 3:
             ctx.batches.update("acme", admitted.id, lambda b: b.transition(BatchStatus.CANCELLING, ctx.now()))
 
-    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), cancel_at_three)).run_once()
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), cancel_at_three), progress_seconds=0).run_once()
     record = ctx.batches.get("acme", admitted.id)
     assert record.status == BatchStatus.CANCELLED
     output, errors = results(ctx, record)
@@ -351,8 +349,7 @@ def test_expiry_keeps_partial_results_apart(make_context, make_clock, submit) ->
     assert_settled(ctx, record)
 
 
-def test_expiry_during_run(make_context, make_clock, submit, monkeypatch) -> None:
-    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+def test_expiry_during_run(make_context, make_clock, submit) -> None:
     clock = make_clock()
     ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
     admitted = submit(ctx, "j1", 6)
@@ -361,7 +358,7 @@ def test_expiry_during_run(make_context, make_clock, submit, monkeypatch) -> Non
         if i == 2:
             clock.now = admitted.expires_at
 
-    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), expire_at_two)).run_once()
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), expire_at_two), progress_seconds=0).run_once()
     record = ctx.batches.get("acme", admitted.id)
     assert record.status == BatchStatus.EXPIRED
     output, errors = results(ctx, record)
@@ -370,8 +367,7 @@ def test_expiry_during_run(make_context, make_clock, submit, monkeypatch) -> Non
     assert {line["error"]["code"] for line in errors} == {"batch_expired"}
 
 
-def test_request_counts_move_during_the_run(make_context, submit, monkeypatch) -> None:
-    monkeypatch.setattr(runner.service, "PROGRESS_EVERY_SECONDS", 0.0)
+def test_request_counts_move_during_the_run(make_context, submit) -> None:
     ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_MAX_MODEL_LEN=10)
     long = {"role": "user", "content": "word " * 50}
     admitted = submit(ctx, "j1", 6, body=lambda i, b: {**b, "messages": [long]} if i == 4 else b)
@@ -381,7 +377,7 @@ def test_request_counts_move_during_the_run(make_context, submit, monkeypatch) -
         record = ctx.batches.get("acme", admitted.id)
         seen.append((record.status.value, record.request_counts.completed, record.request_counts.failed))
 
-    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), look)).run_once()
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), look), progress_seconds=0).run_once()
     assert [s for s, _, _ in seen] == ["in_progress"] * 6
     done = [completed + failed for _, completed, failed in seen]
     assert done == [0, 1, 2, 3, 4, 5]  # each published result is visible before the next one
