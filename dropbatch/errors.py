@@ -14,6 +14,7 @@
     │   └── PayloadTooLarge          (413: an upload over the size limit)
     ├── AuthenticationFailed         (401)
     ├── PermissionDenied             (403)
+    │   └── LocationNotGranted       (an S3 URI outside the tenant's prefixes and grants)
     ├── NotFound                     (404: no such batch/file for this tenant)
     ├── Conflict                     (409: not allowed in the current state)
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
@@ -147,6 +148,12 @@ class PermissionDenied(DropbatchError):
     status_code = 403
     error_type = "permission_error"
     code = "permission_denied"
+
+
+class LocationNotGranted(PermissionDenied):
+    """Raised when a tenant names an S3 location it may not reach; one answer whether or not anything is there."""
+
+    code = "location_not_granted"
 
 
 class NotFound(DropbatchError):

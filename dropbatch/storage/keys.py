@@ -195,6 +195,15 @@ class ControlKeys:
         return f"gateway-keys/{tenant}.json"
 
     @staticmethod
+    def grant(tenant: str, grant_id: str) -> str:
+        """An S3 location outside dropbatch's buckets granted to ``tenant`` (``dropbatch tenant grant``)."""
+        return f"grants/{tenant}/{grant_id}.json"
+
+    @staticmethod
+    def grant_prefix(tenant: str) -> str:
+        return f"grants/{tenant}/"
+
+    @staticmethod
     def gateway_job(tenant: str, job_id: str) -> str:
         """A /start job of the compatibility API."""
         return f"gateway-jobs/{tenant}/{job_id}.json"
