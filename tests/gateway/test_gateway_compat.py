@@ -222,6 +222,8 @@ def test_start_and_jobs_copy_results_to_the_output_uri(settings, live, http, dra
     s3.create_bucket(Bucket="user-data")
     items = [{"prompt": p} for p in PROMPTS] + [make_jsonl(1, prefix="openai-line")[0]]
     s3.put_object(Bucket="user-data", Key="in/prompts.jsonl", Body=jsonl_text(items).encode())
+    live.ctx.grants.create("acme", "s3://user-data/in", read=True, write=False)
+    live.ctx.grants.create("acme", "s3://user-data/out", read=False, write=True)
 
     started = http.post("/start", json={"input": "s3://user-data/in/prompts.jsonl", "output": "s3://user-data/out/"})
     assert started.status_code == 200, started.text
@@ -237,33 +239,17 @@ def test_start_and_jobs_copy_results_to_the_output_uri(settings, live, http, dra
     assert sorted(line["custom_id"] for line in output) == sorted(["line-1", "line-2", "line-3", "openai-line-0"])
 
     control = settings.storage.control_bucket
-    assert (
-        http.post("/start", json={"input": f"s3://{control}/tokens/x", "output": "s3://user-data/o"}).status_code == 403
-    )
-    assert (
-        http.post(
-            "/start",
-            json={"input": f"s3://{settings.storage.inbox_bucket}/other-tenant/x.jsonl", "output": "s3://user-data/o"},
-        ).status_code
-        == 403
-    )
-    assert (
-        http.post(
-            "/start",
-            json={"input": "s3://user-data/in/prompts.jsonl", "output": f"s3://{settings.storage.outbox_bucket}/x"},
-        ).status_code
-        == 403
-    )
-    assert (
-        http.post(
-            "/start", json={"input": "s3://user-data/in/prompts.jsonl", "output": "s3://nowhere-bucket/x"}
-        ).status_code
-        == 400
-    )
-    assert (
-        http.post("/start", json={"input": "s3://user-data/in/missing.jsonl", "output": "s3://user-data/o"}).status_code
-        == 404
-    )
+    refused = [
+        {"input": f"s3://{control}/tokens/x", "output": "s3://user-data/out/"},
+        {"input": f"s3://{settings.storage.inbox_bucket}/other-tenant/x.jsonl", "output": "s3://user-data/out/"},
+        {"input": "s3://user-data/in/prompts.jsonl", "output": f"s3://{settings.storage.outbox_bucket}/acme/x"},
+        {"input": "s3://user-data/in/prompts.jsonl", "output": "s3://nowhere-bucket/x"},
+    ]
+    for body in refused:
+        answer = http.post("/start", json=body)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (403, "location_not_granted"), body
+    missing = http.post("/start", json={"input": "s3://user-data/in/missing.jsonl", "output": "s3://user-data/out/m/"})
+    assert missing.status_code == 404  # inside a read grant, a missing input may say so
 
 
 def test_python_client_against_the_live_gateway(settings, live, tenant_token, drain) -> None:
