@@ -251,7 +251,7 @@ def _paths() -> dict[str, Any]:
         "/start": {
             "post": _op(
                 "Start a job from an S3 URI (compat)",
-                {**_ok({"type": "object"}), **_errors(400, 403, 404, 413, 422, *TENANT)},
+                {**_ok({"type": "object"}), **_errors(400, 403, 404, 409, 413, 422, *TENANT)},
                 body=_json_body(_ref("StartJobRequest")),
             )
         },
