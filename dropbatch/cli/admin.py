@@ -64,6 +64,7 @@ def tenant_grant(state: State, name: str, uri: str, read: bool, write: bool, ove
 @click.pass_obj
 def tenant_grants(state: State, name: str, as_json: bool) -> None:
     """List tenant NAME's grants, revoked ones included."""
+    state.context.tenants.get(name)  # an unknown tenant is an error, not an empty list
     grants = list(state.context.grants.list(name))
     lines = [f"{'ID':<23} {'STATE':<8} {'MODES':<20} LOCATION", *(_grant_line(g) for g in grants)]
     emit(as_json, {"object": "list", "data": [g.public() for g in grants]}, "\n".join(lines))

@@ -187,6 +187,7 @@ def test_grants_can_be_added_listed_and_revoked(settings: Settings, cli, make_co
         (("tenant", "grant", "acme", "s3://acme-data/a/../b", "--read"), "invalid_s3_uri"),
         (("tenant", "grant", "nobody", "s3://acme-data/x", "--read"), "not_found"),
         (("tenant", "revoke-grant", "acme", "grant_0000000000000000"), "not_found"),
+        (("tenant", "grants", "nobody"), "not_found"),
     ):
         refused = cli(*args, "--json")
         assert refused.exit_code == 1, args
