@@ -104,13 +104,13 @@ def _open_record(
         manifest_key=ref.manifest_key,
         updated_at=now,
     )
+    # An earlier batch's (or a refused manifest's) rejection no longer describes this job;
+    # before the create, so a crash in between deletes it on the next pass.
+    ctx.store.delete(ctx.inbox, ref.rejection_key)
     try:
         ctx.batches.create(record)
     except ObjectExists:
         record = ctx.batches.get(ref.tenant, batch_id)
-    else:
-        # An earlier batch's (or refused manifest's) rejection no longer describes this job.
-        ctx.store.delete(ctx.inbox, ref.rejection_key)
     ctx.batches.point_job(ref, batch_id)
     return record
 
