@@ -134,6 +134,15 @@ class _Counted:
             yield data
 
 
+def _size_mismatch(item: InputObject, size: int, *, streamed: bool) -> ManifestRejected:
+    """``size``: what HEAD said, or what the ranged read got (at most one byte past the declared size)."""
+    if streamed and size > item.size:
+        found = f"holds more than the {item.size} bytes the manifest declares (reading stopped there)"
+    else:
+        found = f"is {size} bytes but the manifest declares {item.size}"
+    return ManifestRejected(f"Input {item.key} {found}: it changed after signing.", code="input_mismatch", param="size")
+
+
 def scan_inputs(
     store: ObjectStore,
     bucket: str,
@@ -160,11 +169,16 @@ def scan_inputs(
         hasher = hashlib.sha256()
         cutter = _ChunkCutter(index, limits, result.chunks)
         try:
-            result.etags.append(store.head(bucket, item.key).etag)
+            info = store.head(bucket, item.key)
         except ObjectNotFound:
             raise ManifestRejected(f"Input {item.key} does not exist in the inbox.", code="missing_input") from None
+        if info.size != item.size:
+            raise _size_mismatch(item, info.size, streamed=False)
+        result.etags.append(info.etag)
 
-        counter = _Counted(store.iter_bytes(bucket, item.key), hasher)
+        # One byte past the declared size at most: an object that grew after the HEAD
+        # is caught without streaming the rest of it.
+        counter = _Counted(store.iter_bytes(bucket, item.key, end=item.size + 1), hasher)
         stream = cutter.feed(iter(counter))
         for raw in iter_lines(stream, max_line_bytes=limits.max_line_bytes):
             cutter.before_line(raw.offset, raw.number)
@@ -198,10 +212,11 @@ def scan_inputs(
                 seen.clear()
         size = counter.size
         cutter.close(size)
-        if size != item.size or hasher.hexdigest() != item.sha256:
+        if size != item.size:
+            raise _size_mismatch(item, size, streamed=True)
+        if hasher.hexdigest() != item.sha256:
             raise ManifestRejected(
-                f"Input {item.key} does not match the manifest (size {size} vs {item.size}, "
-                "or its sha256 differs): it changed after signing.",
+                f"Input {item.key} does not match the manifest: its sha256 differs, so it changed after signing.",
                 code="input_mismatch",
             )
     if result.lines == 0:
