@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dropbatch.bodies import body_limits
 from dropbatch.errors import InvalidRequest, NotFound
-from dropbatch.jsonl import iter_lines, parse_request_line
+from dropbatch.jsonl import first_url, iter_lines, parse_request_line
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.compat import CHAT, resolve_model
@@ -63,20 +64,14 @@ def _validate_items(settings: Settings, data: dict[str, Any], max_batch_size: in
 
 def _validate_jsonl(settings: Settings, text: str, max_batch_size: int, report: dict[str, Any]) -> None:
     lines = list(iter_lines([text.encode("utf-8")], max_line_bytes=settings.limits.max_line_bytes))
-    endpoint = None
-    for raw in lines:
-        try:
-            url = json.loads(raw.data or b"").get("url")
-        except (ValueError, AttributeError, RecursionError):
-            continue
-        if isinstance(url, str):
-            endpoint = url
-            break
+    endpoint = first_url(lines)
     seen: set[str] = set()
     valid = 0
     for raw in lines:
         try:
-            request = parse_request_line(raw, endpoint=endpoint or CHAT, model=settings.engine.model_name)
+            request = parse_request_line(
+                raw, endpoint=endpoint or CHAT, model=settings.engine.model_name, limits=body_limits(settings)
+            )
         except InvalidRequest as exc:
             if len(report["errors"]) < MAX_LISTED_ERRORS:
                 report["errors"].append(
