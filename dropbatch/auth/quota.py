@@ -87,7 +87,8 @@ def _counted(requests: int, lines: int | None) -> str:
     if lines is None or lines == requests:
         return f"{requests} requests"
     return (
-        f"{requests} requests (from {lines} request lines: each embeddings input and each of n choices "
+        f"{requests} requests (from {lines} request line{'' if lines == 1 else 's'}: each embeddings input "
+        "and each of n choices "
         "counts as one request)"
     )
 
