@@ -264,6 +264,13 @@ RULES: dict[str, dict[str, Check]] = {
 REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
 
 
+def _token_budget(value: Any, param: str, limits: BodyLimits) -> None:
+    """A positive integer within the model's context: a budget past it can never be spent."""
+    integer(1, INT64_MAX)(value, param)
+    if value > limits.max_tokens:
+        fail(param, f"must be at most the model's context length, {limits.max_tokens} tokens; it is {value}.")
+
+
 def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> None:
     """Every field of ``body`` against the endpoint's rules; raises ``InvalidRequest`` naming the field."""
     required = REQUIRED[endpoint]
@@ -277,7 +284,7 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
         if value is None:
             continue
         if name in ("max_tokens", "max_completion_tokens"):
-            integer(1, limits.max_tokens)(value, param)  # a budget past the model's context can never be spent
+            _token_budget(value, param, limits)
         else:
             rules[name](value, param)
     budget = body.get("max_completion_tokens") or body.get("max_tokens")

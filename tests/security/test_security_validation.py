@@ -84,6 +84,16 @@ def test_validate_names_line_and_field_for_every_bad_value(http) -> None:
     assert (good["is_valid"], good["errors"]) == (True, [])
 
 
+def test_validate_inline_items_with_the_same_rules(http) -> None:
+    items = [{"prompt": "hello"}, {"prompt": "again"}]
+    report = http.post("/v1/batches/validate", json={"json_data": {"input": items, "max_tokens": 100_000}}).json()
+    assert report["format"] == "inline" and report["is_valid"] is False
+    assert [e.split(": ", 1)[0] for e in report["errors"]] == ["max_tokens"]
+    assert "context" in report["errors"][0]
+    report = http.post("/v1/batches/validate", json={"json_data": {"input": items, "max_tokens": 64}}).json()
+    assert (report["is_valid"], report["errors"], report["estimated_items"]) == (True, [], 2)
+
+
 @pytest.mark.parametrize(
     "max_tokens", [10**400, -5, 0, True, 1.5, "9", 2**64], ids=["10**400", "-5", "0", "true", "1.5", "'9'", "2**64"]
 )
