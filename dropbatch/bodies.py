@@ -6,9 +6,8 @@ cost estimate) and again in the runner. Three outcomes for a field:
 - not in the endpoint's table → ``unknown_parameter`` (OpenAI rejects unknown
   parameters too);
 - the wrong type or out of range → ``invalid_body``;
-- valid for OpenAI but listed in ``NOT_YET_SERVED`` with a value the engine
-  would not honour (``dropbatch/engine/requests.py`` maps bodies by hand) →
-  ``unsupported_parameter``. Shrink that table as the engine learns them.
+- valid for OpenAI but listed in ``dropbatch.unserved.NOT_YET_SERVED`` with a
+  value the engine would not honour → ``unsupported_parameter``.
 
 Null counts as absent for optional fields, as in OpenAI's API.
 """
@@ -40,52 +39,13 @@ from dropbatch.fields import (
 )
 from dropbatch.messages import check_messages
 from dropbatch.settings import Settings
+from dropbatch.unserved import NOT_YET_SERVED, REFUSED_UNTYPED, served
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs in one embeddings request
 MAX_STOP_SEQUENCES = 4
-
-# Valid per OpenAI, not yet honoured by the engine: field → the values that change nothing
-# (what the engine does anyway). Any other non-null value is refused with unsupported_parameter.
-# Paths with [] are checked inside messages (dropbatch.messages) and prompts.
-NOT_YET_SERVED: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
-    "best_of": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (),
-    "echo": (False,),
-    "suffix": ("",),
-    "logit_bias": ({},),
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "parallel_tool_calls": (True,),
-    "encoding_format": ("float",),
-    "dimensions": (),
-    "messages[].name": (),
-    "messages[].tool_calls": ([],),
-    "messages[].tool_call_id": (),
-    "messages[].function_call": (),
-    "messages[].audio": (),
-    "prompt[]": (),  # several prompts, or token ids
-    "input[]": (),  # token ids
-    **{name: () for name in ("audio", "functions", "function_call", "prediction", "reasoning_effort", "verbosity", "web_search_options")},
-    "modalities": (["text"],),
-    "stream_options": (),
-}
-
-
-def served(key: str, value: Any, param: str, what: str = "") -> None:
-    """Refuse ``value`` at ``param`` if the engine would drop it (see ``NOT_YET_SERVED``)."""
-    if key in NOT_YET_SERVED and value is not None and value not in NOT_YET_SERVED[key]:
-        fail(
-            param,
-            f"{what}is valid in OpenAI's API but not yet served by this deployment; remove it.",
-            "unsupported_parameter",
-        )
-
 
 @dataclass(frozen=True)
 class BodyLimits:
@@ -221,14 +181,18 @@ _SAMPLING: dict[str, Check] = {
     "ignore_eos": boolean,
     "repetition_penalty": positive_number,
 }
-_UNCHECKED_BEYOND_NOT_YET_SERVED: Check = lambda value, param: None  # noqa: E731 - refused by NOT_YET_SERVED anyway
+
+
+def _refused_anyway(value: Any, param: str) -> None:
+    """No type check: ``served`` refuses every value of these fields."""
+
 
 RULES: dict[str, dict[str, Check]] = {
     CHAT: {
         **_SAMPLING,
-        "messages": lambda v, p: check_messages(v, p, served),
-        "max_tokens": integer(1, INT32_MAX),  # within the model's context: see check_body
-        "max_completion_tokens": integer(1, INT32_MAX),
+        "messages": check_messages,
+        "max_tokens": integer(1, INT64_MAX),  # and within the model's context: see check_body
+        "max_completion_tokens": integer(1, INT64_MAX),
         "logprobs": boolean,
         "top_logprobs": integer(0, 20),
         "response_format": _response_format,
@@ -239,15 +203,12 @@ RULES: dict[str, dict[str, Check]] = {
         "store": boolean,
         "modalities": array_of(one_of("text", "audio")),
         "service_tier": one_of("auto", "default", "flex", "scale", "priority"),
-        **{
-            name: _UNCHECKED_BEYOND_NOT_YET_SERVED
-            for name in ("audio", "functions", "function_call", "prediction", "reasoning_effort", "verbosity", "web_search_options")
-        },
+        **{name: _refused_anyway for name in REFUSED_UNTYPED},
     },
     COMPLETIONS: {
         **_SAMPLING,
         "prompt": _prompt,
-        "max_tokens": integer(1, INT32_MAX),
+        "max_tokens": integer(1, INT64_MAX),
         "logprobs": integer(0, 5),
         "echo": boolean,
         "best_of": integer(0, 20),
@@ -264,13 +225,6 @@ RULES: dict[str, dict[str, Check]] = {
 REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
 
 
-def _token_budget(value: Any, param: str, limits: BodyLimits) -> None:
-    """A positive integer within the model's context: a budget past it can never be spent."""
-    integer(1, INT64_MAX)(value, param)
-    if value > limits.max_tokens:
-        fail(param, f"must be at most the model's context length, {limits.max_tokens} tokens; it is {value}.")
-
-
 def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> None:
     """Every field of ``body`` against the endpoint's rules; raises ``InvalidRequest`` naming the field."""
     required = REQUIRED[endpoint]
@@ -283,10 +237,10 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
             fail(param, f"is not a parameter of {endpoint}.", "unknown_parameter")
         if value is None:
             continue
-        if name in ("max_tokens", "max_completion_tokens"):
-            _token_budget(value, param, limits)
-        else:
-            rules[name](value, param)
+        rules[name](value, param)
+        if name in ("max_tokens", "max_completion_tokens") and value > limits.max_tokens:
+            # a budget past the model's context can never be spent
+            fail(param, f"must be at most the model's context length, {limits.max_tokens} tokens; it is {value}.")
     budget = body.get("max_completion_tokens") or body.get("max_tokens")
     if body.get("min_tokens") is not None and budget is not None and body["min_tokens"] > budget:
         fail("body.min_tokens", "must not be more than the maximum tokens.")

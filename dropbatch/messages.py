@@ -3,17 +3,15 @@
 This deployment serves text models: content parts other than text (and an
 assistant's refusal) are refused naming the part. Fields the engine would drop
 (a message's ``name``, ``tool_calls``, ``tool_call_id`` …) pass the type check
-and are then refused through ``served`` (``dropbatch.bodies.NOT_YET_SERVED``).
+and are then refused through ``dropbatch.unserved``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from dropbatch.fields import Check, array_of, fail, fields, function_name, kind, one_of, string
-
-Served = Callable[[str, Any, str], None]
+from dropbatch.unserved import served
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MEDIA_PARTS = ("image_url", "input_audio", "file")
@@ -76,7 +74,7 @@ _ROLE_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
 }
 
 
-def check_message(value: Any, param: str, served: Served) -> None:
+def check_message(value: Any, param: str) -> None:
     if not isinstance(value, dict):
         fail(param, f"must be a message object, not {kind(value)}.")
     one_of(*ROLES)(value.get("role"), f"{param}.role")
@@ -89,8 +87,8 @@ def check_message(value: Any, param: str, served: Served) -> None:
             served(f"messages[].{name}", value[name], f"{param}.{name}")
 
 
-def check_messages(value: Any, param: str, served: Served) -> None:
+def check_messages(value: Any, param: str) -> None:
     if not isinstance(value, list) or not value:
         fail(param, f"must be a non-empty array of messages, not {kind(value) if value != [] else 'an empty array'}.")
     for index, message in enumerate(value):
-        check_message(message, f"{param}[{index}]", served)
+        check_message(message, f"{param}[{index}]")

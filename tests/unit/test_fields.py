@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropbatch.bodies import MAX_EMBEDDING_INPUTS, NOT_YET_SERVED, RULES, BodyLimits, request_cost
+from dropbatch.bodies import MAX_EMBEDDING_INPUTS, RULES, BodyLimits, request_cost
 from dropbatch.errors import InvalidRequest
 from dropbatch.jsonl import RawLine, parse_request_line
+from dropbatch.unserved import NOT_YET_SERVED
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODEL = "dropbatch-tiny"
@@ -141,6 +142,7 @@ CHAT_BAD = [
     ({"tool_choice": "sometimes"}, "invalid_body", "body.tool_choice"),
     ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "unsupported_parameter", "body.tool_choice"),
     ({"tool_choice": "required"}, "unsupported_parameter", "body.tool_choice"),
+    ({"service_tier": "flex"}, "unsupported_parameter", "body.service_tier"),
     ({"parallel_tool_calls": "no"}, "invalid_body", "body.parallel_tool_calls"),
     ({"n": 2}, "unsupported_parameter", "body.n"),
     ({"metadata": {"k": 1}}, "invalid_body", "body.metadata.k"),
@@ -176,6 +178,7 @@ COMPLETIONS_BAD = [
     ({"logprobs": 6}, "invalid_body", "body.logprobs"),
     ({"logprobs": True}, "invalid_body", "body.logprobs"),
     ({"logprobs": 2}, "unsupported_parameter", "body.logprobs"),
+    ({"logprobs": 0}, "unsupported_parameter", "body.logprobs"),
     ({"messages": []}, "unknown_parameter", "body.messages"),
 ]
 
