@@ -26,9 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dropbatch.bodies import EMBEDDINGS, body_limits
 from dropbatch.context import Context
 from dropbatch.errors import Conflict, InvalidRequest, NotFound, UnprocessableRequest
-from dropbatch.jsonl import encode, iter_lines
+from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
 from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
@@ -258,22 +259,31 @@ def token_counter(gw: Gateway) -> TokenCounter:
     return counter
 
 
-def _file_requests(ctx: Context, tenant: str, file_id: str) -> Iterator[tuple[str, int]]:
-    """(prompt text, max output tokens) per request line of one of ``tenant``'s files."""
+def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Iterator[tuple[str, int | None, int]]:
+    """(prompt text, max tokens per choice, choices) per line of one of ``tenant``'s files.
+
+    Each line is checked as the watcher checks it, so a value no batch would admit
+    (a max_tokens past the context, a bool, a negative) is a 400 naming the line and field.
+    """
     file = ctx.files.get(tenant, file_id)
-    default = ctx.settings.engine.default_max_tokens
-    for number, line in iter_json_lines(ctx, file.bucket, file.key):
-        body = line.get("body") if line else None
-        if not isinstance(body, dict):
+    limits = body_limits(ctx.settings)
+    endpoint = first_url(_file_lines(ctx, file.bucket, file.key)) or CHAT
+    for raw in _file_lines(ctx, file.bucket, file.key):
+        try:
+            request = parse_request_line(raw, endpoint=endpoint, model=model, limits=limits)
+        except InvalidRequest as exc:
             raise InvalidRequest(
-                f"Line {number} of file {file_id} is not a request line.", code="invalid_json_line", line=number
-            )
-        output = (
-            0
-            if line.get("url") == "/v1/embeddings"
-            else body.get("max_completion_tokens") or body.get("max_tokens") or default
-        )
-        yield all_text_of(body), int(output) if isinstance(output, int) else default
+                f"File {file_id}: {exc.message}", code=exc.code, param=exc.param, line=exc.line
+            ) from None
+        body = request.body
+        if endpoint == EMBEDDINGS:
+            yield all_text_of(body), 0, 0
+        else:
+            yield all_text_of(body), body.get("max_completion_tokens") or body.get("max_tokens"), request.cost
+
+
+def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:
+    return iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes)
 
 
 def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[str, Any]:
@@ -284,14 +294,16 @@ def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[s
     counter = token_counter(gw)
     default = body.max_tokens or gw.settings.engine.default_max_tokens
     if body.input is not None:
-        requests: Iterator[tuple[str, int]] = ((item.prompt, default) for item in body.input[:MAX_INLINE_ITEMS])
+        requests: Iterator[tuple[str, int | None, int]] = (
+            (item.prompt, default, 1) for item in body.input[:MAX_INLINE_ITEMS]
+        )
     else:
-        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "")
+        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "", model)
     items = input_tokens = max_output = 0
     pending: list[str] = []
-    for text, output in requests:
+    for text, per_choice, choices in requests:
         items += 1
-        max_output += body.max_tokens or output
+        max_output += (body.max_tokens or per_choice or default) * choices
         pending.append(text)
         if len(pending) >= 1024:
             input_tokens += sum(counter.count(pending))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from dropbatch.bodies import body_limits
 from dropbatch.context import Context
 from dropbatch.engine.requests import engine_fingerprint
 from dropbatch.errors import (
@@ -126,6 +127,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         model=manifest.model,
         limits=limits,
         default_max_tokens=ctx.settings.engine.default_max_tokens,
+        body_limits=body_limits(ctx.settings),
     )
     if scan.errors:
         if scan.error_count > len(scan.errors):
@@ -134,7 +136,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
             )
         return _fail(ctx, ref, record, "invalid_input", "The input file failed validation.", scan.errors)
     tenant = ctx.tenants.get(ref.tenant)
-    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.lines)
+    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.requests, lines=scan.lines)
 
     sha256 = content_address(
         input_sha256s=[item.sha256 for item in manifest.inputs],

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dropbatch.bodies import BodyLimits
 from dropbatch.errors import InvalidRequest, ManifestRejected, ObjectNotFound
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.models import BatchError, Chunk, InputObject
@@ -24,6 +25,7 @@ MAX_LISTED_ERRORS = 100
 @dataclass
 class ScanResult:
     lines: int = 0
+    requests: int = 0  # what the quota counts: embedding inputs and choices, summed over valid lines
     chunks: list[Chunk] = field(default_factory=list)
     etags: list[str] = field(default_factory=list)
     errors: list[BatchError] = field(default_factory=list)
@@ -114,7 +116,7 @@ def request_size(body: dict, endpoint: str, default_max_tokens: int) -> tuple[in
         chars = len(str(body["prompt"]))
     else:
         value = body["input"]
-        return (len(value) if isinstance(value, str) else sum(len(v) for v in value)), 0
+        return (len(value) if isinstance(value, str) else sum(len(v) if isinstance(v, (str, list)) else 1 for v in value)), 0
     new = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
     return chars, int(new)
 
@@ -152,6 +154,7 @@ def scan_inputs(
     model: str,
     limits: LimitSettings,
     default_max_tokens: int = 256,
+    body_limits: BodyLimits | None = None,
 ) -> ScanResult:
     """Check every input against the manifest and every line against OpenAI's rules.
 
@@ -192,11 +195,12 @@ def scan_inputs(
                     )
                 )
             try:
-                request = parse_request_line(raw, endpoint=endpoint, model=model)
+                request = parse_request_line(raw, endpoint=endpoint, model=model, limits=body_limits)
             except InvalidRequest as exc:
                 result.add_error(BatchError(code=exc.code, message=exc.message, line=exc.line, param=exc.param))
                 continue
             cutter.add_stats(*request_size(request.body, endpoint, default_max_tokens))
+            result.requests += request.cost
             if request.custom_id in seen:
                 result.add_error(
                     BatchError(

@@ -21,7 +21,7 @@ def tenant_group() -> None:
 
 @tenant_group.command("create")
 @click.argument("name")
-@click.option("--tier", default="free", show_default=True, help="free, basic, premium or enterprise (hourly request-line quota).")
+@click.option("--tier", default="free", show_default=True, help="free, basic, premium or enterprise (hourly request quota: each embeddings input and n choice counts).")
 @click.pass_obj
 def tenant_create(state: State, name: str, tier: str, as_json: bool) -> None:
     """Create tenant NAME and its first manifest signing key."""
@@ -31,7 +31,7 @@ def tenant_create(state: State, name: str, tier: str, as_json: bool) -> None:
     quota = ctx.quotas.limit(tenant.tier)
     text = "\n".join(
         [
-            f"tenant  {tenant.name}  ({tenant.tier}: {quota} request lines per hour)",
+            f"tenant  {tenant.name}  ({tenant.tier}: {quota} requests per hour)",
             f"key id  {key.key_id}",
             f"secret  {key.secret}",
             f"        ({_KEEP_IT})",

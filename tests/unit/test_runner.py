@@ -130,10 +130,25 @@ def test_over_long_prompt_is_one_error_line(make_context, submit) -> None:
     assert record.error_file_id is not None
 
 
-def test_unservable_line_is_an_error_line(make_context, submit) -> None:
+def test_unservable_line_is_refused_at_admission(make_context, submit) -> None:
     ctx = make_context()
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]
-    admitted = submit(ctx, "j1", 3, body=lambda i, b: {**b, "messages": image} if i == 0 else b)
+    record = submit(ctx, "j1", 3, body=lambda i, b: {**b, "messages": image} if i == 1 else b)
+    assert record.status == BatchStatus.FAILED
+    assert record.errors is not None
+    [error] = record.errors.data
+    assert (error.code, error.line, error.param) == (
+        "unsupported_content_type",
+        2,
+        "body.messages[0].content[0].type",
+    )
+    assert Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once() == 0
+
+
+def test_line_the_engine_cannot_fit_is_an_error_line(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_MAX_MODEL_LEN="6")
+    long = [{"role": "user", "content": "many words " * 20}]
+    admitted = submit(ctx, "j1", 3, max_tokens=1, body=lambda i, b: {**b, "messages": long} if i == 0 else b)
     Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
     record = ctx.batches.get("acme", admitted.id)
     output, errors = results(ctx, record)
