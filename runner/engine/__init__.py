@@ -10,7 +10,8 @@ threads at once: vLLM's continuous batching mixes their requests.
 A watchdog thread asks each actor for its progress every few seconds; an engine
 whose engine process died, or that holds requests in flight without finishing
 any for ``stall_seconds``, is killed and restarted by Ray (``max_restarts=-1``).
-Its in-flight requests come back as retryable 503 lines, which the runner retries.
+Its in-flight requests are sent again once it is back (``EngineAsker``); only an
+engine that stays away longer than the stall window turns them into retryable 503s.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from typing import Any
 from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.errors import ConfigError, EngineError
 from dropbatch.settings import EngineSettings, Settings
+from runner.engine.limits import engine_limits, gpu_memory_bytes
 from runner.engine.lines import line_result
 from runner.engine.reap import SESSION_VAR, reap_engine_processes
 from runner.engine.server import GENERATE, TASK_OF_URL, EngineServer, EngineSpec
-from runner.engine.stream import ChunkReader, ask_engine, engine_name
+from runner.engine.stream import ChunkReader, EngineAsker, engine_name
 
 log = logging.getLogger("dropbatch.engine")
 
@@ -63,8 +65,9 @@ def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
     }
 
 
-def vllm_args(engine: EngineSettings) -> tuple[str, ...]:
-    """vLLM server flags from the engine settings (unset settings leave vLLM's defaults)."""
+def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> tuple[str, ...]:
+    """vLLM server flags from the engine settings and planned ``limits`` (else vLLM's defaults)."""
+    limits = limits or {}
     args = ["--dtype", engine.dtype, "--disable-log-stats"]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
@@ -81,8 +84,8 @@ def vllm_args(engine: EngineSettings) -> tuple[str, ...]:
 
     values = {
         "--kv-cache-dtype": engine.kv_cache_dtype,
-        "--max-num-seqs": engine.max_num_seqs,
-        "--max-num-batched-tokens": engine.max_num_batched_tokens,
+        "--max-num-seqs": limits.get("max_num_seqs", engine.max_num_seqs),
+        "--max-num-batched-tokens": limits.get("max_num_batched_tokens", engine.max_num_batched_tokens),
         "--speculative-config": json.dumps(engine.speculative_config) if engine.speculative_config else None,
         "--tensor-parallel-size": engine.tensor_parallel_size if engine.tensor_parallel_size > 1 else None,
         "--pipeline-parallel-size": engine.pipeline_parallel_size if engine.pipeline_parallel_size > 1 else None,
@@ -105,6 +108,7 @@ class WarmEngine:
         self._started_ray = False
         self._device: str | None = None
         self._actors: dict[str, Any] = {}  # actor name → handle
+        self._limits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -137,6 +141,8 @@ class WarmEngine:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         self._device = self._resolve_device(ray.cluster_resources())
+        gpu_memory = gpu_memory_bytes() if self._device == "gpu" else None
+        self._limits = engine_limits(engine, device=self._device, gpu_memory_bytes=gpu_memory)
         try:
             self.engines(GENERATE)
         except BaseException:
@@ -159,13 +165,13 @@ class WarmEngine:
         if ray.is_initialized():
             for name, handle in actors.items():
                 try:
-                    answered = ray.get(handle.stats.remote(), timeout=2)["finished"]
+                    answered = ray.get(handle.stats.remote(), timeout=1)["finished"]
                     log.info("engine stopping", extra={"engine": name, "answered": answered})
                 except (ray.exceptions.RayError, TimeoutError):
                     pass
             stops = [handle.shutdown.remote() for handle in actors.values()]
             try:
-                ray.get(stops, timeout=8)
+                ray.get(stops, timeout=4)
             except Exception:  # noqa: BLE001 - stopping anyway; the reaper below catches what is left
                 log.warning("an engine did not stop cleanly; killing it")
             for handle in actors.values():
@@ -196,7 +202,7 @@ class WarmEngine:
                 model=engine.model,
                 served_name=engine.model_name,
                 task=task,
-                cli_args=vllm_args(engine),
+                cli_args=vllm_args(engine, self._limits),
                 env=worker_env(engine, self._session),
                 request_timeout_s=engine.request_timeout_seconds,
             )
@@ -243,7 +249,7 @@ class WarmEngine:
                 stalled = stats["inflight"] > 0 and stats["idle_seconds"] > self.stall_seconds
                 if stats["errored"] or stalled:
                     why = "engine process died" if stats["errored"] else f"no progress for {stats['idle_seconds']:.0f} s"
-                    log.error("restarting engine", extra={"engine": name, "reason": why})
+                    log.error("restarting engine %s: %s", name, why, extra={"engine": name, "reason": why})
                     self.restarts += 1
                     if self.on_restart is not None:
                         self.on_restart(why)
@@ -266,8 +272,8 @@ class WarmEngine:
         ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
         ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS)
         # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory.
-        streams = STREAMS_PER_ENGINE * self.settings.engine.replicas
-        ds = ds.map_batches(ask_engine, batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
+        streams = min(STREAMS_PER_ENGINE * self.settings.engine.replicas, len(chunks))
+        ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
                             concurrency=streams)
         expected = sum(len(c.only) or c.lines for c in chunks)
         produced = 0

@@ -1,7 +1,7 @@
 """Ray Data stages of one engine run: chunk descriptors → request rows → warm-engine answers.
 
     from_items(chunks) → flat_map(ChunkReader: byte range from S3 → one row per line)
-      → map_batches(ask_engine: rows → the named engine actor → answers) → driver
+      → map_batches(EngineAsker: rows → the named engine actor → answers) → driver
 
 Rows carry the request body as one JSON string column, so Arrow never widens an
 optional integer to a float or unifies nested objects across rows; vLLM's own
@@ -12,6 +12,7 @@ tasks (whose worker processes Ray reuses) and import no vLLM.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from dropbatch.engine.base import WorkChunk
@@ -21,7 +22,7 @@ from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.settings import Settings
 
 # An answer row for a line the engine never saw (unparseable now, or the engine died under it).
-RESTARTED = "The engine restarted while this request was running; it will be retried."
+RESTARTED = "The engine was restarting for longer than the stall window; this request will be retried."
 
 
 def engine_name(model: str, task: str, replica: int) -> str:
@@ -70,27 +71,48 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int
     return rows
 
 
-def ask_engine(batch: dict[str, Any]) -> dict[str, Any]:
-    """map_batches function: send the batch's pending rows to their engine actors, fill in the answers."""
-    import ray
+class EngineAsker:
+    """map_batches callable: send the batch's pending rows to their engine actors, fill in the answers.
 
-    columns = {name: list(values) for name, values in batch.items()}
-    pending: dict[str, list[int]] = {}
-    for i, status in enumerate(columns["status"]):
-        if int(status) == 0:
-            pending.setdefault(columns["engine"][i], []).append(i)
-    calls = {
-        name: ray.get_actor(name).answer.remote([(columns["url"][i], columns["body_json"][i]) for i in idx])
-        for name, idx in pending.items()
-    }
-    for name, ref in calls.items():
-        try:
-            answers = ray.get(ref)
-        except ray.exceptions.RayError:  # the actor died or was restarted by the watchdog: retryable
-            answers = [{"status": 503, "body_json": json.dumps({"error": {
-                "message": RESTARTED, "type": "server_error", "param": None, "code": "engine_restarted"}}),
-                "prompt_tokens": 0, "completion_tokens": 0}] * len(pending[name])
-        for i, answer in zip(pending[name], answers, strict=True):
-            for key, value in answer.items():
-                columns[key][i] = value
-    return columns
+    An engine that is restarting (the watchdog killed it, or it died) is waited for up to
+    ``patience`` seconds and the rows are sent again; only then do they come back as
+    retryable 503 lines, so an engine restart costs the lines no retry of their own.
+    """
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        columns = {name: list(values) for name, values in batch.items()}
+        pending: dict[str, list[int]] = {}
+        for i, status in enumerate(columns["status"]):
+            if int(status) == 0:
+                pending.setdefault(columns["engine"][i], []).append(i)
+        for name, idx in pending.items():
+            answers = self._ask(name, [(columns["url"][i], columns["body_json"][i]) for i in idx])
+            for i, answer in zip(idx, answers, strict=True):
+                for key, value in answer.items():
+                    columns[key][i] = value
+        return columns
+
+    def _ask(self, name: str, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        import ray
+
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                return ray.get(ray.get_actor(name).answer.remote(requests))
+            except (ray.exceptions.RayError, ValueError):  # died, restarting, or not registered again yet
+                if time.monotonic() >= deadline:
+                    return [RESTARTED_ANSWER] * len(requests)
+                time.sleep(1.0)
+
+
+RESTARTED_ANSWER = {
+    "status": 503,
+    "body_json": json.dumps(
+        {"error": {"message": RESTARTED, "type": "server_error", "param": None, "code": "engine_restarted"}}
+    ),
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+}
