@@ -94,11 +94,11 @@ def run_dropbox(path: Path, n: int) -> dict:
     from dropbatch.bootstrap import bootstrap
     from dropbatch.context import Context
     from dropbatch.emulator import moto_server
-    from dropbatch.engine import build_engine
     from dropbatch.errors import NotFound
     from dropbatch.settings import Settings
     from dropbatch.storage.keys import JobRef
     from manifests import build_manifest, dumps, sign
+    from runner.engine import build_engine
     from runner.service import Runner
     from watcher.service import Watcher
 

@@ -76,6 +76,8 @@ class Runner:
         # How often a pass looks at its records (counts out, cancel/expiry/lease in). Ray hands rows
         # over in blocks, so 0 (look after every result) makes a stop land right after a given line.
         self.progress_seconds = progress_seconds
+        self._active: set[str] = set()  # batch ids a group of this runner is running now
+        self._active_lock = threading.Lock()
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -88,33 +90,46 @@ class Runner:
         for entry in ctx.queue.entries():
             if group and sum(c.lines_left for c in group) >= limit:
                 break
-            lease = ctx.queue.claim(entry.batch_id, self.owner, ctx.settings.service.lease_seconds)
-            if lease is None:
-                continue
-            try:
-                record = ctx.batches.get(entry.tenant, entry.batch_id)
-            except NotFound:
-                self._done(entry, lease)
-                continue
-            if self._settle_without_engine(entry, lease, record):
-                continue
-            if not self._inputs_unchanged(record):
-                self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
-                continue
-            if record.content_sha256 in addresses:
-                ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
-                continue
-            addresses.add(record.content_sha256 or "")
-            done = finished_chunks(ctx, record.id)
-            committed = RequestCounts(
-                total=record.request_counts.total,
-                completed=sum(c.completed for c in done.values()),
-                failed=sum(c.failed for c in done.values()),
-            )
-            remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
-            policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
-            group.append(Claimed(entry, lease, record, remaining, committed, policy=policy))
+            with self._active_lock:
+                if entry.batch_id in self._active:
+                    continue  # another group of ours runs it (re-claiming would steal our own lease)
+                lease = ctx.queue.claim(entry.batch_id, self.owner, ctx.settings.service.lease_seconds)
+                if lease is None:
+                    continue
+                self._active.add(entry.batch_id)
+            if self._take(entry, lease, group, addresses) is None:
+                with self._active_lock:
+                    self._active.discard(entry.batch_id)
         return group
+
+    def _take(self, entry: QueueEntry, lease: Lease, group: list[Claimed], addresses: set[str]) -> Claimed | None:
+        """Add the leased batch to ``group`` if it needs the engine (settling it otherwise)."""
+        ctx = self.ctx
+        try:
+            record = ctx.batches.get(entry.tenant, entry.batch_id)
+        except NotFound:
+            self._done(entry, lease)
+            return None
+        if self._settle_without_engine(entry, lease, record):
+            return None
+        if not self._inputs_unchanged(record):
+            self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
+            return None
+        if record.content_sha256 in addresses:
+            ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
+            return None
+        addresses.add(record.content_sha256 or "")
+        done = finished_chunks(ctx, record.id)
+        committed = RequestCounts(
+            total=record.request_counts.total,
+            completed=sum(c.completed for c in done.values()),
+            failed=sum(c.failed for c in done.values()),
+        )
+        remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
+        policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
+        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy)
+        group.append(claimed)
+        return claimed
 
     def _settle_without_engine(self, entry: QueueEntry, lease: Lease, record: BatchRecord) -> bool:
         """Finish batches that need no engine run; True if ``record`` was settled here."""
@@ -176,17 +191,24 @@ class Runner:
     def run_once(self) -> int:
         """Claim what is queued, run it through the engine, finish it. Returns batches touched."""
         group = self.claim_group()
-        if not group:
-            return 0
-        keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
-        keeper.start()
-        try:
-            self._execute(group, keeper)
-        finally:
-            keeper.stop()
-        for claimed in group:
-            self._settle(claimed)
+        if group:
+            self.run_group(group)
         return len(group)
+
+    def run_group(self, group: Sequence[Claimed]) -> None:
+        """Run one claimed group through the engine and settle each batch of it."""
+        try:
+            keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
+            keeper.start()
+            try:
+                self._execute(group, keeper)
+            finally:
+                keeper.stop()
+            for claimed in group:
+                self._settle(claimed)
+        finally:
+            with self._active_lock:
+                self._active.difference_update(c.record.id for c in group)
 
     def _execute(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> None:
         """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
@@ -354,26 +376,46 @@ class Runner:
         self._done(claimed.entry, claimed.lease)
 
     def run(self, stop: threading.Event) -> None:
-        """Serve forever: one engine pass whenever work is queued."""
+        """Serve until ``stop``: claim queued work every poll and run each group in its own thread.
+
+        The engine stays warm across groups and mixes their requests, so a batch that
+        arrives while others run starts at once instead of waiting for them to end
+        (up to ``max_running_groups`` groups at a time).
+        """
         log.info("runner started", extra={"owner": self.owner})
         self._stop = stop
         self.metrics.engine_up.set(1)
-        # Queue and SLA gauges must move during a pass too (engine start-up alone takes ~25 s).
+        # Queue and SLA gauges must move while groups run.
         observer = threading.Thread(target=self._observe_forever, args=(stop,), name="queue-metrics", daemon=True)
         observer.start()
+        running: list[threading.Thread] = []
+        limit = self.ctx.settings.service.max_running_groups
         while not stop.is_set():
-            try:
-                touched = self.run_once()
-            except EngineError as exc:
-                self.metrics.engine_restarts.inc()
-                log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
-                touched = 0
-            except DropbatchError as exc:
-                log.error("runner pass failed; will retry", extra={"error": str(exc)})
-                touched = 0
-            if not touched:
+            running = [t for t in running if t.is_alive()]
+            group = []
+            if len(running) < limit:
+                try:
+                    group = self.claim_group()
+                except DropbatchError as exc:
+                    log.error("claiming failed; will retry", extra={"error": str(exc)})
+            if group:
+                worker = threading.Thread(target=self._run_group_logged, args=(group,), name="group", daemon=True)
+                worker.start()
+                running.append(worker)
+            else:
                 stop.wait(self.ctx.settings.service.poll_seconds)
+        for worker in running:  # each group sees the stop, checkpoints and hands its leases back
+            worker.join(timeout=self.ctx.settings.service.stop_seconds)
         self.metrics.engine_up.set(0)
+
+    def _run_group_logged(self, group: Sequence[Claimed]) -> None:
+        try:
+            self.run_group(group)
+        except EngineError as exc:
+            self.metrics.engine_restarts.inc()
+            log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
+        except DropbatchError as exc:
+            log.error("runner pass failed; will retry", extra={"error": str(exc)})
 
 
 def is_retryable(line: dict) -> bool:

