@@ -1,12 +1,13 @@
-"""Fields valid in OpenAI's API that the engine does not honour yet: the one list to shrink.
+"""Fields valid in OpenAI's API that this deployment does not honour yet: the one list to shrink.
 
-``dropbatch/engine/requests.py`` maps a request body onto the engine by hand
-(messages' role and text, prompt, embedding strings, max_tokens, stop,
-temperature, top_p, penalties, seed and vLLM's top_k, min_p, min_tokens,
-ignore_eos, repetition_penalty). Anything else a body asks for would be dropped,
-so admission refuses it with ``unsupported_parameter`` naming the field, unless
-its value is what the engine does anyway. When the engine learns a field, delete
-its entry here.
+Request bodies are answered by vLLM's own OpenAI serving code in the warm engine
+(``runner/engine/server.py``), so whatever vLLM's server honours works in a batch
+(``n``, ``logprobs``/``top_logprobs``, ``echo``, ``logit_bias``, ``response_format``,
+``encoding_format``, ``dimensions``, several prompts, token ids …) and what it refuses
+comes back as vLLM's own 400 line. What is left here is what vLLM would accept and then
+ignore, or what the served models cannot do yet; admission refuses it with
+``unsupported_parameter`` naming the field, unless its value is what happens anyway.
+Tools wait for chat templates that render them and a tool-call parser (issue 11).
 """
 
 from __future__ import annotations
@@ -22,26 +23,15 @@ REFUSED_UNTYPED = ("audio", "functions", "function_call", "prediction", "reasoni
 # (what the engine does anyway). Any other non-null value is refused with unsupported_parameter.
 # Paths with [] are checked inside messages (dropbatch.messages) and prompts.
 NOT_YET_SERVED: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
-    "best_of": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (),
-    "echo": (False,),
-    "suffix": ("",),
-    "logit_bias": ({},),
-    "response_format": ({"type": "text"},),
+    "best_of": (1,),  # vLLM's V1 engine has no best_of: it would be ignored
+    "suffix": ("",),  # fill-in-the-middle: the served models have no FIM rendering
     "tools": ([],),
     "tool_choice": ("none", "auto"),
     "parallel_tool_calls": (True,),
-    "encoding_format": ("float",),
-    "dimensions": (),
-    "messages[].name": (),
     "messages[].tool_calls": ([],),
     "messages[].tool_call_id": (),
     "messages[].function_call": (),
     "messages[].audio": (),
-    "prompt[]": (),  # several prompts, or token ids
-    "input[]": (),  # token ids
     **{name: () for name in REFUSED_UNTYPED},
     "modalities": (["text"],),
     "service_tier": ("auto", "default"),

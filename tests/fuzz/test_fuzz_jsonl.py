@@ -65,13 +65,13 @@ WRONG_FIELDS: list[tuple[tuple[str, ...], Any, str]] = [
     ),
     *((("body", "max_completion_tokens"), v, "invalid_body") for v in ("5", 0, False)),
     *((("body", "n"), v, "invalid_body") for v in (0, "1", 129)),
-    (("body", "n"), 2, "unsupported_parameter"),
+    (("body", "n"), 0, "invalid_body"),
     *((("body", "stream"), v, "invalid_body") for v in (True, 1, "yes")),
     *((("body", "temperature"), v, "invalid_body") for v in ("hot", True, -1, 2.5, [1])),
     *((("body", "top_p"), v, "invalid_body") for v in ([1], 1.1, "1")),
     *((("body", "stop"), v, "invalid_body") for v in ({"a": 1}, 5, ["a"] * 5)),
     (("body", "no_such_field"), 1, "unknown_parameter"),
-    (("body", "response_format"), {"type": "json_object"}, "unsupported_parameter"),
+    (("body", "tools"), [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter"),
     *(((name,), MISSING, "missing_required_parameter") for name in ("custom_id", "method", "url", "body")),
 ]
 NON_OBJECTS = (b"[]", b"1", b'"a string"', b"null", b"true", b"[{}]", b"-0.5e3")

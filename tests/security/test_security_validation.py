@@ -39,8 +39,8 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"top_logprobs": 25}, "invalid_body", "body.top_logprobs"),
     ({"messages": IMAGE}, "unsupported_content_type", "body.messages[0].content[0].type"),
     ({"temprature": 0.5}, "unknown_parameter", "body.temprature"),
-    ({"response_format": {"type": "json_object"}}, "unsupported_parameter", "body.response_format"),
-    ({"n": 3}, "unsupported_parameter", "body.n"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported_parameter", "body.tools"),
+    ({"n": 0}, "invalid_body", "body.n"),
 ]
 
 
