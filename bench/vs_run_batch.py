@@ -120,11 +120,16 @@ def raw_generation(path: Path, workdir: Path) -> dict:
 class Stack:
     """`dropbatch up` in a temporary home; jobs go in through the S3 API as the drop-box contract says."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, endpoint: str) -> None:
+        from dropbatch.emulator import free_port
+
         self.home = home
+        home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DROPBATCH_", "AWS_"))}
+        ports = {name: str(free_port()) for name in ("GATEWAY", "WATCHER", "RUNNER")}
         self.env = {**env, "DROPBATCH_HOME": str(home), "DROPBATCH_MODEL": str(MODEL_DIR),
-                    "DROPBATCH_TIER_QUOTAS": "enterprise=10000000"}
+                    "DROPBATCH_S3_ENDPOINT": endpoint, "DROPBATCH_TIER_QUOTAS": "enterprise=10000000",
+                    **{f"DROPBATCH_{name}_PORT": port for name, port in ports.items()}}
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "dropbatch"), "up"], env=self.env,
                                      stdout=(home / "up.out").open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -132,7 +137,7 @@ class Stack:
         from dropbatch.context import Context
         from dropbatch.settings import Settings
 
-        self.ctx = Context.from_settings(Settings.from_env({**self.env, "DROPBATCH_S3_ENDPOINT": self.info["s3_endpoint"]}))
+        self.ctx = Context.from_settings(Settings.from_env(self.env))
         self.tenants: dict[str, object] = {}
 
     def _wait_ready(self, timeout: float = 600) -> dict:
@@ -364,9 +369,11 @@ def main() -> None:
     small, _, rest = args.memory.partition(",")
     large, _, repeats = rest.partition("x")
     results: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    from dropbatch.emulator import moto_server
+
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
         work = Path(tmp)
-        stack = Stack(work / "home")
+        stack = Stack(work / "home", endpoint)
         try:
             if "1" in chosen:
                 one_job(stack, work, results)
