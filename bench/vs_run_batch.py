@@ -162,8 +162,9 @@ class Stack:
         return json.loads((self.home / "up.json").read_text())["services"]["runner"]
 
     def submit(self, tenant: str, job: str, lines: list[dict]):
+        from dropbatch.models import InputObject
         from dropbatch.storage.keys import JobRef
-        from manifests import InputObject, Manifest, dumps, sign
+        from manifests import Manifest, dumps, sign
 
         if tenant not in self.tenants:
             self.ctx.tenants.create(tenant, "enterprise")
