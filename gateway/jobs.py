@@ -4,7 +4,10 @@
   submits an inline batch, waits up to ``timeout`` seconds (default 60, at most
   600) for it to finish, and answers ``{batch_id, status, results, total_time,
   throughput}``. If it is not done in time: 202 with the batch id, to poll
-  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``.
+  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``. While it waits it reads
+  the batch with backoff (0.25 s doubling to 2 s) and each read spends one call
+  of the caller's rate limit: when the token's bucket is empty it stops waiting
+  and answers 202 at once, so a wait costs what polling would.
 - ``POST /start`` ``{input: "s3://bucket/key", output: "s3://bucket/key-or-prefix/"}``:
   the input object is JSONL of ``{"prompt": ...}`` items and/or OpenAI request
   lines (prompt items become chat completion lines, other lines pass unchanged,
@@ -41,6 +44,7 @@ from dropbatch.errors import (
     NotFound,
     ObjectNotFound,
     PermissionDenied,
+    RateLimited,
     StorageError,
     StorageUnavailable,
     UnprocessableRequest,
@@ -56,7 +60,8 @@ from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
 from gateway.state import gateway_of
 from gateway.submit import submit_batch
 
-GENERATE_POLL_SECONDS = 0.25
+GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
+GENERATE_POLL_MAX_SECONDS = 2.0  # ... up to this
 
 
 # -- /generate_batch -------------------------------------------------------------------
@@ -77,8 +82,14 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         submit_lines, gw.ctx, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl"
     )
     deadline = started + body.timeout
+    pause = GENERATE_POLL_SECONDS
     while not record.status.is_terminal and time.monotonic() < deadline:
-        await anyio.sleep(min(GENERATE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, GENERATE_POLL_MAX_SECONDS)
+        try:
+            gw.limiter.check(principal.token_id, principal.tier)  # waiting costs what polling would
+        except RateLimited:
+            break  # answer 202 now: the client polls at its own pace
         record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
     answer: dict[str, Any] = {
         "batch_id": record.id,

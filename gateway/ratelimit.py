@@ -15,6 +15,14 @@ path); the request-line quota is the limit that holds across replicas.
 A tier not in the table (custom tiers from DROPBATCH_TIER_QUOTAS) gets the
 ``free`` row. Exceeding the bucket answers 429 with ``retry-after``: the whole
 seconds until one call's worth of tokens has refilled.
+
+Failed attempts are limited per client address before any token is looked up
+(``AttemptLimiter``): a missing, unknown, revoked or expired bearer token, or a
+wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10). While
+an address has none left, every request from it that is not already
+authenticated by the token cache answers 429 without touching S3. The address
+is the TCP peer: behind a load balancer that does not preserve it, all callers
+share one bucket.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ DEFAULT_RATES: dict[str, TierRate] = {
     "premium": TierRate(per_minute=1200, burst=200),
     "enterprise": TierRate(per_minute=6000, burst=1000),
 }
+ATTEMPT_RATE = TierRate(per_minute=30, burst=10)  # failed authentication attempts per client address
 FALLBACK_TIER = "free"
 MAX_TRACKED_TOKENS = 100_000  # buckets of idle tokens are dropped past this many
 
@@ -69,6 +78,14 @@ class RateLimiter:
         return self.rates.get(tier) or self.rates.get(FALLBACK_TIER) or DEFAULT_RATES[FALLBACK_TIER]
 
     def check(self, key: str, tier: str) -> None:
+        """Spend one call from ``key``'s bucket, or raise ``RateLimited``."""
+        self._take(key, tier, spend=True)
+
+    def ensure(self, key: str, tier: str) -> None:
+        """Raise ``RateLimited`` if ``key``'s bucket has no call left; spends nothing."""
+        self._take(key, tier, spend=False)
+
+    def _take(self, key: str, tier: str, *, spend: bool) -> None:
         rate = self.rate(tier)
         now = self.clock()
         with self._lock:
@@ -80,7 +97,8 @@ class RateLimiter:
             bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.updated) * rate.per_second)
             bucket.updated = now
             if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+                if spend:
+                    bucket.tokens -= 1.0
                 return
             wait = (1.0 - bucket.tokens) / rate.per_second if rate.per_second > 0 else 120.0
         raise RateLimited(
@@ -94,3 +112,32 @@ class RateLimiter:
         for key, bucket in list(self._buckets.items()):
             if now - bucket.updated > 600:
                 del self._buckets[key]
+
+
+class AttemptLimiter:
+    """Failed authentication attempts per client address: ``guard`` before a lookup, ``failed`` after one."""
+
+    def __init__(self, rate: TierRate = ATTEMPT_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets = RateLimiter({"attempts": rate}, clock=clock)
+        self.rate = rate
+
+    def guard(self, address: str) -> None:
+        """429 if ``address`` has used up its failed attempts; spends nothing."""
+        try:
+            self._buckets.ensure(address, "attempts")
+        except RateLimited as exc:
+            raise self._limited(exc.retry_after) from None
+
+    def failed(self, address: str) -> None:
+        """Spend one attempt of ``address``; the attempt itself is answered by the caller (401)."""
+        try:
+            self._buckets.check(address, "attempts")
+        except RateLimited:
+            pass  # already empty: the next guard answers 429
+
+    def _limited(self, retry_after: int) -> RateLimited:
+        return RateLimited(
+            f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per minute, "
+            f"bursts of {self.rate.burst}). Retry in {retry_after} s.",
+            retry_after=retry_after,
+        )

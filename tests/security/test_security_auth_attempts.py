@@ -1,0 +1,112 @@
+"""Failed authentication is rate limited per client address before any S3 read; unknown tokens are remembered.
+
+A live gateway over the moto server, its S3 requests counted by a CountingStore.
+Token records live at ``tokens/<sha256>.json`` in the control bucket, so every
+lookup of a well-formed token is one GET under ``tokens/``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+import pytest
+
+import dropbatch.auth.tokens
+from gateway.ratelimit import ATTEMPT_RATE, TierRate
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "admin-5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
+FLOOD = 50
+TOKEN_LOOKUPS = "tokens/"
+GENEROUS_ATTEMPTS = TierRate(per_minute=10**6, burst=10**6)
+
+
+def _garbage() -> str:
+    """A token that looks like one (so it is looked up), but that nobody issued."""
+    return dropbatch.auth.tokens.TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _files(http: httpx.Client, token: str | None) -> httpx.Response:
+    return http.get("/v1/files", headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def test_a_flood_of_one_garbage_token_costs_one_s3_read(make_settings, counted_context, live_gateway):
+    settings = make_settings()
+    ctx = counted_context(settings)
+    live = live_gateway(settings, ctx=ctx, attempt_rate=GENEROUS_ATTEMPTS)
+    garbage = _garbage()
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        answers = [_files(http, garbage) for _ in range(FLOOD)]
+    assert {a.status_code for a in answers} == {401}
+    assert ctx.store.count("get", TOKEN_LOOKUPS) == 1
+
+
+def test_garbage_and_missing_tokens_get_429_after_the_burst_without_s3_reads(
+    make_settings, counted_context, live_gateway
+):
+    settings = make_settings()
+    ctx = counted_context(settings)
+    live = live_gateway(settings, ctx=ctx)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        answers = [_files(http, _garbage()) for _ in range(FLOOD)]
+        missing = _files(http, None)
+    statuses = [a.status_code for a in answers]
+    assert statuses == [401] * ATTEMPT_RATE.burst + [429] * (FLOOD - ATTEMPT_RATE.burst)
+    assert ctx.store.count("get", TOKEN_LOOKUPS) <= ATTEMPT_RATE.burst
+    limited = answers[-1]
+    assert 1 <= int(limited.headers["retry-after"]) <= 120
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert missing.status_code == 429
+
+
+def test_a_valid_token_still_works_from_another_address_while_one_is_limited(
+    make_settings, counted_context, live_gateway
+):
+    """The limit is per address: what one client guesses does not lock out the tenants."""
+    settings = make_settings()
+    ctx = counted_context(settings)
+    live = live_gateway(settings, ctx=ctx, token_cache_seconds=60)
+    ctx.tenants.create("acme", "basic")
+    token = ctx.tokens.create("acme").token
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert _files(http, token).status_code == 200  # in the token cache from now on
+        for _ in range(ATTEMPT_RATE.burst):
+            assert _files(http, _garbage()).status_code == 401
+        assert _files(http, _garbage()).status_code == 429
+        assert _files(http, token).status_code == 200, "a cached valid token is not an attempt"
+
+
+def test_wrong_admin_tokens_get_429_after_the_burst(make_settings, live_gateway):
+    settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
+    live = live_gateway(settings)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        guesses = [
+            http.get("/admin/tokens", headers={"Authorization": f"Bearer admin-guess-{n:04d}"})
+            for n in range(ATTEMPT_RATE.burst + 5)
+        ]
+        right_but_late = http.get("/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"})
+    statuses = [g.status_code for g in guesses]
+    assert statuses == [401] * ATTEMPT_RATE.burst + [429] * 5
+    assert 1 <= int(guesses[-1].headers["retry-after"]) <= 120
+    # Past the burst even the right token waits: otherwise guessing would go on, answered by 200 vs 429.
+    assert right_but_late.status_code == 429
+
+
+def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(
+    make_settings, live_gateway, monkeypatch
+):
+    settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
+    live = live_gateway(settings)
+    live.ctx.tenants.create("acme", "basic")
+    upcoming = "x" * 43  # what secrets.token_urlsafe(32) will answer for the next token
+    token = dropbatch.auth.tokens.TOKEN_PREFIX + upcoming
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert _files(http, token).status_code == 401  # unknown, and now remembered as such
+        with monkeypatch.context() as patch:
+            patch.setattr(dropbatch.auth.tokens.secrets, "token_urlsafe", lambda n: upcoming)
+            created = http.post("/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"}, json={"tenant": "acme"})
+        assert created.status_code == 201, created.text
+        assert created.json()["token"] == token
+        assert _files(http, token).status_code == 200
