@@ -94,9 +94,7 @@ def test_wrong_admin_tokens_get_429_after_the_burst(make_settings, live_gateway)
     assert right_but_late.status_code == 429
 
 
-def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(
-    make_settings, live_gateway, monkeypatch
-):
+def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(make_settings, live_gateway, monkeypatch):
     settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
     live = live_gateway(settings)
     live.ctx.tenants.create("acme", "basic")
