@@ -15,6 +15,7 @@
     ├── AuthenticationFailed         (401)
     ├── PermissionDenied             (403)
     ├── NotFound                     (404: no such batch/file for this tenant)
+    │   └── OutputFileDeleted        (a batch's output or error file was deleted)
     ├── Conflict                     (409: not allowed in the current state)
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
     ├── RateLimited                  (429 on the wire, with retry_after)
@@ -155,6 +156,12 @@ class NotFound(DropbatchError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class OutputFileDeleted(NotFound):
+    """Raised when a finished batch's output or error file was deleted, so its results cannot be read."""
+
+    code = "output_file_deleted"
 
 
 class Conflict(DropbatchError):

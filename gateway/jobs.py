@@ -53,7 +53,7 @@ from dropbatch.jsonl import encode, iter_lines
 from dropbatch.models import BatchRecord
 from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
-from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, submit_lines
+from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, result_file, submit_lines
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
@@ -247,7 +247,7 @@ def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord
         for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if file_id is None:
                 continue
-            file = ctx.files.get(job.tenant, file_id)
+            file = result_file(ctx, batch, "error" if kind == "errors" else kind, file_id)
             ctx.store.copy(file.bucket, file.key, bucket, targets[kind])
             outputs[kind] = f"s3://{bucket}/{targets[kind]}"
     except DropbatchError as exc:
