@@ -150,21 +150,21 @@ class TokenAuth:
     def authenticate_sync(self, token: str | None, address: str = "unknown") -> Principal:
         """Blocking (S3 on a cache miss): call through a thread from async code."""
         if token is None:
-            self.attempts.guard(address)
-            self.attempts.failed(address)
+            self.attempts.spend(address)
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it in the Authorization header: 'Bearer YOUR_KEY'.",
                 code="missing_api_key",
             )
+        now = int(self.tokens.clock())
         record = self._cached(token)
         if record is None:
-            self.attempts.guard(address)  # before any S3 read
+            self.attempts.spend(address)  # before any S3 read; given back below if the token is good
             record = self.resolve(token)
-        try:
-            record = self.tokens.check(record)
-        except AuthenticationFailed:
-            self.attempts.failed(address)
-            raise
+            if record is not None and record.usable(now):
+                self.attempts.refund(address)
+        elif not record.usable(now):
+            self.attempts.spend(address)
+        record = self.tokens.check(record)
         return Principal(tenant=record.tenant, token_id=record.id, tier=record.tier)
 
     def _touch(self, record: TokenRecord) -> TokenRecord:
@@ -184,11 +184,11 @@ def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> N
     if not admin_token:
         raise NotFound(f"Unknown request URL: {request.method} {request.url.path}.", code="not_found")
     address = client_address(request)
-    auth.attempts.guard(address)
+    auth.attempts.spend(address)  # even the right token waits past the burst: else 200 vs 429 would tell
     token = bearer(request)
     if token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
+        auth.attempts.refund(address)
         return
-    auth.attempts.failed(address)
     if token is None:
         raise AuthenticationFailed(
             "This route needs the admin token as 'Authorization: Bearer …'.", code="missing_api_key"

@@ -18,9 +18,11 @@ seconds until one call's worth of tokens has refilled.
 
 Failed attempts are limited per client address before any token is looked up
 (``AttemptLimiter``): a missing, unknown, revoked or expired bearer token, or a
-wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10). While
-an address has none left, every request from it that is not already
-authenticated by the token cache answers 429 without touching S3. The address
+wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10); a
+lookup spends one first and gets it back when the token is good. While an
+address has none left, every request from it that is not already
+authenticated by the token cache (the admin token included) answers 429
+without touching S3. The address
 is the TCP peer: behind a load balancer that does not preserve it, all callers
 share one bucket.
 """
@@ -79,13 +81,6 @@ class RateLimiter:
 
     def check(self, key: str, tier: str) -> None:
         """Spend one call from ``key``'s bucket, or raise ``RateLimited``."""
-        self._take(key, tier, spend=True)
-
-    def ensure(self, key: str, tier: str) -> None:
-        """Raise ``RateLimited`` if ``key``'s bucket has no call left; spends nothing."""
-        self._take(key, tier, spend=False)
-
-    def _take(self, key: str, tier: str, *, spend: bool) -> None:
         rate = self.rate(tier)
         now = self.clock()
         with self._lock:
@@ -97,8 +92,7 @@ class RateLimiter:
             bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.updated) * rate.per_second)
             bucket.updated = now
             if bucket.tokens >= 1.0:
-                if spend:
-                    bucket.tokens -= 1.0
+                bucket.tokens -= 1.0
                 return
             wait = (1.0 - bucket.tokens) / rate.per_second if rate.per_second > 0 else 120.0
         raise RateLimited(
@@ -106,6 +100,13 @@ class RateLimiter:
             f"bursts of {rate.burst}). Retry in {math.ceil(wait)} s.",
             retry_after=max(1, math.ceil(wait)),
         )
+
+    def refund(self, key: str, tier: str) -> None:
+        """Give back one call ``check`` spent (up to the burst)."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.tokens = min(float(self.rate(tier).burst), bucket.tokens + 1.0)
 
     def _forget_full(self, now: float) -> None:
         """Drop buckets that would have refilled anyway (their tokens are idle)."""
@@ -115,29 +116,27 @@ class RateLimiter:
 
 
 class AttemptLimiter:
-    """Failed authentication attempts per client address: ``guard`` before a lookup, ``failed`` after one."""
+    """Authentication attempts per client address: ``spend`` before a lookup, ``refund`` when it succeeded.
+
+    Spending first keeps the bound under concurrency: however many requests of
+    one address arrive at once, at most the burst of them reach S3.
+    """
 
     def __init__(self, rate: TierRate = ATTEMPT_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets = RateLimiter({"attempts": rate}, clock=clock)
         self.rate = rate
 
-    def guard(self, address: str) -> None:
-        """429 if ``address`` has used up its failed attempts; spends nothing."""
-        try:
-            self._buckets.ensure(address, "attempts")
-        except RateLimited as exc:
-            raise self._limited(exc.retry_after) from None
-
-    def failed(self, address: str) -> None:
-        """Spend one attempt of ``address``; the attempt itself is answered by the caller (401)."""
+    def spend(self, address: str) -> None:
+        """Spend one attempt of ``address``, or raise ``RateLimited`` (429) when it has none left."""
         try:
             self._buckets.check(address, "attempts")
-        except RateLimited:
-            pass  # already empty: the next guard answers 429
+        except RateLimited as exc:
+            raise RateLimited(
+                f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per "
+                f"minute, bursts of {self.rate.burst}). Retry in {exc.retry_after} s.",
+                retry_after=exc.retry_after,
+            ) from None
 
-    def _limited(self, retry_after: int) -> RateLimited:
-        return RateLimited(
-            f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per minute, "
-            f"bursts of {self.rate.burst}). Retry in {retry_after} s.",
-            retry_after=retry_after,
-        )
+    def refund(self, address: str) -> None:
+        """The attempt succeeded: it does not count."""
+        self._buckets.refund(address, "attempts")

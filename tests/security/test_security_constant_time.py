@@ -144,7 +144,7 @@ def _request(token: str | None) -> Request:
 
 
 class _NoTenants:
-    """TokenAuth's surface check_admin uses: no token is known, failed attempts are generous."""
+    """TokenAuth's surface check_admin uses: no token is known, attempts are generous."""
 
     attempts = AttemptLimiter(TierRate(per_minute=60, burst=100))
 
