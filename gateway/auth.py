@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import logging
 import threading
 import time
@@ -53,8 +54,21 @@ class Principal:
 
 
 def client_address(request: Request) -> str:
-    """The TCP peer's address: whose failed attempts a request spends."""
-    return request.client.host if request.client else "unknown"
+    """Whose failed attempts a request spends: the TCP peer's address, or its /64 for IPv6.
+
+    One IPv6 host usually holds a whole /64, so keying by single addresses would
+    give it billions of buckets to rotate through.
+    """
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if not isinstance(address, ipaddress.IPv6Address):
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def bearer(request: Request) -> str | None:

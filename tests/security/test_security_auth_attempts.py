@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 import dropbatch.auth.tokens
+from gateway.auth import client_address
 from gateway.ratelimit import ATTEMPT_RATE, TierRate
 
 pytestmark = pytest.mark.integration
@@ -114,3 +116,17 @@ def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(make_
         assert created.status_code == 201, created.text
         assert created.json()["token"] == token
         assert _files(http, token).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("peer", "spends"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::/64"),  # one host's /64: one bucket
+    ],
+)
+def test_attempts_are_counted_per_address_and_per_ipv6_64(peer: str, spends: str):
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "client": (peer, 50000)})
+    assert client_address(request) == spends
