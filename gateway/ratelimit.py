@@ -22,9 +22,9 @@ wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10); a
 lookup spends one first and gets it back when the token is good. While an
 address has none left, every request from it that is not already
 authenticated by the token cache (the admin token included) answers 429
-without touching S3. The address
-is the TCP peer (an IPv6 peer's /64): behind a load balancer that does not
-preserve it, all callers share one bucket.
+without touching S3. The address is the TCP peer (an IPv6 peer's /64):
+behind a load balancer that does not preserve it, all callers share one
+bucket.
 """
 
 from __future__ import annotations
