@@ -44,7 +44,6 @@ from dropbatch.errors import (
     NotFound,
     ObjectNotFound,
     PermissionDenied,
-    RateLimited,
     StorageError,
     StorageUnavailable,
     UnprocessableRequest,
@@ -86,9 +85,7 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
     while not record.status.is_terminal and time.monotonic() < deadline:
         await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, GENERATE_POLL_MAX_SECONDS)
-        try:
-            gw.limiter.check(principal.token_id, principal.tier)  # waiting costs what polling would
-        except RateLimited:
+        if not gw.limiter.allows(principal.token_id, principal.tier):  # waiting costs what polling would
             break  # answer 202 now: the client polls at its own pace
         record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
     answer: dict[str, Any] = {

@@ -101,6 +101,14 @@ class RateLimiter:
             retry_after=max(1, math.ceil(wait)),
         )
 
+    def allows(self, key: str, tier: str) -> bool:
+        """Spend one call if ``key`` has one left; False (spending nothing) when its bucket is empty."""
+        try:
+            self.check(key, tier)
+        except RateLimited:
+            return False
+        return True
+
     def refund(self, key: str, tier: str) -> None:
         """Give back one call ``check`` spent (up to the burst)."""
         with self._lock:
