@@ -16,6 +16,7 @@
     ├── PermissionDenied             (403)
     │   └── LocationNotGranted       (an S3 URI outside the tenant's prefixes and grants)
     ├── NotFound                     (404: no such batch/file for this tenant)
+    │   └── OutputFileDeleted        (a batch's output or error file was deleted)
     ├── Conflict                     (409: not allowed in the current state)
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
     ├── RateLimited                  (429 on the wire, with retry_after)
@@ -162,6 +163,12 @@ class NotFound(DropbatchError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class OutputFileDeleted(NotFound):
+    """Raised when a finished batch's output or error file was deleted, so its results cannot be read."""
+
+    code = "output_file_deleted"
 
 
 class Conflict(DropbatchError):

@@ -5,10 +5,13 @@
   with a single user message holding the prompt (custom_id ``item-<index>``
   unless the item names one). The lines are stored as an uploaded file for the
   caller and submitted like any batch. More than 1000 items are truncated to the
-  first 1000, with a warning in the response's ``warnings``.
+  first 1000, with a warning in the response's ``warnings``. ``retry_config``
+  sets the batch's retry policy, as on the file-based create.
 - ``GET /v1/batches/{id}/results``: ``data[]`` of ``{custom_id, input: {prompt},
   output_text, tokens_generated, error}`` in input order, once the batch is
   completed (or cancelled/expired: what finished, the rest with their error).
+  Once the batch's output or error file was deleted: 404 ``output_file_deleted``
+  naming the file.
 - ``POST /v1/batches/validate``: see ``gateway.validation``.
 - ``POST /v1/batches/cost-estimate``: prompt tokens counted by the model's own
   ``tokenizer.json`` (``gateway.tokenize``) priced with ``PRICES``.
@@ -28,9 +31,16 @@ from starlette.routing import Route
 
 from dropbatch.bodies import EMBEDDINGS, body_limits
 from dropbatch.context import Context
-from dropbatch.errors import Conflict, InvalidRequest, NotFound, UnprocessableRequest
+from dropbatch.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ObjectNotFound,
+    OutputFileDeleted,
+    UnprocessableRequest,
+)
 from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
-from dropbatch.models import BatchRecord, BatchStatus
+from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
@@ -114,10 +124,16 @@ def inline_lines(
 
 
 def submit_lines(
-    ctx: Context, tenant: str, lines: list[dict[str, Any]], *, metadata: dict[str, str] | None, filename: str
+    ctx: Context,
+    tenant: str,
+    lines: list[dict[str, Any]],
+    *,
+    metadata: dict[str, str] | None,
+    filename: str,
+    retry_config: RetryConfig | None = None,
 ) -> BatchRecord:
     file = store_upload(ctx, tenant, (encode(line) for line in lines), filename=filename)
-    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata)
+    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config)
 
 
 async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any]) -> Response:
@@ -126,7 +142,13 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
         gw.settings, body.input, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
     )
     record = await run_in_threadpool(
-        submit_lines, gw.ctx, principal.tenant, lines, metadata=body.metadata, filename="inline-input.jsonl"
+        submit_lines,
+        gw.ctx,
+        principal.tenant,
+        lines,
+        metadata=body.metadata,
+        filename="inline-input.jsonl",
+        retry_config=body.retry_config,
     )
     return JSONResponse({**record.openai(), "warnings": warnings})
 
@@ -201,6 +223,21 @@ def outcome_of(line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _deleted(batch: BatchRecord, kind: str, file_id: str) -> OutputFileDeleted:
+    return OutputFileDeleted(
+        f"The {kind} file {file_id} of batch {batch.id} was deleted; the results it held can no longer be read.",
+        param="batch_id",
+    )
+
+
+def result_file(ctx: Context, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
+    """The ``kind`` ("output" or "error") file of a finished batch; ``OutputFileDeleted`` once it was deleted."""
+    try:
+        return ctx.files.get(batch.tenant, file_id)
+    except NotFound:
+        raise _deleted(batch, kind, file_id) from None
+
+
 def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
     """The compat results of a finished batch, in input order (kept in memory: small batches)."""
     record = ctx.batches.get(tenant, batch_id)
@@ -211,13 +248,16 @@ def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
             code="batch_not_finished",
         )
     outcomes: dict[str, dict[str, Any]] = {}
-    for file_id in (record.output_file_id, record.error_file_id):
+    for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)):
         if file_id is None:
             continue
-        file = ctx.files.get(tenant, file_id)
-        for _, line in iter_json_lines(ctx, file.bucket, file.key):
-            if line is not None and isinstance(line.get("custom_id"), str):
-                outcomes[line["custom_id"]] = outcome_of(line)
+        file = result_file(ctx, record, kind, file_id)
+        try:
+            for _, line in iter_json_lines(ctx, file.bucket, file.key):
+                if line is not None and isinstance(line.get("custom_id"), str):
+                    outcomes[line["custom_id"]] = outcome_of(line)
+        except ObjectNotFound:
+            raise _deleted(record, kind, file_id) from None
     data = []
     for item in record.inputs:
         for _, request in iter_json_lines(ctx, ctx.inbox, item.key):

@@ -4,7 +4,10 @@
   submits an inline batch, waits up to ``timeout`` seconds (default 60, at most
   600) for it to finish, and answers ``{batch_id, status, results, total_time,
   throughput}``. If it is not done in time: 202 with the batch id, to poll
-  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``.
+  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``. While it waits it reads
+  the batch with backoff (0.25 s doubling to 2 s) and each read spends one call
+  of the caller's rate limit: when the token's bucket is empty it stops waiting
+  and answers 202 at once, so a wait costs what polling would.
 - ``POST /start`` ``{input: "s3://bucket/key", output: "s3://bucket/key-or-prefix/"}``:
   the input object is JSONL of ``{"prompt": ...}`` items and/or OpenAI request
   lines (prompt items become chat completion lines, other lines pass unchanged,
@@ -56,14 +59,15 @@ from dropbatch.jsonl import encode, iter_lines
 from dropbatch.models import BatchRecord
 from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
-from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, submit_lines
+from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, result_file, submit_lines
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
 from gateway.state import gateway_of
 from gateway.submit import submit_batch
 
-GENERATE_POLL_SECONDS = 0.25
+GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
+GENERATE_POLL_MAX_SECONDS = 2.0  # ... up to this
 
 
 # -- /generate_batch -------------------------------------------------------------------
@@ -84,8 +88,12 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         submit_lines, gw.ctx, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl"
     )
     deadline = started + body.timeout
+    pause = GENERATE_POLL_SECONDS
     while not record.status.is_terminal and time.monotonic() < deadline:
-        await anyio.sleep(min(GENERATE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, GENERATE_POLL_MAX_SECONDS)
+        if not gw.limiter.allows(principal.token_id, principal.tier):  # waiting costs what polling would
+            break  # answer 202 now: the client polls at its own pace
         record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
     answer: dict[str, Any] = {
         "batch_id": record.id,
@@ -249,7 +257,7 @@ def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord
         for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if file_id is None or kind in job.outputs:
                 continue
-            file = ctx.files.get(job.tenant, file_id)
+            file = result_file(ctx, batch, "error" if kind == "errors" else kind, file_id)
             _copy_one(ctx, S3Location(file.bucket, file.key), targets[kind], overwrite=overwrite)
             outputs[kind] = targets[kind].uri
     except DropbatchError as exc:

@@ -55,7 +55,7 @@ def watcher_command(state: State, as_json: bool) -> None:
                 "(run `dropbatch bootstrap`, or set DROPBATCH_QUEUE_URL)."
             )
     events = SqsIntake(ctx, queue_url) if queue_url else None
-    checks = {"s3": buckets_check(ctx.store, [ctx.inbox, settings.storage.control_bucket])}
+    checks = {"s3": buckets_check(ctx.store, {"inbox": ctx.inbox, "control": settings.storage.control_bucket})}
     if events is not None:
         checks["queue"] = events.check
     service = settings.service
@@ -79,7 +79,9 @@ def runner_command(state: State, as_json: bool) -> None:
     ctx = state.context
     engine = build_engine(settings)
     checks = {
-        "s3": buckets_check(ctx.store, [ctx.inbox, ctx.outbox, settings.storage.control_bucket]),
+        "s3": buckets_check(
+            ctx.store, {"inbox": ctx.inbox, "outbox": ctx.outbox, "control": settings.storage.control_bucket}
+        ),
         "engine": lambda: None if engine.ready else "the engine is not loaded, or has not answered its probe yet",
     }
     service = settings.service

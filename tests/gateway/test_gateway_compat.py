@@ -21,6 +21,8 @@ from dropbatch.storage.s3 import make_client
 from gateway.schemas import MAX_INLINE_ITEMS
 from gateway.tokenize import BYTES_PER_TOKEN
 
+ADMIN_TOKEN = "admin-test-token-0123456789"  # conftest.ADMIN_TOKEN
+
 pytestmark = pytest.mark.integration
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog", "hello"]
@@ -58,24 +60,36 @@ def http(live, tenant_token) -> Iterator[httpx.Client]:
 
 def test_health(settings, live, start_gateway, make_settings) -> None:
     report = httpx.get(live.url + "/health")
-    assert report.status_code == 200
-    body = report.json()
-    assert (body["status"], body["service"]) == ("ok", "dropbatch-gateway") and body["version"]
-    assert body["components"]["s3"]["status"] == "ok"
-    assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
-    assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
-    assert httpx.get(live.url + "/ready").status_code == 200
+    assert (report.status_code, report.json()) == (200, {"status": "healthy"})
+    assert (httpx.get(live.url + "/ready").status_code, httpx.get(live.url + "/ready").json()) == (
+        200,
+        {"status": "ready"},
+    )
     assert report.headers["x-request-id"].startswith("req_")
     echoed = httpx.get(live.url + "/health", headers={"x-request-id": "client-abc.1"})
     assert echoed.headers["x-request-id"] == "client-abc.1"
+    detail = httpx.get(live.url + "/admin/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    body = detail.json()
+    assert detail.status_code == 200 and (body["status"], body["service"]) == ("healthy", "dropbatch-gateway")
+    assert body["version"] and body["components"]["s3"] == {"status": "ok", "endpoint": settings.storage.endpoint_url}
+    assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
+    assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
 
-    broken = start_gateway(make_settings({"DROPBATCH_OUTBOX_BUCKET": "no-such-outbox"}, bootstrap=False))
-    alive = httpx.get(broken.url + "/health")
-    assert alive.status_code == 200, "liveness does not depend on S3"
-    assert (alive.json()["status"], alive.json()["processor_initialized"]) == ("degraded", False)
+    broken_settings = make_settings(
+        {"DROPBATCH_OUTBOX_BUCKET": "no-such-outbox", "DROPBATCH_ADMIN_TOKEN": ADMIN_TOKEN}, bootstrap=False
+    )
+    broken = start_gateway(broken_settings)
+    down = httpx.get(broken.url + "/health")
+    assert (down.status_code, down.json()) == (503, {"status": "unhealthy"})
     degraded = httpx.get(broken.url + "/ready")
     assert degraded.status_code == 503
-    assert degraded.json()["components"]["buckets"]["outbox"]["status"] == "missing"
+    assert degraded.json() == {
+        "status": "unavailable",
+        "components": {"s3": "ok", "inbox": "ok", "outbox": "missing", "control": "ok"},
+    }
+    detail = httpx.get(broken.url + "/admin/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert detail.status_code == 503
+    assert detail.json()["components"]["buckets"]["outbox"] == {"bucket": "no-such-outbox", "status": "missing"}
     assert httpx.get(live.url + "/openapi.json").json()["openapi"].startswith("3.")
 
 
@@ -267,7 +281,7 @@ def test_python_client_against_the_live_gateway(settings, live, tenant_token, dr
         assert final["status"] == "completed" and final["request_counts"]["completed"] == len(PROMPTS)
         report = client.validate_input({"input": [{"prompt": "hi"}]})
         assert report["is_valid"] and report["estimated_items"] == 1
-        assert client.health()["status"] == "ok"
+        assert client.health() == {"status": "healthy"}
         with pytest.raises(NotFound):
             client.retrieve_batch("batch_missing")
     results = get_batch_results(batch["id"], base_url=live.url, api_key=token)
