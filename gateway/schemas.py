@@ -27,7 +27,8 @@ MAX_INLINE_ITEMS = 1000  # inline `input` beyond this is truncated, with a warni
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # An unknown field is a 422 naming it: nothing a client sends is dropped without a word.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 RETRY_CONFIG_DESCRIPTION = (

@@ -12,18 +12,17 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
 from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
 from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFound
-from dropbatch.jsonl import is_success
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts, RetryConfig
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queue import Lease, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
+from runner.claimed import Claimed, Taken
 from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_result
 from runner.leases import LeaseKeeper
 from runner.observe import observe_queue, record_line
@@ -32,28 +31,6 @@ log = logging.getLogger("dropbatch.runner")
 
 PROGRESS_EVERY_SECONDS = 1.0
 QUEUE_METRICS_EVERY_SECONDS = 5.0
-
-
-@dataclass
-class Claimed:
-    """A batch this runner holds the lease on, and what is left of it."""
-
-    entry: QueueEntry
-    lease: Lease
-    record: BatchRecord
-    remaining: dict[int, WorkChunk]
-    committed: RequestCounts
-    buffers: dict[int, dict[str, dict]] = field(default_factory=dict)  # chunk → custom_id → line
-    inflight: RequestCounts = field(default_factory=RequestCounts)
-    stop_as: BatchStatus | None = None  # set when the batch must end early (cancel, expiry)
-    lost: bool = False
-    policy: RetryConfig = field(default_factory=RetryConfig)
-    attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
-    pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
-
-    @property
-    def lines_left(self) -> int:
-        return sum(c.lines for c in self.remaining.values())
 
 
 class Runner:
@@ -253,52 +230,25 @@ class Runner:
         return self._publish_progress(group, keeper)
 
     def _due_retries(self, group: Sequence[Claimed]) -> tuple[list[WorkChunk], float]:
-        """Chunks narrowed to the lines awaiting a retry, and how long to back off first."""
+        """Every claimed batch's retry work, and the longest back-off any of it needs."""
         work: list[WorkChunk] = []
         wait = 0.0
         for claimed in group:
-            if claimed.lost or claimed.stop_as is not None:
-                continue
-            for index, custom_ids in claimed.pending_retry.items():
-                if custom_ids:
-                    work.append(replace(claimed.remaining[index], only=tuple(sorted(custom_ids))))
-                    attempt = max(claimed.attempts[c] for c in custom_ids)
-                    wait = max(wait, claimed.policy.delay(attempt))
-            claimed.pending_retry.clear()
+            chunks, delay = claimed.due_retries()
+            work += chunks
+            wait = max(wait, delay)
         return work, wait
 
     def _collect(self, claimed: Claimed, result: LineResult) -> None:
-        if claimed.lost or claimed.stop_as is not None:
+        taken = claimed.take(result)
+        if taken == Taken.RETRY:
+            self.metrics.line_retries.inc()
+        if taken != Taken.KEPT:
             return
-        chunk = claimed.remaining.get(result.chunk)
-        if chunk is None:
-            return
-        buffer = claimed.buffers.setdefault(result.chunk, {})
-        if result.custom_id in buffer:
-            return  # Ray retried a batch after an engine actor died: keep the first answer
-        if not result.ok and is_retryable(result.line):
-            attempts = claimed.attempts.get(result.custom_id, 0)
-            if attempts < claimed.policy.max_retries:
-                claimed.attempts[result.custom_id] = attempts + 1
-                claimed.pending_retry.setdefault(result.chunk, set()).add(result.custom_id)
-                self.metrics.line_retries.inc()
-                return
-        buffer[result.custom_id] = result.line
         self._observe(claimed.record, result)
-        if result.ok:
-            claimed.inflight.completed += 1
-        else:
-            claimed.inflight.failed += 1
-        if len(buffer) == chunk.lines:
-            lines = list(buffer.values())
-            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=chunk.lines)
-            ok = sum(1 for line in lines if is_success(line))
-            claimed.committed.completed += ok
-            claimed.committed.failed += len(lines) - ok
-            claimed.inflight.completed -= ok
-            claimed.inflight.failed -= len(lines) - ok
-            del claimed.buffers[result.chunk]
-            del claimed.remaining[result.chunk]
+        lines = claimed.complete_chunk(result.chunk)
+        if lines is not None:
+            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=len(lines))
 
     def _observe(self, record: BatchRecord, result: LineResult) -> None:
         record_line(self.metrics, record, result)
@@ -330,11 +280,7 @@ class Runner:
                 continue
             if claimed.stop_as is not None:
                 continue
-            counts = RequestCounts(
-                total=claimed.committed.total,
-                completed=claimed.committed.completed + claimed.inflight.completed,
-                failed=claimed.committed.failed + claimed.inflight.failed,
-            )
+            counts = claimed.counts()
 
             def move(batch: BatchRecord, counts: RequestCounts = counts) -> None:
                 if batch.status == BatchStatus.IN_PROGRESS:
@@ -417,8 +363,3 @@ class Runner:
         except DropbatchError as exc:
             log.error("runner pass failed; will retry", extra={"error": str(exc)})
 
-
-def is_retryable(line: dict) -> bool:
-    """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
-    response = line.get("response")
-    return response is not None and response["status_code"] >= 500

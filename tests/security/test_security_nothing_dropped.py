@@ -63,3 +63,19 @@ def test_results_after_the_output_file_was_deleted_say_so(tenant_http):
     error = gone.json()["error"]
     assert error["code"] == "output_file_deleted"
     assert output in error["message"] and "deleted" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/generate_batch", {"prompts": ["hi"], "retry_config": POLICY, "timeout": 1}),
+        ("/v1/batches", {"input": [{"prompt": "hi"}], "top_p": 0.5}),
+        ("/start", {"input": "s3://b/k", "output": "s3://b/o/", "n": 2}),
+    ],
+)
+def test_a_field_a_route_does_not_take_is_refused_by_name(tenant_http, path, body):
+    _, http = tenant_http
+    answer = http.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    unknown = next(name for name in body if name not in {"prompts", "input", "output", "timeout"})
+    assert unknown in answer.json()["error"]["param"]
