@@ -39,7 +39,7 @@ from dropbatch.fields import (
 )
 from dropbatch.messages import check_messages
 from dropbatch.settings import Settings
-from dropbatch.unserved import NOT_YET_SERVED, REFUSED_UNTYPED, served
+from dropbatch.unserved import NOT_YET_SERVED, REFUSED_UNTYPED, refuse_tools, served
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -49,9 +49,11 @@ MAX_STOP_SEQUENCES = 4
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """What the deployment bounds: the model's context, in tokens (None: unknown, so a 32-bit cap)."""
+    """What the deployment bounds: the model's context, in tokens (None: unknown, so a 32-bit cap),
+    and whether the engine parses tool calls (``DROPBATCH_TOOL_CALL_PARSER``)."""
 
     max_model_len: int | None = None
+    tool_calls: bool = True
 
     @property
     def max_tokens(self) -> int:
@@ -59,7 +61,8 @@ class BodyLimits:
 
 
 def body_limits(settings: Settings) -> BodyLimits:
-    return BodyLimits(max_model_len=settings.engine.max_model_len)
+    return BodyLimits(max_model_len=settings.engine.max_model_len,
+                      tool_calls=settings.engine.tool_call_parser is not None)
 
 
 # -- field rules ----------------------------------------------------------------------------
@@ -250,6 +253,8 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
         fail("body.best_of", "must be at least body.n.")
     for name in sorted(set(body) & set(NOT_YET_SERVED)):
         served(name, body[name], f"body.{name}")
+    if endpoint == CHAT and not limits.tool_calls:
+        refuse_tools(body)
 
 
 def request_cost(body: Mapping[str, Any], endpoint: str) -> int:

@@ -157,6 +157,19 @@ def first_url(lines: Iterable[RawLine]) -> str | None:
     return None
 
 
+def first_model(lines: Iterable[RawLine]) -> str | None:
+    """``body.model`` of the first line that names one as a string: the model a file's batch runs on."""
+    for raw in lines:
+        try:
+            obj = json.loads(raw.data or b"")
+        except (ValueError, RecursionError):
+            continue
+        body = obj.get("body") if isinstance(obj, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            return body["model"]
+    return None
+
+
 def is_unicode_text(value: Any) -> bool:
     """False if a decoded JSON value holds a lone surrogate (valid as a JSON escape, unwritable as UTF-8)."""
     try:

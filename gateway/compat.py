@@ -28,9 +28,10 @@ from starlette.routing import Route
 
 from dropbatch.bodies import EMBEDDINGS, body_limits
 from dropbatch.context import Context
-from dropbatch.errors import Conflict, InvalidRequest, NotFound, UnprocessableRequest
+from dropbatch.errors import Conflict, InvalidRequest, UnprocessableRequest
 from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
 from dropbatch.models import BatchRecord, BatchStatus
+from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
@@ -68,14 +69,7 @@ def price_for(settings: Settings, model: str) -> Price:
 
 
 def resolve_model(settings: Settings, model: str | None) -> str:
-    served = settings.engine.model_name
-    if model is not None and model != served:
-        raise NotFound(
-            f"The model '{model}' does not exist; this deployment serves '{served}'.",
-            code="model_not_found",
-            param="model",
-        )
-    return served
+    return check_model(settings.engine, model)
 
 
 def inline_lines(
