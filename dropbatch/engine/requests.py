@@ -17,6 +17,7 @@ EMBED = "embed"
 TASK_OF_ENDPOINT = {
     "/v1/chat/completions": GENERATE,
     "/v1/completions": GENERATE,
+    "/v1/responses": GENERATE,
     "/v1/embeddings": EMBED,
 }
 

@@ -14,7 +14,8 @@ from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.ids import completion_id
 from dropbatch.jsonl import result_line
 
-_ID_PREFIX = {"/v1/chat/completions": "chatcmpl", "/v1/completions": "cmpl", "/v1/embeddings": "embd"}
+_ID_PREFIX = {"/v1/chat/completions": "chatcmpl", "/v1/completions": "cmpl", "/v1/embeddings": "embd",
+              "/v1/responses": "resp"}
 
 
 def line_result(chunk: WorkChunk, row: dict[str, Any]) -> LineResult:
@@ -24,8 +25,9 @@ def line_result(chunk: WorkChunk, row: dict[str, Any]) -> LineResult:
     if status == 200:
         if "id" in body:
             body["id"] = completion_id(chunk.content_sha256, custom_id, _ID_PREFIX[chunk.endpoint])
-        if "created" in body:
-            body["created"] = chunk.created
+        for stamp in ("created", "created_at"):  # created_at: the Responses API's name for it
+            if stamp in body:
+                body[stamp] = chunk.created
     ok = status == 200
     return LineResult(
         batch_id=chunk.batch_id,

@@ -350,3 +350,51 @@ def test_any_message_is_admitted_or_invalid_request(role: str, message: dict[str
         parse_request_line(RawLine(2, 0, len(data), data), endpoint=CHAT, model=MODEL, limits=BodyLimits(CONTEXT))
     except InvalidRequest as exc:
         assert exc.line == 2 and exc.param and exc.param.startswith("body.messages")
+
+
+RESPONSES = "/v1/responses"
+BASE[RESPONSES] = {"model": MODEL, "input": "hi"}
+SCHEMA_FORMAT = {"type": "json_schema", "name": "c", "strict": True,
+                 "schema": {"type": "object", "properties": {"a": {"enum": ["x"]}}, "required": ["a"]}}
+
+RESPONSES_GOOD = [
+    {"instructions": "brief", "max_output_tokens": 16, "temperature": 0.5, "top_p": 0.9, "user": "u"},
+    {"input": [{"role": "user", "content": "hi"}, {"type": "message", "role": "assistant",
+                                                   "content": [{"type": "output_text", "text": "yo"}]}]},
+    {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}], "text": {"format": SCHEMA_FORMAT}},
+    {"text": {"format": {"type": "json_object"}}, "metadata": {"k": "v"}, "store": False, "stream": False},
+    {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tool_choice": "required"},
+    {"tool_choice": {"type": "function", "name": "f"}, "top_logprobs": 2, "background": False, "truncation": "disabled"},
+]
+
+
+@pytest.mark.parametrize("fields", RESPONSES_GOOD)
+def test_responses_bodies_are_admitted(fields: dict[str, Any]) -> None:
+    assert parse(RESPONSES, fields).body == {**BASE[RESPONSES], **fields}
+
+
+RESPONSES_BAD = [
+    ({"input": ""}, "invalid_body", "body.input"),
+    ({"input": []}, "invalid_body", "body.input"),
+    ({"input": [{"role": "god", "content": "x"}]}, "invalid_body", "body.input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+     "unsupported_content_type", "body.input[0].content[0].type"),
+    ({"max_output_tokens": CONTEXT + 1}, "invalid_body", "body.max_output_tokens"),
+    ({"text": {"format": {"type": "json_schema", "name": "c"}}}, "missing_required_parameter", "body.text.format.schema"),
+    ({"previous_response_id": "resp_1"}, "unsupported_parameter", "body.previous_response_id"),
+    ({"store": True}, "unsupported_parameter", "body.store"),
+    ({"background": True}, "unsupported_parameter", "body.background"),
+    ({"stream": True}, "unsupported_parameter", "body.stream"),
+    ({"tools": [{"type": "web_search"}]}, "unsupported_parameter", "body.tools[0].type"),
+    ({"reasoning": {"effort": "low"}}, "unsupported_parameter", "body.reasoning"),
+    ({"include": ["message.output_text.logprobs"]}, "unsupported_parameter", "body.include"),
+    ({"truncation": "auto"}, "unsupported_parameter", "body.truncation"),
+    ({"messages": []}, "unknown_parameter", "body.messages"),
+    ({"input": None}, "missing_required_parameter", "body.input"),
+]
+
+
+@pytest.mark.parametrize("fields, code, param", RESPONSES_BAD, ids=[p for _, _, p in RESPONSES_BAD])
+def test_responses_rules(fields: dict[str, Any], code: str, param: str) -> None:
+    error = refused(RESPONSES, fields)
+    assert (error.code, error.param) == (code, param)
