@@ -26,14 +26,16 @@ def chat_lines(model: str, n: int = 12) -> list[dict]:
 
 def test_the_same_lines_on_two_models_run_on_two_engines(stack):
     stack.ctx.tenants.create("e2e-models", "enterprise")
-    refs = {model: submit(stack.ctx, "e2e-models", f"on-{model}", chat_lines(model)) for model in (DEFAULT, SECOND_MODEL)}
+    refs = {model: submit(stack.ctx, "e2e-models", f"on-{model}", chat_lines(model), model=model)
+            for model in (DEFAULT, SECOND_MODEL)}
     embed_lines = [{"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
                     "body": {"model": SECOND_MODEL, "input": [f"text {i}", "more"], "encoding_format": "float"}}
                    for i in range(5)]
     refs["embed"] = submit(stack.ctx, "e2e-models", "embed", embed_lines, endpoint="/v1/embeddings", model=SECOND_MODEL)
     stack.drain()
     records = {name: stack.ctx.batches.for_job(ref) for name, ref in refs.items()}
-    assert {name: r.status for name, r in records.items()} == dict.fromkeys(refs, BatchStatus.COMPLETED)
+    assert {name: r.status for name, r in records.items()} == dict.fromkeys(refs, BatchStatus.COMPLETED), {
+        name: r.errors for name, r in records.items()}
     got = {name: outputs(stack, r) for name, r in records.items()}
     for name in (DEFAULT, SECOND_MODEL):
         assert all(line["response"]["status_code"] == 200 for line in got[name].values()), name
