@@ -98,3 +98,18 @@ def test_result_lines_get_ids_from_the_content_address():
     assert not failed.ok and failed.completion_tokens == 0
     assert failed.line["response"] == {"status_code": 400, "request_id": failed.line["response"]["request_id"],
                                        "body": error}
+
+
+def test_tool_call_and_responses_ids_are_derived_not_drawn():
+    data = b"{}\n"
+    message = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "chatcmpl-tool-random", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    row = {"custom_id": "r0", "status": 200, "prompt_tokens": 1, "completion_tokens": 1,
+           "body_json": json.dumps({"id": "x", "created": 1, "choices": [{"index": 0, "message": message}]})}
+    first = line_result(chunk(data), row).line["response"]["body"]
+    assert first == line_result(chunk(data), row).line["response"]["body"]
+    assert first["choices"][0]["message"]["tool_calls"][0]["id"].startswith("call_")
+    assert first["choices"][0]["message"]["tool_calls"][0]["id"] != "chatcmpl-tool-random"
+    row["body_json"] = json.dumps({"id": "resp_random", "created_at": 5, "object": "response"})
+    answer = line_result(chunk(data, endpoint="/v1/responses"), row).line["response"]["body"]
+    assert answer["id"].startswith("resp_") and answer["created_at"] == 1_700_000_000
