@@ -273,7 +273,8 @@ def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Itera
         if endpoint == EMBEDDINGS:
             yield all_text_of(body), 0, 0
         else:
-            yield all_text_of(body), body.get("max_completion_tokens") or body.get("max_tokens"), request.cost
+            budget = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+            yield all_text_of(body), budget, request.cost
 
 
 def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:
