@@ -45,7 +45,7 @@ CONVERSATIONS = {
     "unicode": [{"role": "user", "content": "héllo wörld ✓ 日本語のテキスト 🚀 — «quotes» \u00a0nbsp"}],
     "parts": [{"role": "developer", "content": [{"type": "text", "text": "rules"}]},
               {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-    "long": [{"role": "user", "content": " ".join(f"word{i}" for i in range(150))}],
+    "long": [{"role": "user", "content": " ".join(f"word{i}" for i in range(70))}],  # ~250 of the 512 tokens
 }
 OPTIONS = {
     "greedy": {"temperature": 0, "max_tokens": 16},
@@ -67,6 +67,8 @@ EXTRA = {
         "type": "json_schema", "json_schema": {"name": "two", "schema": TWO, "strict": False}}},
     "min_tokens": {"temperature": 0, "min_tokens": 4, "max_tokens": 8, "ignore_eos": True},
     "greedy_n2": {"n": 2, "temperature": 0, "max_tokens": 4},  # vLLM's own 400 on both sides
+    "too_long": {"messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(150))}],
+                 "max_tokens": 4},  # past the 512-token context: vLLM's 400 on both sides
     "schema_logprobs": {"temperature": 0, "logprobs": True, "top_logprobs": 2, "max_tokens": 16, "response_format": {
         "type": "json_schema", "json_schema": {"name": "label", "schema": ENUM, "strict": True}}},
     "tools_required": {"tools": [WEATHER, TIME], "tool_choice": "required", "max_tokens": 128, "temperature": 0},
@@ -84,6 +86,7 @@ def chat_corpus() -> list[dict]:
     for name, options in EXTRA.items():
         if name.startswith("tools_") and name != "tools_auto":
             options = {**options, "logit_bias": bias}
+        # the system conversation, unless the options bring their own messages (too_long)
         lines.append({"custom_id": name, "body": {"messages": CONVERSATIONS["system"], **options}})
     return [{"custom_id": line["custom_id"], "method": "POST", "url": CHAT, "body": {"model": MODEL, **line["body"]}}
             for line in lines]
@@ -135,8 +138,9 @@ def check_structured(lines: list[dict], got: dict[str, dict]) -> int:
         if response_format.get("type") != "json_schema":
             continue
         schema = response_format["json_schema"]["schema"]
-        body = got[line["custom_id"]]["response"]["body"]
-        for choice in body["choices"]:
+        response = got[line["custom_id"]]["response"]
+        assert response["status_code"] == 200, (line["custom_id"], response)
+        for choice in response["body"]["choices"]:
             assert choice["message"]["content"] is not None
             assert choice["message"]["content"].lstrip()[:1] == "{", choice  # constrained from the first token
             if choice["finish_reason"] == "stop":
@@ -163,7 +167,8 @@ def test_dropbatch_and_run_batch_give_the_same_bodies(stack, tmp_path):
                  for cid in ours if normal(ours[cid], peer=False) != normal(peer[cid], peer=True)}
     assert not differing, f"{sorted(differing)}: " + json.dumps(differing, indent=1, ensure_ascii=False)[:6000]
     # What the corpus exercises came back as asked (not just equally).
-    assert normal(ours["greedy_n2"], peer=False)[0] == 400
+    assert normal(ours["greedy_n2"], peer=False)[0] == 400 and normal(ours["too_long"], peer=False)[0] == 400
+    assert all(normal(ours[f"long-{name}"], peer=False)[0] == 200 for name in OPTIONS)
     assert len(ours["user-n2"]["response"]["body"]["choices"]) == 2
     assert ours["user-logprobs"]["response"]["body"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     assert ours["tools_required"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
