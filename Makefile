@@ -1,7 +1,7 @@
 # dropbatch: `make demo` and `make test` are all a fresh clone needs.
 #
 #   make install           .venv with everything pinned (vLLM CPU build; DEVICE=gpu for CUDA vLLM)
-#   make model             the tiny local model in .dropbatch/models/dropbatch-tiny
+#   make model             two tiny local models side by side: .dropbatch/models/dropbatch-tiny{,-embed}
 #   make demo              the drop-box end to end (scripts/demo.sh)
 #   make test              the whole suite; test-unit / test-integration for parts
 #   make soak              kill -9 the runner 20+ times mid-batch; tally lost/duplicated lines
@@ -20,6 +20,7 @@ STAMP := $(VENV)/.installed
 DEVICE ?= cpu
 CONSTRAINTS := requirements/constraints.txt
 TINY_MODEL := .dropbatch/models/dropbatch-tiny
+TINY_EMBED_MODEL := .dropbatch/models/dropbatch-tiny-embed
 
 ifdef MODEL
 export DROPBATCH_MODEL := $(MODEL)
@@ -46,6 +47,7 @@ endif
 model: install
 ifndef MODEL
 	$(BIN)/python -m dropbatch.engine.tinymodel $(TINY_MODEL)
+	$(BIN)/python -m dropbatch.engine.tinymodel $(TINY_EMBED_MODEL) --seed 1
 endif
 
 demo: install model

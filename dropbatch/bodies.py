@@ -32,14 +32,16 @@ from dropbatch.fields import (
     is_integer,
     json_object,
     kind,
+    metadata,
     number,
     one_of,
     positive_number,
     string,
 )
 from dropbatch.messages import check_messages
+from dropbatch.responses import RESPONSES, RESPONSES_RULES
 from dropbatch.settings import Settings
-from dropbatch.unserved import NOT_YET_SERVED, REFUSED_UNTYPED, served
+from dropbatch.unserved import NOT_YET_SERVED, REFUSED_UNTYPED, refuse_tools, served
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -49,9 +51,11 @@ MAX_STOP_SEQUENCES = 4
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """What the deployment bounds: the model's context, in tokens (None: unknown, so a 32-bit cap)."""
+    """What the deployment bounds: the model's context, in tokens (None: unknown, so a 32-bit cap),
+    and whether the engine parses tool calls (``DROPBATCH_TOOL_CALL_PARSER``)."""
 
     max_model_len: int | None = None
+    tool_calls: bool = True
 
     @property
     def max_tokens(self) -> int:
@@ -59,7 +63,8 @@ class BodyLimits:
 
 
 def body_limits(settings: Settings) -> BodyLimits:
-    return BodyLimits(max_model_len=settings.engine.max_model_len)
+    return BodyLimits(max_model_len=settings.engine.max_model_len,
+                      tool_calls=settings.engine.tool_call_parser is not None)
 
 
 # -- field rules ----------------------------------------------------------------------------
@@ -77,15 +82,6 @@ def _logit_bias(value: Any, param: str) -> None:
         if not token.isascii() or not token.isdigit() or len(token) > 10:
             fail(f"{param}.{token[:20]}", "must be a token id (digits).")
         number(-100, 100)(bias, f"{param}.{token}")
-
-
-def _metadata(value: Any, param: str) -> None:
-    json_object(value, param)
-    if len(value) > 16:
-        fail(param, f"may hold at most 16 keys; it holds {len(value)}.")
-    for key, item in value.items():
-        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
-            fail(f"{param}.{key[:64]}", "keys are strings of at most 64 characters, values strings of at most 512.")
 
 
 def _response_format(value: Any, param: str) -> None:
@@ -199,7 +195,7 @@ RULES: dict[str, dict[str, Check]] = {
         "tools": array_of(_tool, max_items=128),
         "tool_choice": _tool_choice,
         "parallel_tool_calls": boolean,
-        "metadata": _metadata,
+        "metadata": metadata,
         "store": boolean,
         "modalities": array_of(one_of("text", "audio")),
         "service_tier": one_of("auto", "default", "flex", "scale", "priority"),
@@ -222,7 +218,8 @@ RULES: dict[str, dict[str, Check]] = {
         "user": string,
     },
 }
-REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
+RULES[RESPONSES] = RESPONSES_RULES
+REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input"}
 
 
 def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> None:
@@ -238,18 +235,20 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
         if value is None:
             continue
         rules[name](value, param)
-        if name in ("max_tokens", "max_completion_tokens") and value > limits.max_tokens:
+        if name in ("max_tokens", "max_completion_tokens", "max_output_tokens") and value > limits.max_tokens:
             # a budget past the model's context can never be spent
             fail(param, f"must be at most the model's context length, {limits.max_tokens} tokens; it is {value}.")
     budget = body.get("max_completion_tokens") or body.get("max_tokens")
     if body.get("min_tokens") is not None and budget is not None and body["min_tokens"] > budget:
         fail("body.min_tokens", "must not be more than the maximum tokens.")
-    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+    if endpoint == CHAT and body.get("top_logprobs") is not None and body.get("logprobs") is not True:
         fail("body.top_logprobs", "needs body.logprobs set to true.")
     if endpoint == COMPLETIONS and body.get("best_of") is not None and body["best_of"] < (body.get("n") or 1):
         fail("body.best_of", "must be at least body.n.")
     for name in sorted(set(body) & set(NOT_YET_SERVED)):
         served(name, body[name], f"body.{name}")
+    if endpoint in (CHAT, RESPONSES) and not limits.tool_calls:
+        refuse_tools(body)
 
 
 def request_cost(body: Mapping[str, Any], endpoint: str) -> int:

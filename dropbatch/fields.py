@@ -89,6 +89,16 @@ def json_object(value: Any, param: str) -> None:
         fail(param, f"must be an object, not {kind(value)}.")
 
 
+def metadata(value: Any, param: str) -> None:
+    """OpenAI's metadata: at most 16 string keys (64 characters) with string values (512)."""
+    json_object(value, param)
+    if len(value) > 16:
+        fail(param, f"may hold at most 16 keys; it holds {len(value)}.")
+    for key, item in value.items():
+        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            fail(f"{param}.{key[:64]}", "keys are strings of at most 64 characters, values strings of at most 512.")
+
+
 def one_of(*choices: str) -> Check:
     def check(value: Any, param: str) -> None:
         if not isinstance(value, str) or value not in choices:

@@ -41,9 +41,14 @@ def response_request_id(content_sha256: str, custom_id: str) -> str:
     return "req_" + _digest("request", content_sha256, custom_id)[:32]
 
 
-def completion_id(content_sha256: str, custom_id: str, prefix: str) -> str:
-    """``chatcmpl-…`` / ``cmpl-…`` id inside a response body."""
-    return f"{prefix}-" + _digest("completion", content_sha256, custom_id)[:24]
+def completion_id(content_sha256: str, custom_id: str, prefix: str, separator: str = "-") -> str:
+    """``chatcmpl-…`` / ``cmpl-…`` / ``resp_…`` id inside a response body."""
+    return f"{prefix}{separator}" + _digest("completion", content_sha256, custom_id)[:24]
+
+
+def tool_call_id(content_sha256: str, custom_id: str, choice: int, index: int) -> str:
+    """``call_…`` id of one tool call in an answer, stable for the same work (vLLM draws it at random)."""
+    return "call_" + _digest("tool_call", content_sha256, custom_id, str(choice), str(index))[:24]
 
 
 def content_address(

@@ -147,13 +147,23 @@ def parse_request_line(
 
 def first_url(lines: Iterable[RawLine]) -> str | None:
     """The ``url`` of the first line that names one as a string: a file's endpoint, to check every line against."""
+    return _first_string(lines, lambda obj: obj.get("url"))
+
+
+def first_model(lines: Iterable[RawLine]) -> str | None:
+    """``body.model`` of the first line that names one as a string: the model a file's batch runs on."""
+    return _first_string(lines, lambda obj: obj["body"].get("model") if isinstance(obj.get("body"), dict) else None)
+
+
+def _first_string(lines: Iterable[RawLine], pick: Any) -> str | None:
     for raw in lines:
         try:
             obj = json.loads(raw.data or b"")
         except (ValueError, RecursionError):
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("url"), str):
-            return obj["url"]
+        value = pick(obj) if isinstance(obj, dict) else None
+        if isinstance(value, str):
+            return value
     return None
 
 

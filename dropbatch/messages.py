@@ -2,8 +2,8 @@
 
 This deployment serves text models: content parts other than text (and an
 assistant's refusal) are refused naming the part. Fields the engine would drop
-(a message's ``name``, ``tool_calls``, ``tool_call_id`` …) pass the type check
-and are then refused through ``dropbatch.unserved``.
+(a message's ``function_call``, ``audio`` …) pass the type check and are then
+refused through ``dropbatch.unserved``; ``tool_calls`` and tool messages are served.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dropbatch.errors import Conflict
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 
 
 class BatchStatus(str, Enum):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dropbatch.errors import ConfigError
 
@@ -70,6 +70,12 @@ class EngineSettings(_Frozen):
     model_name: str = Field(
         "dropbatch-tiny", description="The name clients put in body.model and --model."
     )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Several served models, name=weights,name2=weights2 (local path or hub id), each on its "
+        "own warm engine; the first is the default (and sets DROPBATCH_MODEL/DROPBATCH_MODEL_NAME). "
+        "Unset serves DROPBATCH_MODEL alone.",
+    )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto picks gpu when Ray sees one, else vLLM's CPU build."
     )
@@ -124,6 +130,17 @@ class EngineSettings(_Frozen):
     default_max_tokens: int = Field(
         256, description="max_tokens for a request line that does not set one."
     )
+    structured_outputs_config: dict[str, Any] | None = Field(
+        {"backend": "xgrammar", "disable_any_whitespace": True},
+        description="vLLM's --structured-outputs-config (JSON). Whitespace-free grammars keep weak or "
+        "random-weight models from padding JSON with spaces until max_tokens; the backend must be "
+        "explicit for that (xgrammar or guidance).",
+    )
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description="vLLM's tool-call parser for the served models' chat template (hermes reads Qwen2.5's "
+        "<tool_call> JSON); 'none' or empty turns tool calling off, and then tools are refused at admission.",
+    )
     ray_address: str | None = Field(
         None, description="Attach to a Ray cluster (RAY_ADDRESS); unset starts Ray locally."
     )
@@ -132,6 +149,30 @@ class EngineSettings(_Frozen):
         description="Logical CPUs for a local Ray; more than the cores so small stages never "
         "deadlock on a 2-core machine.",
     )
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_model_is_the_default(cls, data: Any) -> Any:
+        models = data.get("models") if isinstance(data, dict) else None
+        if models:
+            name, path = next(iter(models.items()))
+            for field, var, value in (("model_name", "DROPBATCH_MODEL_NAME", name), ("model", "DROPBATCH_MODEL", path)):
+                if data.get(field, value) != value:
+                    raise ValueError(f"{var}={data[field]!r} is not the first of DROPBATCH_MODELS ({value!r})")
+            data = {**data, "model_name": name, "model": path}
+        return data
+
+    @property
+    def served(self) -> dict[str, str]:
+        """Served model name → weights, the default first."""
+        return dict(self.models) if self.models else {self.model_name: self.model}
+
+    def for_model(self, name: str) -> EngineSettings:
+        """These settings with ``name`` as the model (one engine's view)."""
+        if name not in self.served:
+            raise ConfigError(f"{name!r} is not a served model (DROPBATCH_MODELS)")
+        return self.model_copy(update={"model_name": name, "model": self.served[name], "models": {}})
 
 
 class LimitSettings(_Frozen):
@@ -216,7 +257,7 @@ class Settings(_Frozen):
             for fallback in fallbacks:
                 if raw is None:
                     raw = environ.get(fallback)
-            if raw is None or raw == "":
+            if raw is None or (raw == "" and parse is not _optional_name):
                 continue
             try:
                 groups[group][field] = parse(raw)
@@ -233,7 +274,9 @@ class Settings(_Frozen):
                 built[name] = _GROUP_TYPES[name](**values)
             except ValidationError as exc:
                 first = exc.errors()[0]
-                field = str(first["loc"][0]) if first.get("loc") else ""
+                if not first.get("loc"):  # a rule across fields: its message names the variables
+                    raise ConfigError(f"The {name} settings are not valid: {first['msg']}") from exc
+                field = str(first["loc"][0])
                 var = next((v for v, (g, f, _, _) in ENV_VARS.items() if (g, f) == (name, field)), f"{name}.{field}")
                 raise ConfigError(f"{var}={values.get(field)!r} is not valid: {first['msg']}") from exc
         return cls(**built)
@@ -257,11 +300,16 @@ class Settings(_Frozen):
             if value is None:
                 if parse is _optional_int:
                     env[var] = "auto"
+                elif parse is _optional_name:
+                    env[var] = "none"
                 continue
             if isinstance(value, bool):
                 env[var] = "1" if value else "0"
             elif isinstance(value, dict):
-                env[var] = json.dumps(value) if field != "tier_quotas" else ",".join(f"{k}={v}" for k, v in value.items())
+                if not value and field == "models":
+                    continue
+                pairs = field in ("tier_quotas", "models")
+                env[var] = ",".join(f"{k}={v}" for k, v in value.items()) if pairs else json.dumps(value)
             else:
                 env[var] = str(value)
         return env
@@ -296,6 +344,22 @@ def _json_object(raw: str) -> dict[str, Any]:
     return value
 
 
+def _optional_name(raw: str) -> str | None:
+    return None if raw.strip().lower() in {"", "none", "off"} else raw.strip()
+
+
+def _models(raw: str) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for item in raw.split(","):
+        name, _, path = item.partition("=")
+        if not name.strip() or not path.strip():
+            raise ValueError("expected name=path_or_hub_id,name2=...")
+        if name.strip() in models:
+            raise ValueError(f"the model name {name.strip()!r} appears twice")
+        models[name.strip()] = path.strip()
+    return models
+
+
 def _quotas(raw: str) -> dict[str, int]:
     quotas = dict(DEFAULT_TIER_QUOTAS)
     for item in raw.split(","):
@@ -320,6 +384,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_S3_MAX_ATTEMPTS": ("storage", "max_attempts", int, ()),
     "DROPBATCH_MODEL": ("engine", "model", str, ()),
     "DROPBATCH_MODEL_NAME": ("engine", "model_name", str, ()),
+    "DROPBATCH_MODELS": ("engine", "models", _models, ()),
     "DROPBATCH_DEVICE": ("engine", "device", str, ()),
     "DROPBATCH_DTYPE": ("engine", "dtype", str, ()),
     "DROPBATCH_MAX_MODEL_LEN": ("engine", "max_model_len", _optional_int, ()),
@@ -339,6 +404,8 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_ENGINE_STALL_SECONDS": ("engine", "stall_seconds", float, ()),
     "DROPBATCH_ENGINE_REQUEST_TIMEOUT": ("engine", "request_timeout_seconds", float, ()),
     "DROPBATCH_DEFAULT_MAX_TOKENS": ("engine", "default_max_tokens", int, ()),
+    "DROPBATCH_STRUCTURED_OUTPUTS_CONFIG": ("engine", "structured_outputs_config", _json_object, ()),
+    "DROPBATCH_TOOL_CALL_PARSER": ("engine", "tool_call_parser", _optional_name, ()),
     "DROPBATCH_RAY_ADDRESS": ("engine", "ray_address", str, ("RAY_ADDRESS",)),
     "DROPBATCH_RAY_NUM_CPUS": ("engine", "ray_num_cpus", _optional_int, ()),
     "DROPBATCH_MAX_FILE_LINES": ("limits", "max_file_lines", int, ()),

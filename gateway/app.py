@@ -25,7 +25,7 @@ from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
-from gateway import admin, batches, compat, files, health, jobs, metrics, openapi, validation
+from gateway import admin, batches, compat, files, health, jobs, metrics, models, openapi, validation
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
 from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
 from gateway.metrics import HttpMetrics
@@ -35,7 +35,7 @@ from gateway.state import Gateway
 log = logging.getLogger("dropbatch.gateway")
 
 # Compat routes first: /v1/batches/validate must not be taken for a batch id.
-ROUTE_MODULES = (health, metrics, openapi, validation, compat, files, batches, jobs, admin)
+ROUTE_MODULES = (health, metrics, openapi, validation, compat, files, batches, jobs, models, admin)
 
 
 def create_app(

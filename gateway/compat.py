@@ -41,6 +41,7 @@ from dropbatch.errors import (
 )
 from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
+from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
@@ -78,14 +79,7 @@ def price_for(settings: Settings, model: str) -> Price:
 
 
 def resolve_model(settings: Settings, model: str | None) -> str:
-    served = settings.engine.model_name
-    if model is not None and model != served:
-        raise NotFound(
-            f"The model '{model}' does not exist; this deployment serves '{served}'.",
-            code="model_not_found",
-            param="model",
-        )
-    return served
+    return check_model(settings.engine, model)
 
 
 def inline_lines(
@@ -319,7 +313,8 @@ def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Itera
         if endpoint == EMBEDDINGS:
             yield all_text_of(body), 0, 0
         else:
-            yield all_text_of(body), body.get("max_completion_tokens") or body.get("max_tokens"), request.cost
+            budget = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+            yield all_text_of(body), budget, request.cost
 
 
 def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:

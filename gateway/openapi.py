@@ -197,6 +197,14 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         },
+        "/v1/models": {"get": _op("List the served models", {**_ok(_ref("ModelList")), **_errors(*TENANT)})},
+        "/v1/models/{model}": {
+            "get": _op(
+                "Retrieve a served model",
+                {**_ok(_ref("Model")), **_errors(404, *TENANT)},
+                params=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
         "/v1/files/{file_id}": {
             "get": _op("Retrieve a file", {**_ok(_ref("FileObject")), **_errors(404, *TENANT)}, params=file_id),
             "delete": _op("Delete a file", {**_ok(_ref("FileDeleted")), **_errors(404, *TENANT)}, params=file_id),
@@ -331,6 +339,14 @@ def document() -> dict[str, Any]:
         "FileDeleted": _obj(
             ["id", "object", "deleted"], id={"type": "string"}, object={"const": "file"}, deleted={"type": "boolean"}
         ),
+        "Model": _obj(
+            ["id", "object", "created", "owned_by"],
+            id={"type": "string"},
+            object={"const": "model"},
+            created={"type": "integer"},
+            owned_by={"type": "string"},
+        ),
+        "ModelList": _obj(["object", "data"], object={"const": "list"}, data={"type": "array", "items": _ref("Model")}),
         "ValidationReport": _obj(
             ["is_valid", "errors", "warnings", "estimated_items"],
             is_valid={"type": "boolean"},

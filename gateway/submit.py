@@ -21,6 +21,7 @@ from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExi
 from dropbatch.ids import batch_id_for
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject, RetryConfig
 from dropbatch.records import audit
+from dropbatch.served import check_model, model_of_file
 from dropbatch.storage.keys import ControlKeys, JobRef
 from manifests import Manifest, dumps, sign
 
@@ -76,6 +77,16 @@ def check_input_file(ctx: Context, file: FileRecord) -> InputObject:
     return InputObject(key=file.key, size=file.bytes, sha256=file.sha256)
 
 
+def batch_model(ctx: Context, file: FileRecord) -> str:
+    """The served model the file's lines name (a batch runs on one); 400 naming the served models if not served."""
+    named = model_of_file(ctx.store, file.bucket, file.key, max_line_bytes=ctx.settings.limits.max_line_bytes)
+    try:
+        return check_model(ctx.settings.engine, named)
+    except NotFound as exc:
+        raise InvalidRequest(f"The input file's lines name a model this deployment does not serve: {exc.message}",
+                             code="model_not_found", param="input_file_id") from None
+
+
 def submit_batch(
     ctx: Context,
     tenant: str,
@@ -87,6 +98,7 @@ def submit_batch(
 ) -> BatchRecord:
     """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
     source = check_input_file(ctx, file)
+    model = batch_model(ctx, file)
     key = signing_key_for(ctx, tenant)
     nonce = secrets.token_urlsafe(18)
     job = "api-" + hashlib.sha256(nonce.encode()).hexdigest()[:16]
@@ -98,7 +110,7 @@ def submit_batch(
             key_id=key.key_id,
             inputs=[source],
             endpoint=endpoint,
-            model=ctx.settings.engine.model_name,
+            model=model,
             metadata=metadata or {},
             created_at=now,
             nonce=nonce,

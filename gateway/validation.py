@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from dropbatch.bodies import body_limits, check_body
 from dropbatch.errors import InvalidRequest, NotFound
-from dropbatch.jsonl import first_url, iter_lines, parse_request_line
+from dropbatch.jsonl import first_model, first_url, iter_lines, parse_request_line
+from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.compat import CHAT, inline_lines, resolve_model
@@ -74,12 +75,17 @@ def _validate_items(settings: Settings, data: dict[str, Any], max_batch_size: in
 def _validate_jsonl(settings: Settings, text: str, max_batch_size: int, report: dict[str, Any]) -> None:
     lines = list(iter_lines([text.encode("utf-8")], max_line_bytes=settings.limits.max_line_bytes))
     endpoint = first_url(lines)
+    model = first_model(lines) or settings.engine.model_name
+    try:
+        check_model(settings.engine, model)
+    except NotFound as exc:
+        report["errors"].append(f"model: {exc.message}")
     seen: set[str] = set()
     valid = 0
     for raw in lines:
         try:
             request = parse_request_line(
-                raw, endpoint=endpoint or CHAT, model=settings.engine.model_name, limits=body_limits(settings)
+                raw, endpoint=endpoint or CHAT, model=model, limits=body_limits(settings)
             )
         except InvalidRequest as exc:
             if len(report["errors"]) < MAX_LISTED_ERRORS:

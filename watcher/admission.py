@@ -32,6 +32,7 @@ from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord
 from dropbatch.queue import QueueEntry
 from dropbatch.records import audit
 from dropbatch.results import close_batch, read_summary, result_location
+from dropbatch.served import check_model
 from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix
 from manifests import Manifest, loads, verify_signature
 from watcher.rejections import refuse_if_job_is_live, write_rejection
@@ -142,7 +143,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         input_sha256s=[item.sha256 for item in manifest.inputs],
         model=manifest.model,
         endpoint=manifest.endpoint,
-        engine_fingerprint=engine_fingerprint(ctx.settings.engine),
+        engine_fingerprint=engine_fingerprint(ctx.settings.engine.for_model(manifest.model)),
     )
     prefix = OutputPrefix(ref.tenant, sha256)
     input_file_id = record.input_file_id or _register_input_file(ctx, ref, manifest)
@@ -203,11 +204,10 @@ def _verify(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) 
     if key.revoked_at is not None:
         raise ManifestRejected(f"Signing key {manifest.key_id!r} has been revoked.", code="revoked_key")
     verify_signature(manifest, key.secret)
-    if manifest.model != ctx.settings.engine.model_name:
-        raise ManifestRejected(
-            f"The model {manifest.model!r} does not exist; this deployment serves {ctx.settings.engine.model_name!r}.",
-            code="model_not_found",
-        )
+    try:
+        check_model(ctx.settings.engine, manifest.model)
+    except NotFound as exc:
+        raise ManifestRejected(exc.message, code=exc.code, param="model") from None
     nonce_key = ControlKeys.nonce(ref.tenant, manifest.nonce)
     try:
         ctx.store.put(ctx.settings.storage.control_bucket, nonce_key, record.id.encode(), if_none_match=True)

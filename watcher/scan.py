@@ -114,10 +114,12 @@ def request_size(body: dict, endpoint: str, default_max_tokens: int) -> tuple[in
         chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
     elif endpoint == "/v1/completions":
         chars = len(str(body["prompt"]))
+    elif endpoint == "/v1/responses":
+        chars = len(str(body["input"])) + len(body.get("instructions") or "")
     else:
         value = body["input"]
         return (len(value) if isinstance(value, str) else sum(len(v) if isinstance(v, (str, list)) else 1 for v in value)), 0
-    new = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+    new = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens") or default_max_tokens
     return chars, int(new)
 
 

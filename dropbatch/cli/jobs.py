@@ -246,6 +246,8 @@ def sample_lines(n: int, *, endpoint: str, model: str, max_tokens: int, seed: in
             body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         elif endpoint == "/v1/completions":
             body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        elif endpoint == "/v1/responses":
+            body = {"model": model, "input": prompt, "max_output_tokens": max_tokens, "temperature": 0}
         else:
             body = {"model": model, "input": prompt}
         yield {"custom_id": f"request-{i:0{width}d}", "method": "POST", "url": endpoint, "body": body}

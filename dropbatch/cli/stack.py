@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dropbatch.cli.common import emit, s3_uri
+from dropbatch.engine.tinymodel import TINY_MODELS
 from dropbatch.errors import ConfigError, DropbatchError, StorageUnavailable
 from dropbatch.settings import EngineSettings, Settings
 
@@ -158,25 +159,28 @@ class Stack:
         return f"http://{MOTO_HOST}:{MOTO_PORT}"
 
     def build_model(self) -> None:
-        """Build the tiny local model when it is the configured one (instant if already built).
+        """Build each served model that is one of the tiny local ones (instant if already built).
 
         In a child process, so torch and transformers never sit in this long-lived one.
         """
-        if self.settings.engine.model != EngineSettings().model:
-            return
-        argv = [sys.executable, "-m", "dropbatch.engine.tinymodel", self.settings.engine.model]
-        log.info("checking the tiny model", extra={"model": self.settings.engine.model})
-        builder = Child.start("tinymodel", argv, self.environ, stdout=_STDERR_FD)
-        while builder.exited() is None and not self.stop.wait(0.2):
-            pass
-        if builder.exited() is None:
-            builder.kill_group()  # stopped mid-build: the marker is written last, so it is redone
-            return
-        if builder.exited() != 0:
-            raise DropbatchError(
-                f"building the tiny model into {self.settings.engine.model} failed (exit code {builder.exited()})",
-                code="model_build_failed",
-            )
+        home = Path(EngineSettings().model).parent
+        for weights in self.settings.engine.served.values():
+            path = Path(weights)
+            if path.parent != home or path.name not in TINY_MODELS:
+                continue
+            argv = [sys.executable, "-m", "dropbatch.engine.tinymodel", weights, "--seed", str(TINY_MODELS[path.name])]
+            log.info("checking the tiny model", extra={"model": weights})
+            builder = Child.start("tinymodel", argv, self.environ, stdout=_STDERR_FD)
+            while builder.exited() is None and not self.stop.wait(0.2):
+                pass
+            if builder.exited() is None:
+                builder.kill_group()  # stopped mid-build: the marker is written last, so it is redone
+                return
+            if builder.exited() != 0:
+                raise DropbatchError(
+                    f"building the tiny model into {weights} failed (exit code {builder.exited()})",
+                    code="model_build_failed",
+                )
 
     def start_services(self) -> None:
         env = {**self.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}

@@ -17,6 +17,7 @@ EMBED = "embed"
 TASK_OF_ENDPOINT = {
     "/v1/chat/completions": GENERATE,
     "/v1/completions": GENERATE,
+    "/v1/responses": GENERATE,
     "/v1/embeddings": EMBED,
 }
 
@@ -156,4 +157,6 @@ def engine_fingerprint(engine: EngineSettings) -> dict[str, Any]:
         "max_model_len": engine.max_model_len,
         "kv_cache_dtype": engine.kv_cache_dtype,
         "default_max_tokens": engine.default_max_tokens,
+        "structured_outputs_config": engine.structured_outputs_config,
+        "tool_call_parser": engine.tool_call_parser,
     }

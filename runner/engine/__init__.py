@@ -1,10 +1,11 @@
 """The runner's engine: warm vLLM actors fed by Ray Data.
 
 ``build_engine(settings)`` gives a ``WarmEngine``. Entering it starts Ray and one
-long-lived ``EngineServer`` actor per replica for the default model's generate
-task (the embeddings engine starts on the first embeddings batch and then stays
-up); every ``run`` after that streams chunks through the running engines, so no
-batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
+long-lived ``EngineServer`` actor per replica for each served model's generate
+task (``DROPBATCH_MODELS``; a model's embeddings engine starts on its first
+embeddings batch and then stays up); every ``run`` after that streams chunks
+through the running engines, each chunk to the engines of the model its lines
+name, so no batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
 threads at once: vLLM's continuous batching mixes their requests.
 
 A watchdog thread asks each actor for its progress every few seconds; an engine
@@ -52,7 +53,7 @@ def build_engine(settings: Settings, *, on_restart: Callable[[str], None] | None
 
 def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
     """Environment for Ray workers: no telemetry, a fixed CPU KV cache, our session tag."""
-    offline = "1" if Path(engine.model).is_dir() else "0"
+    offline = "1" if all(Path(weights).is_dir() for weights in engine.served.values()) else "0"
     return {
         SESSION_VAR: session,
         "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
@@ -87,12 +88,18 @@ def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> t
         "--max-num-seqs": limits.get("max_num_seqs", engine.max_num_seqs),
         "--max-num-batched-tokens": limits.get("max_num_batched_tokens", engine.max_num_batched_tokens),
         "--speculative-config": json.dumps(engine.speculative_config) if engine.speculative_config else None,
+        "--structured-outputs-config": (
+            json.dumps(engine.structured_outputs_config) if engine.structured_outputs_config else None
+        ),
         "--tensor-parallel-size": engine.tensor_parallel_size if engine.tensor_parallel_size > 1 else None,
         "--pipeline-parallel-size": engine.pipeline_parallel_size if engine.pipeline_parallel_size > 1 else None,
     }
     for flag, value in values.items():
         if value is not None:
             args += [flag, str(value)]
+    if engine.tool_call_parser:
+        # tool_choice "auto" needs the parser; "required" and named functions are grammar-constrained anyway
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", engine.tool_call_parser]
     # A line without max_tokens gets the configured default (it is part of the content address).
     args += ["--override-generation-config", json.dumps({"max_new_tokens": engine.default_max_tokens})]
     return tuple(args)
@@ -108,7 +115,7 @@ class WarmEngine:
         self._started_ray = False
         self._device: str | None = None
         self._actors: dict[str, Any] = {}  # actor name → handle
-        self._limits: dict[str, int] = {}
+        self._limits: dict[str, dict[str, int]] = {}  # model → planned vLLM limits
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -142,9 +149,13 @@ class WarmEngine:
         context.print_on_execution_start = False
         self._device = self._resolve_device(ray.cluster_resources())
         gpu_memory = gpu_memory_bytes() if self._device == "gpu" else None
-        self._limits = engine_limits(engine, device=self._device, gpu_memory_bytes=gpu_memory)
+        self._limits = {
+            model: engine_limits(engine.for_model(model), device=self._device, gpu_memory_bytes=gpu_memory)
+            for model in engine.served
+        }
         try:
-            self.engines(GENERATE)
+            for model in engine.served:
+                self.engines(model, GENERATE)
         except BaseException:
             self.__exit__()
             raise
@@ -188,12 +199,12 @@ class WarmEngine:
             raise ConfigError("DROPBATCH_DEVICE=gpu but the Ray cluster has no GPU")
         return "gpu" if wanted == "gpu" or (wanted == "auto" and has_gpu) else "cpu"
 
-    def engines(self, task: str) -> list[str]:
-        """Names of the running engine actors for ``task``; starts them (and waits) on first use."""
+    def engines(self, model: str, task: str) -> list[str]:
+        """Names of the running engine actors for ``model``'s ``task``; starts them (and waits) on first use."""
         import ray
 
-        engine = self.settings.engine
-        names = [engine_name(engine.model_name, task, i) for i in range(engine.replicas)]
+        engine = self.settings.engine.for_model(model)
+        names = [engine_name(model, task, i) for i in range(engine.replicas)]
         with self._lock:
             missing = [name for name in names if name not in self._actors]
             if not missing:
@@ -202,7 +213,7 @@ class WarmEngine:
                 model=engine.model,
                 served_name=engine.model_name,
                 task=task,
-                cli_args=vllm_args(engine, self._limits),
+                cli_args=vllm_args(engine, self._limits.get(model)),
                 env=worker_env(engine, self._session),
                 request_timeout_s=engine.request_timeout_seconds,
             )
@@ -217,7 +228,8 @@ class WarmEngine:
                 self._actors[name] = actor_class.options(name=name, **options).remote(spec)
             for name in missing:
                 self._start(name)
-            log.info("engines ready", extra={"task": task, "engines": missing, "seconds": time.monotonic() - started})
+            log.info("engines ready", extra={"model": model, "task": task, "engines": missing,
+                                             "seconds": time.monotonic() - started})
             return names
 
     def _start(self, name: str) -> None:
@@ -266,8 +278,8 @@ class WarmEngine:
 
         if not self.ready:
             raise EngineError("the engine is not started; use it as a context manager")
-        tasks = {TASK_OF_URL[c.endpoint] for c in chunks}
-        engines = {task: self.engines(task) for task in tasks}
+        wanted = {(c.model, TASK_OF_URL[c.endpoint]) for c in chunks}
+        engines = {(model, task): self.engines(model, task) for model, task in sorted(wanted)}
         by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
         ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
         ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS)

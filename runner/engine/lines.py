@@ -11,10 +11,11 @@ import json
 from typing import Any
 
 from dropbatch.engine.base import LineResult, WorkChunk
-from dropbatch.ids import completion_id
+from dropbatch.ids import completion_id, tool_call_id
 from dropbatch.jsonl import result_line
 
-_ID_PREFIX = {"/v1/chat/completions": "chatcmpl", "/v1/completions": "cmpl", "/v1/embeddings": "embd"}
+_ID_PREFIX = {"/v1/chat/completions": ("chatcmpl", "-"), "/v1/completions": ("cmpl", "-"),
+              "/v1/embeddings": ("embd", "-"), "/v1/responses": ("resp", "_")}
 
 
 def line_result(chunk: WorkChunk, row: dict[str, Any]) -> LineResult:
@@ -23,9 +24,14 @@ def line_result(chunk: WorkChunk, row: dict[str, Any]) -> LineResult:
     body = json.loads(row["body_json"])
     if status == 200:
         if "id" in body:
-            body["id"] = completion_id(chunk.content_sha256, custom_id, _ID_PREFIX[chunk.endpoint])
-        if "created" in body:
-            body["created"] = chunk.created
+            body["id"] = completion_id(chunk.content_sha256, custom_id, *_ID_PREFIX[chunk.endpoint])
+        for c, choice in enumerate(body.get("choices") or ()):
+            calls = (choice.get("message") or {}).get("tool_calls") or ()
+            for i, call in enumerate(calls):
+                call["id"] = tool_call_id(chunk.content_sha256, custom_id, c, i)
+        for stamp in ("created", "created_at"):  # created_at: the Responses API's name for it
+            if stamp in body:
+                body[stamp] = chunk.created
     ok = status == 200
     return LineResult(
         batch_id=chunk.batch_id,

@@ -3,7 +3,7 @@
 The actor builds, once, exactly what ``vllm run-batch`` and vLLM's OpenAI server
 build (``build_async_engine_client`` → ``init_app_state``), and answers every
 request body with vLLM's own OpenAI serving code: ``create_chat_completion``,
-``create_completion``, the embedding server. So every field vLLM's server honours
+``create_completion``, ``create_responses``, the embedding server. So every field vLLM's server honours
 (``response_format``, ``tools``, ``logprobs``, ``n``, ``seed`` …) works in a
 batch, and a body vLLM rejects comes back as vLLM's own 4xx error, never as a
 silently dropped field. Bodies arrive as JSON text and are validated by vLLM's
@@ -29,9 +29,10 @@ log = logging.getLogger("dropbatch.engine")
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
 GENERATE = "generate"
 EMBED = "embed"
-TASK_OF_URL = {CHAT: GENERATE, COMPLETIONS: GENERATE, EMBEDDINGS: EMBED}
+TASK_OF_URL = {CHAT: GENERATE, COMPLETIONS: GENERATE, RESPONSES: GENERATE, EMBEDDINGS: EMBED}
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class EngineServer:
             if self._engine is not None and getattr(self._engine, "errored", False):
                 raise  # a dead engine is the supervisor's business, not this line's
             response = create_error_response(exc)
-        return _to_answer(response)
+        return _to_answer(response, by_alias=url == RESPONSES)
 
     async def probe(self) -> bool:
         """A tiny real request through the whole path: True once the engine answers."""
@@ -199,6 +200,7 @@ def _serving(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     from pydantic import TypeAdapter
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
 
     handlers: dict[str, Any] = {}
@@ -211,6 +213,10 @@ def _serving(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if completion is not None:
         handlers[COMPLETIONS] = completion.create_completion
         parsers[COMPLETIONS] = CompletionRequest.model_validate_json
+    responses = getattr(state, "openai_serving_responses", None)
+    if responses is not None:
+        handlers[RESPONSES] = responses.create_responses
+        parsers[RESPONSES] = ResponsesRequest.model_validate_json
     embedding = getattr(state, "serving_embedding", None)
     if embedding is not None:
         handlers[EMBEDDINGS] = embedding
@@ -226,8 +232,11 @@ def _validation_answer(exc: Any) -> Answer:
                         param=f"body.{where}" if where else None)
 
 
-def _to_answer(response: Any) -> Answer:
-    """vLLM's response object (pydantic model, JSONResponse or ErrorResponse) → Answer."""
+def _to_answer(response: Any, *, by_alias: bool = False) -> Answer:
+    """vLLM's response object (pydantic model, JSONResponse or ErrorResponse) → Answer.
+
+    ``by_alias`` as vLLM's own server dumps it: Responses bodies by alias (``text.format.schema``).
+    """
     from starlette.responses import Response
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
@@ -244,18 +253,18 @@ def _to_answer(response: Any) -> Answer:
         return error_answer(status, err.message, code=_code(err.model_dump()), param=err.param,
                             type_=err.type or "invalid_request_error")
     if hasattr(response, "model_dump"):
-        return _ok(response.model_dump(mode="json", exclude_none=False))
+        return _ok(response.model_dump(mode="json", exclude_none=False, by_alias=by_alias))
     return error_answer(400, "Streaming responses are not supported in batches.", code="invalid_request",
                         param="body.stream")
 
 
 def _ok(payload: dict[str, Any]) -> Answer:
-    usage = payload.get("usage") or {}
+    usage = payload.get("usage") or {}  # the Responses API names its counts input/output_tokens
     return Answer(
         status=200,
         body=payload,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or usage.get("output_tokens") or 0),
     )
 
 

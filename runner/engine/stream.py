@@ -32,9 +32,9 @@ def engine_name(model: str, task: str, replica: int) -> str:
 class ChunkReader:
     """flat_map callable: one chunk descriptor → one row per request line (reads S3 in the worker)."""
 
-    def __init__(self, settings: Settings, engines: dict[str, list[str]]) -> None:
+    def __init__(self, settings: Settings, engines: dict[tuple[str, str], list[str]]) -> None:
         self.settings = settings
-        self.engines = engines  # task → actor names (replicas)
+        self.engines = engines  # (model, task) → actor names (replicas)
         self._store = None
 
     def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ class ChunkReader:
         chunk = WorkChunk(**item)
         from runner.engine.server import TASK_OF_URL
 
-        names = self.engines[TASK_OF_URL[chunk.endpoint]]
+        names = self.engines[(chunk.model, TASK_OF_URL[chunk.endpoint])]
         engine = names[chunk.chunk % len(names)]
         return list(request_rows(chunk, read_chunk(chunk, self._store), engine, self.settings.limits.max_line_bytes))
 

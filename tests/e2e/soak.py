@@ -90,14 +90,15 @@ def request_lines(n: int, job: str) -> list[dict]:
     ]
 
 
-def submit(ctx: Context, tenant: str, job: str, lines: list[dict]) -> JobRef:
+def submit(ctx: Context, tenant: str, job: str, lines: list[dict], *, endpoint: str = "/v1/chat/completions",
+           model: str = MODEL) -> JobRef:
     """Upload the input and a signed manifest (the drop-box contract, via the S3 API)."""
     key = ctx.tenants.create_signing_key(tenant)
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     input_key = f"{tenant}/{job}/input.jsonl"
     ctx.store.put(ctx.inbox, input_key, data)
     manifest = Manifest(
-        tenant=tenant, job=job, key_id=key.key_id, endpoint="/v1/chat/completions", model=MODEL,
+        tenant=tenant, job=job, key_id=key.key_id, endpoint=endpoint, model=model,
         created_at=int(time.time()), nonce=hashlib.sha256(job.encode()).hexdigest()[:24],
         inputs=[InputObject(key=input_key, size=len(data), sha256=hashlib.sha256(data).hexdigest())],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -36,5 +37,6 @@ def test_openapi_document_names_every_route() -> None:
     app = create_app(Settings())
     paths = document()["paths"]
     for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {model:path}: a converter is routing, not API
         for method in route.methods - {"HEAD"}:
-            assert method.lower() in paths[route.path], f"{method} {route.path} is not in /openapi.json"
+            assert method.lower() in paths[path], f"{method} {route.path} is not in /openapi.json"

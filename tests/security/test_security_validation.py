@@ -39,7 +39,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"top_logprobs": 25}, "invalid_body", "body.top_logprobs"),
     ({"messages": IMAGE}, "unsupported_content_type", "body.messages[0].content[0].type"),
     ({"temprature": 0.5}, "unknown_parameter", "body.temprature"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported_parameter", "body.tools"),
+    ({"audio": {"voice": "alloy", "format": "mp3"}}, "unsupported_parameter", "body.audio"),
     ({"n": 0}, "invalid_body", "body.n"),
 ]
 

@@ -118,13 +118,7 @@ CHAT_BAD = [
     ),
     ({"messages": [{"role": "system", "content": [{"type": "file"}]}]}, "invalid_body", "body.messages[0].content[0].type"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "missing_required_parameter", "body.messages[0].tool_call_id"),
-    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]}, "unsupported_parameter", "body.messages[0].tool_call_id"),
     ({"messages": [{"role": "assistant"}]}, "missing_required_parameter", "body.messages[0].content"),
-    (
-        {"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
-        "unsupported_parameter",
-        "body.messages[0].tool_calls",
-    ),
     ({"messages": [{"role": "assistant", "tool_calls": [{"id": "1"}]}]}, "missing_required_parameter", "body.messages[0].tool_calls[0].type"),
     ({"logprobs": "yes"}, "invalid_body", "body.logprobs"),
     ({"top_logprobs": 21, "logprobs": True}, "invalid_body", "body.top_logprobs"),
@@ -133,12 +127,10 @@ CHAT_BAD = [
     ({"response_format": {"type": "xml"}}, "invalid_body", "body.response_format.type"),
     ({"response_format": {"type": "json_schema"}}, "missing_required_parameter", "body.response_format.json_schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}}, "invalid_body", "body.response_format.json_schema.schema"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "unsupported_parameter", "body.tools"),
     ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "invalid_body", "body.tools[0].type"),
     ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "invalid_body", "body.tools[0].function.name"),
     ({"tool_choice": "sometimes"}, "invalid_body", "body.tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "unsupported_parameter", "body.tool_choice"),
-    ({"tool_choice": "required"}, "unsupported_parameter", "body.tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "has space"}}}, "invalid_body", "body.tool_choice.function.name"),
     ({"service_tier": "flex"}, "unsupported_parameter", "body.service_tier"),
     ({"parallel_tool_calls": "no"}, "invalid_body", "body.parallel_tool_calls"),
     ({"metadata": {"k": 1}}, "invalid_body", "body.metadata.k"),
@@ -199,6 +191,14 @@ def test_embeddings_rules(fields: dict[str, Any], code: str, param: str) -> None
     assert (error.code, error.param) == (code, param)
 
 
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+TOOL_TURNS = [
+    {"role": "user", "content": "weather?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": "tool", "content": "sunny", "tool_call_id": "1"},
+]
+
+
 GOOD = [
     (CHAT, {"temperature": 0, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2.0, "seed": -(2**63)}),
     (CHAT, {"temperature": 2, "max_tokens": CONTEXT, "max_completion_tokens": 1, "n": 1, "stream": False}),
@@ -227,6 +227,9 @@ GOOD = [
     (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"},
                                                                        "strict": True}}}),
     (COMPLETIONS, {"prompt": ["a", "b"], "echo": True, "logprobs": 2}),
+    (CHAT, {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False}),
+    (CHAT, {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    (CHAT, {"tools": TOOLS, "tool_choice": "auto", "messages": TOOL_TURNS}),
     (COMPLETIONS, {"prompt": [[1, 2], [3]], "logprobs": 0}),
     (EMBEDDINGS, {"input": [[1, 2], [3]], "encoding_format": "base64", "dimensions": 64}),
 ]
@@ -235,6 +238,34 @@ GOOD = [
 @pytest.mark.parametrize("endpoint, fields", GOOD)
 def test_valid_bodies_are_admitted(endpoint: str, fields: dict[str, Any]) -> None:
     assert parse(endpoint, fields).body == {**BASE[endpoint], **fields}
+
+
+TOOLS_OFF = [
+    ({"tools": TOOLS}, "body.tools"),
+    ({"tool_choice": "required"}, "body.tool_choice"),
+    ({"parallel_tool_calls": False}, "body.parallel_tool_calls"),
+    ({"messages": TOOL_TURNS}, "body.messages[1].tool_calls"),
+    ({"messages": TOOL_TURNS[2:]}, "body.messages[0].tool_call_id"),
+]
+
+
+@pytest.mark.parametrize("fields, param", TOOLS_OFF, ids=[p for _, p in TOOLS_OFF])
+def test_tools_are_refused_when_tool_calling_is_off(fields: dict[str, Any], param: str) -> None:
+    body = {**BASE[CHAT], **fields}
+    data = json.dumps({"custom_id": "c", "method": "POST", "url": CHAT, "body": body}).encode()
+    with pytest.raises(InvalidRequest) as info:
+        parse_request_line(RawLine(4, 0, len(data), data), endpoint=CHAT, model=MODEL,
+                           limits=BodyLimits(CONTEXT, tool_calls=False))
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", param)
+    assert "DROPBATCH_TOOL_CALL_PARSER" in info.value.message
+
+
+def test_tools_off_still_admits_what_asks_for_no_tool_call() -> None:
+    body = {**BASE[CHAT], "tools": [], "tool_choice": "none", "parallel_tool_calls": True}
+    data = json.dumps({"custom_id": "c", "method": "POST", "url": CHAT, "body": body}).encode()
+    parsed = parse_request_line(RawLine(4, 0, len(data), data), endpoint=CHAT, model=MODEL,
+                                limits=BodyLimits(CONTEXT, tool_calls=False))
+    assert parsed.body == body
 
 
 @pytest.mark.parametrize(
@@ -319,3 +350,51 @@ def test_any_message_is_admitted_or_invalid_request(role: str, message: dict[str
         parse_request_line(RawLine(2, 0, len(data), data), endpoint=CHAT, model=MODEL, limits=BodyLimits(CONTEXT))
     except InvalidRequest as exc:
         assert exc.line == 2 and exc.param and exc.param.startswith("body.messages")
+
+
+RESPONSES = "/v1/responses"
+BASE[RESPONSES] = {"model": MODEL, "input": "hi"}
+SCHEMA_FORMAT = {"type": "json_schema", "name": "c", "strict": True,
+                 "schema": {"type": "object", "properties": {"a": {"enum": ["x"]}}, "required": ["a"]}}
+
+RESPONSES_GOOD = [
+    {"instructions": "brief", "max_output_tokens": 16, "temperature": 0.5, "top_p": 0.9, "user": "u"},
+    {"input": [{"role": "user", "content": "hi"}, {"type": "message", "role": "assistant",
+                                                   "content": [{"type": "output_text", "text": "yo"}]}]},
+    {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}], "text": {"format": SCHEMA_FORMAT}},
+    {"text": {"format": {"type": "json_object"}}, "metadata": {"k": "v"}, "store": False, "stream": False},
+    {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tool_choice": "required"},
+    {"tool_choice": {"type": "function", "name": "f"}, "top_logprobs": 2, "background": False, "truncation": "disabled"},
+]
+
+
+@pytest.mark.parametrize("fields", RESPONSES_GOOD)
+def test_responses_bodies_are_admitted(fields: dict[str, Any]) -> None:
+    assert parse(RESPONSES, fields).body == {**BASE[RESPONSES], **fields}
+
+
+RESPONSES_BAD = [
+    ({"input": ""}, "invalid_body", "body.input"),
+    ({"input": []}, "invalid_body", "body.input"),
+    ({"input": [{"role": "god", "content": "x"}]}, "invalid_body", "body.input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+     "unsupported_content_type", "body.input[0].content[0].type"),
+    ({"max_output_tokens": CONTEXT + 1}, "invalid_body", "body.max_output_tokens"),
+    ({"text": {"format": {"type": "json_schema", "name": "c"}}}, "missing_required_parameter", "body.text.format.schema"),
+    ({"previous_response_id": "resp_1"}, "unsupported_parameter", "body.previous_response_id"),
+    ({"store": True}, "unsupported_parameter", "body.store"),
+    ({"background": True}, "unsupported_parameter", "body.background"),
+    ({"stream": True}, "unsupported_parameter", "body.stream"),
+    ({"tools": [{"type": "web_search"}]}, "unsupported_parameter", "body.tools[0].type"),
+    ({"reasoning": {"effort": "low"}}, "unsupported_parameter", "body.reasoning"),
+    ({"include": ["message.output_text.logprobs"]}, "unsupported_parameter", "body.include"),
+    ({"truncation": "auto"}, "unsupported_parameter", "body.truncation"),
+    ({"messages": []}, "unknown_parameter", "body.messages"),
+    ({"input": None}, "missing_required_parameter", "body.input"),
+]
+
+
+@pytest.mark.parametrize("fields, code, param", RESPONSES_BAD, ids=[p for _, _, p in RESPONSES_BAD])
+def test_responses_rules(fields: dict[str, Any], code: str, param: str) -> None:
+    error = refused(RESPONSES, fields)
+    assert (error.code, error.param) == (code, param)

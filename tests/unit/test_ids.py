@@ -59,8 +59,12 @@ def test_input_order_matters() -> None:
 def test_engine_fingerprint_tracks_output_changing_settings() -> None:
     base = EngineSettings()
     assert engine_fingerprint(base) == engine_fingerprint(EngineSettings())
-    for change in ({"max_model_len": 1024}, {"dtype": "float32"}, {"model": "other"}, {"default_max_tokens": 7}):
+    for change in ({"max_model_len": 1024}, {"dtype": "float32"}, {"model": "other"}, {"default_max_tokens": 7},
+                   {"tool_call_parser": None}, {"structured_outputs_config": None}):
         assert engine_fingerprint(base.model_copy(update=change)) != engine_fingerprint(base)
+    # Each served model has its own fingerprint.
+    several = EngineSettings(models={"chat": "/m/chat", "embed": "/m/embed"})
+    assert engine_fingerprint(several.for_model("chat")) != engine_fingerprint(several.for_model("embed"))
     # Throughput knobs do not change what the work is.
     assert engine_fingerprint(base.model_copy(update={"max_num_seqs": 8, "concurrency": 3})) == engine_fingerprint(base)
 

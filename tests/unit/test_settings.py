@@ -165,3 +165,36 @@ def test_settings_are_frozen(make_settings) -> None:
     s = make_settings()
     with pytest.raises(ValueError):
         s.limits.chunk_lines = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("raw", ["", "none", "off"])
+def test_tool_calling_can_be_turned_off_and_stays_off_in_a_child(make_settings, raw: str) -> None:
+    s = make_settings(DROPBATCH_TOOL_CALL_PARSER=raw)
+    assert s.engine.tool_call_parser is None
+    assert Settings.from_env(s.to_env()) == s
+    assert make_settings().engine.tool_call_parser == "hermes"
+
+
+def test_several_models_first_is_the_default_and_round_trips(make_settings) -> None:
+    s = make_settings(DROPBATCH_MODELS="chat=/m/chat, embed = Qwen/Qwen3-Embedding-0.6B")
+    assert s.engine.served == {"chat": "/m/chat", "embed": "Qwen/Qwen3-Embedding-0.6B"}
+    assert (s.engine.model_name, s.engine.model) == ("chat", "/m/chat")
+    assert s.engine.for_model("embed").model == "Qwen/Qwen3-Embedding-0.6B"
+    assert s.engine.for_model("embed").served == {"embed": "Qwen/Qwen3-Embedding-0.6B"}
+    assert Settings.from_env(s.to_env()) == s
+    assert make_settings().engine.served == {"dropbatch-tiny": ".dropbatch/models/dropbatch-tiny"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DROPBATCH_MODELS": "chat"},
+        {"DROPBATCH_MODELS": "a=/x,a=/y"},
+        {"DROPBATCH_MODELS": "a=/x", "DROPBATCH_MODEL_NAME": "b"},
+        {"DROPBATCH_MODELS": "a=/x", "DROPBATCH_MODEL": "/y"},
+    ],
+)
+def test_bad_model_lists_name_the_variable(make_settings, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_settings(**env)
+    assert "DROPBATCH_MODEL" in str(info.value)

@@ -9,7 +9,7 @@ from test_planner import TINY
 from dropbatch.engine.base import WorkChunk
 from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
-from runner.engine import vllm_args
+from runner.engine import vllm_args, worker_env
 from runner.engine.limits import engine_limits
 from runner.engine.lines import line_result
 from runner.engine.stream import request_rows
@@ -29,6 +29,25 @@ def test_flags_follow_the_settings_and_the_plan():
     assert args[args.index("--max-num-batched-tokens") + 1] == "4096"
     assert "--no-enable-prefix-caching" in args and args[args.index("--kv-cache-dtype") + 1] == "fp8"
     assert json.loads(args[args.index("--override-generation-config") + 1]) == {"max_new_tokens": 256}
+
+
+def test_tool_calling_and_whitespace_free_grammars_are_engine_flags():
+    args = vllm_args(Settings.from_env({}).engine)
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert json.loads(args[args.index("--structured-outputs-config") + 1]) == {
+        "backend": "xgrammar", "disable_any_whitespace": True}
+    off = vllm_args(Settings.from_env({"DROPBATCH_TOOL_CALL_PARSER": "none",
+                                       "DROPBATCH_STRUCTURED_OUTPUTS_CONFIG": "{}"}).engine)
+    assert "--enable-auto-tool-choice" not in off and "--tool-call-parser" not in off
+    assert "--structured-outputs-config" not in off
+
+
+def test_each_served_model_is_its_own_engine_and_hub_ids_go_online(tmp_path):
+    engine = Settings.from_env({"DROPBATCH_MODELS": f"chat={tmp_path},embed={tmp_path}"}).engine
+    assert engine.for_model("embed").model_name == "embed"
+    assert worker_env(engine, "s")["HF_HUB_OFFLINE"] == "1"
+    mixed = Settings.from_env({"DROPBATCH_MODELS": f"chat={tmp_path},qwen=Qwen/Qwen2.5-0.5B-Instruct"}).engine
+    assert worker_env(mixed, "s")["HF_HUB_OFFLINE"] == "0"
 
 
 def test_limits_come_from_the_planner_unless_set(tmp_path):
@@ -79,3 +98,18 @@ def test_result_lines_get_ids_from_the_content_address():
     assert not failed.ok and failed.completion_tokens == 0
     assert failed.line["response"] == {"status_code": 400, "request_id": failed.line["response"]["request_id"],
                                        "body": error}
+
+
+def test_tool_call_and_responses_ids_are_derived_not_drawn():
+    data = b"{}\n"
+    message = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "chatcmpl-tool-random", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    row = {"custom_id": "r0", "status": 200, "prompt_tokens": 1, "completion_tokens": 1,
+           "body_json": json.dumps({"id": "x", "created": 1, "choices": [{"index": 0, "message": message}]})}
+    first = line_result(chunk(data), row).line["response"]["body"]
+    assert first == line_result(chunk(data), row).line["response"]["body"]
+    assert first["choices"][0]["message"]["tool_calls"][0]["id"].startswith("call_")
+    assert first["choices"][0]["message"]["tool_calls"][0]["id"] != "chatcmpl-tool-random"
+    row["body_json"] = json.dumps({"id": "resp_random", "created_at": 5, "object": "response"})
+    answer = line_result(chunk(data, endpoint="/v1/responses"), row).line["response"]["body"]
+    assert answer["id"].startswith("resp_") and answer["created_at"] == 1_700_000_000

@@ -1,0 +1,62 @@
+"""Two served models side by side on real vLLM: each batch runs on the warm engine of the model its lines name."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SECOND_MODEL
+from openai import OpenAI
+from soak import submit
+from test_warm_engine import outputs
+
+from dropbatch.models import BatchStatus
+
+pytestmark = pytest.mark.e2e
+
+DEFAULT = "dropbatch-tiny"
+
+
+def chat_lines(model: str, n: int = 12) -> list[dict]:
+    return [
+        {"custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": model, "messages": [{"role": "user", "content": f"same prompt {i}"}],
+                  "max_tokens": 12, "temperature": 0}}
+        for i in range(n)
+    ]
+
+
+def test_the_same_lines_on_two_models_run_on_two_engines(stack):
+    stack.ctx.tenants.create("e2e-models", "enterprise")
+    refs = {model: submit(stack.ctx, "e2e-models", f"on-{model}", chat_lines(model), model=model)
+            for model in (DEFAULT, SECOND_MODEL)}
+    embed_lines = [{"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": SECOND_MODEL, "input": [f"text {i}", "more"], "encoding_format": "float"}}
+                   for i in range(5)]
+    refs["embed"] = submit(stack.ctx, "e2e-models", "embed", embed_lines, endpoint="/v1/embeddings", model=SECOND_MODEL)
+    stack.drain()
+    records = {name: stack.ctx.batches.for_job(ref) for name, ref in refs.items()}
+    assert {name: r.status for name, r in records.items()} == dict.fromkeys(refs, BatchStatus.COMPLETED), {
+        name: r.errors for name, r in records.items()}
+    got = {name: outputs(stack, r) for name, r in records.items()}
+    for name in (DEFAULT, SECOND_MODEL):
+        assert all(line["response"]["status_code"] == 200 for line in got[name].values()), name
+        assert {line["response"]["body"]["model"] for line in got[name].values()} == {name}
+    texts = {name: [got[name][f"c-{i}"]["response"]["body"]["choices"][0]["message"]["content"] for i in range(12)]
+             for name in (DEFAULT, SECOND_MODEL)}
+    # Different weights, greedy decoding: the same prompts come back different.
+    assert sum(a != b for a, b in zip(texts[DEFAULT], texts[SECOND_MODEL], strict=True)) >= 10
+    vectors = got["embed"]["e-0"]["response"]["body"]
+    assert vectors["model"] == SECOND_MODEL and len(vectors["data"]) == 2 and len(vectors["data"][0]["embedding"]) == 128
+    assert records[DEFAULT].content_sha256 != records[SECOND_MODEL].content_sha256
+    engines = set(stack.engine.engine._actors)
+    assert {f"dropbatch-engine/{DEFAULT}/generate/0", f"dropbatch-engine/{SECOND_MODEL}/generate/0",
+            f"dropbatch-engine/{SECOND_MODEL}/embed/0"} <= engines
+    assert f"dropbatch-engine/{DEFAULT}/embed/0" not in engines  # started only for a model that needs it
+
+
+def test_the_gateway_lists_both_models(stack):
+    stack.ctx.tenants.create("e2e-models-sdk", "enterprise")
+    client = OpenAI(base_url=stack.gateway_url + "/v1", api_key=stack.ctx.tokens.create("e2e-models-sdk").token,
+                    max_retries=0)
+    assert [m.id for m in client.models.list().data] == [DEFAULT, SECOND_MODEL]
+    assert client.models.retrieve(SECOND_MODEL).object == "model"
+    client.close()
