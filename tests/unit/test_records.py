@@ -8,9 +8,9 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from dropbatch.errors import Conflict, NotFound, ObjectExists, StaleWrite
+from dropbatch.errors import Conflict, LeaseLost, NotFound, ObjectExists, StaleWrite
 from dropbatch.models import BatchRecord, BatchStatus
-from dropbatch.queue import LeaseLost, QueueEntry
+from dropbatch.queue import QueueEntry
 from dropbatch.storage.keys import ControlKeys, JobRef
 
 
