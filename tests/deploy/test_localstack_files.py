@@ -14,12 +14,12 @@ import yaml
 from deploy_helpers import REPO
 from helpers import make_jsonl, make_tenant
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue, find_queue_url
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 LOCALSTACK = REPO / "localstack"
 HOOK = LOCALSTACK / "init" / "ready.d" / "10-dropbatch.sh"
@@ -78,7 +78,7 @@ def test_ready_hook_creates_what_the_services_need(make_settings, make_context, 
     ref = drop_job(ctx, key, make_jsonl(6))
     queue_url = find_queue_url(settings.storage)
     assert queue_url is not None
-    watcher = Watcher(ctx, events=SqsIntake(ctx, queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, queue_url))
     admitted = 0
     for _ in range(MAX_RECEIVES):
         admitted += watcher.drain_events(wait_seconds=2)

@@ -30,11 +30,12 @@ from dropbatch.emulator import moto_server
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import StorageUnavailable
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue
 from dropbatch.settings import Settings
 from dropbatch.storage.keys import OutputPrefix
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +170,7 @@ def test_dropbox_runs_on_terraform_resources(applied: Applied, settings: Setting
 
     # Only the queue: the job must arrive through the Terraform S3 → SQS notification.
     assert settings.storage.queue_url is not None
-    watcher = Watcher(ctx, events=SqsIntake(ctx, settings.storage.queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, settings.storage.queue_url))
     admitted = 0
     for _ in range(MAX_RECEIVES):
         admitted += watcher.drain_events(wait_seconds=2)
