@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_helpers import TERRAFORM_DIR, Terraform, missing
-from helpers import AwsCli, DropBox, aws_executable, make_jsonl, make_tenant, read_jsonl
+from deploy_helpers import TERRAFORM_DIR, Terraform
+from helpers import AwsCli, DropBox, aws_executable, make_jsonl, make_tenant, read_jsonl, unavailable
 
 from dropbatch.context import Context
 from dropbatch.emulator import moto_server
@@ -78,7 +78,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             endpoint = stack.enter_context(moto_server(log_path=log_path, timeout=SERVER_START_SECONDS))
         except StorageUnavailable as exc:
-            missing(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
+            unavailable(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
         yield endpoint
 
 
@@ -157,7 +157,7 @@ def test_dropbatch_env_names_the_terraform_resources(applied: Applied, settings:
 def test_dropbox_runs_on_terraform_resources(applied: Applied, settings: Settings, tmp_path: Path):
     executable = aws_executable()
     if executable is None:
-        missing("the `aws` CLI (awscli) is not installed beside the interpreter or on PATH")
+        unavailable("the `aws` CLI (awscli) is not installed beside the interpreter or on PATH")
     (tmp_path / "aws-home").mkdir()
     aws = AwsCli(executable=executable, endpoint=applied.endpoint, home=tmp_path / "aws-home")
     (tmp_path / "dropbox").mkdir()
