@@ -35,9 +35,9 @@ MAX_ROUNDS = 60  # watcher pass + runner pass per round; each round makes progre
 
 
 def test_every_batch_completes_exactly_once_under_ten_percent_faults(
-    make_settings, start_proxy, proxied_drop_job, capsys
+    make_context, start_proxy, proxied_drop_job, capsys
 ):
-    direct = make_settings({"DROPBATCH_CHUNK_LINES": str(CHUNK_LINES)})
+    direct = make_context(DROPBATCH_CHUNK_LINES=str(CHUNK_LINES)).settings
     proxy = start_proxy(FaultPlan(rate=0.0, seed=SEED))
     settings = direct.with_endpoint(proxy.url)
     ctx = Context.from_settings(settings)

@@ -31,8 +31,8 @@ def _in_flight(settings, queue_url: str) -> int:
     return int(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_sweep_admits_everything_when_every_receive_is_dropped(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_sweep_admits_everything_when_every_receive_is_dropped(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     plain = Context.from_settings(direct)
     _, key = make_tenant(plain, "acme")
     refs = [drop_job(plain, key, make_jsonl(3, prefix=job), job=job) for job in JOBS]
@@ -56,8 +56,8 @@ def test_sweep_admits_everything_when_every_receive_is_dropped(make_settings, st
     assert len(list(plain.queue.entries())) == len(JOBS)
 
 
-def test_some_events_lost_some_delivered_admits_each_job_once(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_some_events_lost_some_delivered_admits_each_job_once(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     plain = Context.from_settings(direct)
     _, key = make_tenant(plain, "acme")
     refs = [drop_job(plain, key, make_jsonl(2, prefix=job), job=job) for job in JOBS]
@@ -78,8 +78,8 @@ def test_some_events_lost_some_delivered_admits_each_job_once(make_settings, sta
     assert len(list(plain.queue.entries())) == len(JOBS)
 
 
-def test_swallowed_notifications_are_covered_by_the_sweep(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_swallowed_notifications_are_covered_by_the_sweep(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     s3 = make_client("s3", direct.storage)
     # Only the events this test sends exist: no bucket notification.
     s3.put_bucket_notification_configuration(Bucket=direct.storage.inbox_bucket, NotificationConfiguration={})

@@ -56,7 +56,7 @@ def http(live, tenant_token) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_health(settings, live, start_gateway, make_settings) -> None:
+def test_health(settings, live, start_gateway, make_settings, make_context) -> None:
     report = httpx.get(live.url + "/health")
     assert report.status_code == 200
     body = report.json()
@@ -69,7 +69,8 @@ def test_health(settings, live, start_gateway, make_settings) -> None:
     echoed = httpx.get(live.url + "/health", headers={"x-request-id": "client-abc.1"})
     assert echoed.headers["x-request-id"] == "client-abc.1"
 
-    broken = start_gateway(make_settings({"DROPBATCH_OUTBOX_BUCKET": "no-such-outbox"}, bootstrap=False))
+    no_outbox = make_settings(DROPBATCH_OUTBOX_BUCKET="no-such-outbox")
+    broken = start_gateway(no_outbox, ctx=make_context(no_outbox, bootstrap=False))
     alive = httpx.get(broken.url + "/health")
     assert alive.status_code == 200, "liveness does not depend on S3"
     assert (alive.json()["status"], alive.json()["processor_initialized"]) == ("degraded", False)
@@ -163,7 +164,7 @@ def _words(text: str) -> int:
 def test_cost_estimate_with_the_models_tokenizer(make_settings, start_gateway, tenant_token, tmp_path) -> None:
     pytest.importorskip("tokenizers")
     model_dir = _word_tokenizer(tmp_path / "model")
-    live = start_gateway(make_settings({"DROPBATCH_MODEL": str(model_dir)}))
+    live = start_gateway(make_settings(DROPBATCH_MODEL=str(model_dir)))
     token = tenant_token(live.ctx, "acme").token
     with BatchClient(live.url, token) as client:
         prompts = PROMPTS + ["unseen words, still counted!"]
@@ -194,7 +195,7 @@ def test_cost_estimate_with_the_models_tokenizer(make_settings, start_gateway, t
 
 
 def test_cost_estimate_without_a_tokenizer_says_estimate(make_settings, start_gateway, tenant_token, tmp_path) -> None:
-    live = start_gateway(make_settings({"DROPBATCH_MODEL": str(tmp_path / "no-model-here")}))
+    live = start_gateway(make_settings(DROPBATCH_MODEL=str(tmp_path / "no-model-here")))
     with BatchClient(live.url, tenant_token(live.ctx, "acme").token) as client:
         estimate = client.estimate_cost(PROMPTS)
     assert estimate["tokenizer"] == "estimate"

@@ -30,7 +30,7 @@ LONG_ID = 3
 @pytest.fixture
 def settings(make_settings):
     # The echo engine counts words as tokens: a 50-word limit makes the long prompt unservable.
-    return make_settings({"DROPBATCH_CHUNK_LINES": str(CHUNK_LINES), "DROPBATCH_MAX_MODEL_LEN": "50"})
+    return make_settings(DROPBATCH_CHUNK_LINES=str(CHUNK_LINES), DROPBATCH_MAX_MODEL_LEN="50")
 
 
 def test_dropbox_happy_path_with_echo_engine_stand_in(settings, make_context, drop_job, aws):

@@ -108,12 +108,12 @@ def test_sqs_event_admits_the_job(make_settings, make_context, drop_job):
 
 
 def test_polling_sweep_admits_the_job_when_there_is_no_queue(make_settings, make_context, drop_job):
-    settings = make_settings(bootstrap=False)
+    settings = make_settings()
     s3 = make_client("s3", settings.storage)
     for bucket in (settings.storage.inbox_bucket, settings.storage.outbox_bucket, settings.storage.control_bucket):
         s3.create_bucket(Bucket=bucket)
     assert find_queue_url(settings.storage) is None
-    ctx = make_context(settings)
+    ctx = make_context(settings, bootstrap=False)
     _, key = make_tenant(ctx, "acme")
     ref = drop_job(ctx, key, make_jsonl(5))
 
