@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from dropbatch.auth.grants import Grants
 from dropbatch.auth.quota import Quotas
 from dropbatch.auth.tenants import TenantRegistry
 from dropbatch.auth.tokens import Tokens
@@ -28,6 +29,7 @@ class Context:
     quotas: Quotas = field(init=False)
     queue: WorkQueue = field(init=False)
     tokens: Tokens = field(init=False)
+    grants: Grants = field(init=False)
 
     def __post_init__(self) -> None:
         self.records = Records(self.store, self.settings.storage.control_bucket)
@@ -38,6 +40,7 @@ class Context:
         self.quotas = Quotas(self.records, limits=tiers, clock=self.clock)
         self.queue = WorkQueue(self.records, clock=self.clock)
         self.tokens = Tokens(self.records, self.tenants, clock=self.clock)
+        self.grants = Grants(self.records, self.tenants, storage=self.settings.storage, clock=self.clock)
 
     @property
     def inbox(self) -> str:

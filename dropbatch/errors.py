@@ -16,7 +16,9 @@
     │   └── PayloadTooLarge          (413: an upload over the size limit)
     ├── AuthenticationFailed         (401)
     ├── PermissionDenied             (403)
+    │   └── LocationNotGranted       (an S3 URI outside the tenant's prefixes and grants)
     ├── NotFound                     (404: no such batch/file for this tenant)
+    │   └── OutputFileDeleted        (a batch's output or error file was deleted)
     ├── Conflict                     (409: not allowed in the current state)
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
     ├── RateLimited                  (429 on the wire, with retry_after)
@@ -164,12 +166,24 @@ class PermissionDenied(DropbatchError):
     code = "permission_denied"
 
 
+class LocationNotGranted(PermissionDenied):
+    """Raised when a tenant names an S3 location it may not reach; one answer whether or not anything is there."""
+
+    code = "location_not_granted"
+
+
 class NotFound(DropbatchError):
     """Raised when a batch, file or tenant does not exist for the caller."""
 
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class OutputFileDeleted(NotFound):
+    """Raised when a finished batch's output or error file was deleted, so its results cannot be read."""
+
+    code = "output_file_deleted"
 
 
 class Conflict(DropbatchError):

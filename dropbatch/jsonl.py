@@ -12,17 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dropbatch.bodies import BodyLimits, check_body, request_cost
 from dropbatch.errors import InvalidRequest
 from dropbatch.ids import request_line_id, response_request_id
 from dropbatch.models import ENDPOINTS
 
 MAX_CUSTOM_ID_LENGTH = 512
-# What a request body must carry, by endpoint.
-_REQUIRED_BODY_FIELD = {
-    "/v1/chat/completions": "messages",
-    "/v1/completions": "prompt",
-    "/v1/embeddings": "input",
-}
 
 
 @dataclass(frozen=True)
@@ -84,10 +79,16 @@ class RequestLine:
     url: str
     body: dict[str, Any]
     line: int
+    cost: int = 1  # what the engine does for it: embedding inputs or choices; the quota counts this
 
 
-def parse_request_line(raw: RawLine, *, endpoint: str, model: str) -> RequestLine:
-    """Validate one input line as OpenAI does; raises ``InvalidRequest`` naming the line."""
+def parse_request_line(
+    raw: RawLine, *, endpoint: str, model: str, limits: BodyLimits | None = None
+) -> RequestLine:
+    """Validate one input line as OpenAI does; raises ``InvalidRequest`` naming the line and the field.
+
+    ``limits`` bounds what depends on the deployment (max_tokens within the model's context).
+    """
     n = raw.number
 
     def bad(code: str, message: str, param: str | None = None) -> InvalidRequest:
@@ -137,8 +138,23 @@ def parse_request_line(raw: RawLine, *, endpoint: str, model: str) -> RequestLin
             "a batch uses one model.",
             "body.model",
         )
-    _check_body(body, endpoint, bad)
-    return RequestLine(custom_id=custom_id, method="POST", url=url, body=body, line=n)
+    try:
+        check_body(body, endpoint, limits or BodyLimits())
+    except InvalidRequest as exc:
+        raise bad(exc.code, f"Line {n}: {exc.message}", exc.param) from None
+    return RequestLine(custom_id=custom_id, method="POST", url=url, body=body, line=n, cost=request_cost(body, endpoint))
+
+
+def first_url(lines: Iterable[RawLine]) -> str | None:
+    """The ``url`` of the first line that names one as a string: a file's endpoint, to check every line against."""
+    for raw in lines:
+        try:
+            obj = json.loads(raw.data or b"")
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("url"), str):
+            return obj["url"]
+    return None
 
 
 def is_unicode_text(value: Any) -> bool:
@@ -148,38 +164,6 @@ def is_unicode_text(value: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _check_body(body: dict[str, Any], endpoint: str, bad) -> None:
-    field = _REQUIRED_BODY_FIELD[endpoint]
-    if field not in body:
-        raise bad("missing_required_parameter", f"body.{field} is required for {endpoint}.", f"body.{field}")
-    value = body[field]
-    if endpoint == "/v1/chat/completions":
-        if not isinstance(value, list) or not value:
-            raise bad("invalid_body", "body.messages must be a non-empty array.", "body.messages")
-        for message in value:
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
-                raise bad("invalid_body", "each message needs a string 'role' and a 'content'.", "body.messages")
-    elif endpoint == "/v1/completions":
-        if not isinstance(value, str) and not (
-            isinstance(value, list) and value and all(isinstance(p, str) for p in value) and len(value) == 1
-        ):
-            raise bad("invalid_body", "body.prompt must be a string (or a one-element array of strings).", "body.prompt")
-    else:
-        if isinstance(value, str):
-            ok = bool(value)
-        else:
-            ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-        if not ok:
-            raise bad("invalid_body", "body.input must be a non-empty string or array of strings.", "body.input")
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool) or body[name] < 1):
-            raise bad("invalid_body", f"body.{name} must be a positive integer.", f"body.{name}")
-    if body.get("n", 1) != 1:
-        raise bad("invalid_body", "body.n must be 1 in batches served by dropbatch.", "body.n")
-    if body.get("stream"):
-        raise bad("invalid_body", "body.stream is not supported in batches.", "body.stream")
 
 
 def result_line(content_sha256: str, custom_id: str, status_code: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class RetryConfig(BaseModel):
     invalid request) are never retried: they would fail the same way.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # false is not 0 s, "3" not 3
 
     max_retries: int = Field(3, ge=0, le=10)
     retry_delay: float = Field(1.0, ge=0, le=300)

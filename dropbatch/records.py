@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from dropbatch.errors import NotFound, ObjectNotFound, StaleWrite, StorageError
+from dropbatch.errors import NotFound, ObjectExists, ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
 from dropbatch.storage.base import ObjectStore
 from dropbatch.storage.keys import ControlKeys, JobRef
@@ -117,6 +117,40 @@ class BatchStore:
         except ObjectNotFound:
             raise NotFound(f"No batch found for job '{ref}'.", param="job") from None
         return self.get(ref.tenant, json.loads(data)["batch_id"])
+
+    def refuse_manifest(self, ref: JobRef, manifest_sha256: str, *, live_batch_id: str, now: int) -> None:
+        """Remember that a manifest of ``ref`` was refused while ``live_batch_id`` ran: it stays refused."""
+        body = {"manifest_sha256": manifest_sha256, "live_batch_id": live_batch_id, "refused_at": now}
+        try:
+            self.records.store.put(
+                self.records.bucket,
+                ControlKeys.refused_manifest(ref, manifest_sha256),
+                json.dumps(body).encode(),
+                if_none_match=True,
+                content_type="application/json",
+            )
+        except ObjectExists:
+            pass  # another watcher refused it first
+
+    def was_refused(self, ref: JobRef, manifest_sha256: str) -> bool:
+        try:
+            self.records.store.head(self.records.bucket, ControlKeys.refused_manifest(ref, manifest_sha256))
+        except ObjectNotFound:
+            return False
+        return True
+
+    def refused_while(self, ref: JobRef, batch_id: str) -> list[dict]:
+        """The manifests of ``ref`` refused because ``batch_id`` was running, oldest first."""
+        found = []
+        for key in self.records.list_keys(ControlKeys.refused_manifest_prefix(ref)):
+            try:
+                data, _ = self.records.store.get(self.records.bucket, key)
+            except ObjectNotFound:
+                continue
+            body = json.loads(data)
+            if body.get("live_batch_id") == batch_id:
+                found.append(body)
+        return sorted(found, key=lambda body: body.get("refused_at", 0))
 
     def list(self, tenant: str, *, after: str | None = None, limit: int = 20) -> tuple[list[BatchRecord], bool]:
         """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""

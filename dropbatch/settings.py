@@ -107,9 +107,20 @@ class EngineSettings(_Frozen):
         1, ge=1, description="KV cache GiB on the CPU build (VLLM_CPU_KVCACHE_SPACE); unset makes start-up flaky."
     )
     batch_size: int | None = Field(
-        None, description="Rows per Ray Data batch into the engine; the planner derives it if unset."
+        None, description="Rows per call into the engine actor; unset sends a whole chunk at once."
     )
-    concurrency: int = Field(1, description="Engine replicas (data parallel) in one pipeline run.")
+    replicas: int = Field(
+        1, ge=1, description="Warm engine replicas per model and task (data parallel; one per GPU in production)."
+    )
+    stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="An engine with requests in flight that finishes none for this long is restarted "
+        "and its requests retried.",
+    )
+    request_timeout_seconds: float = Field(
+        600.0, gt=0, description="One request longer than this in the engine becomes a retryable error line."
+    )
     default_max_tokens: int = Field(
         256, description="max_tokens for a request line that does not set one."
     )
@@ -171,6 +182,12 @@ class ServiceSettings(_Frozen):
         "auto", description="auto: SQS events when the queue exists, plus a slower listing sweep."
     )
     poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox / runner checks the queue.")
+    max_running_groups: int = Field(
+        4, ge=1, description="Groups of batches one runner streams into its warm engine at once."
+    )
+    stop_seconds: float = Field(
+        8.0, gt=0, description="How long a stopping runner waits for its groups to checkpoint and hand back."
+    )
     sweep_seconds: float = Field(
         30.0, description="With SQS intake, a full inbox listing this often catches lost events."
     )
@@ -318,7 +335,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_GPU_MEMORY_UTILIZATION": ("engine", "gpu_memory_utilization", float, ()),
     "DROPBATCH_CPU_KVCACHE_GIB": ("engine", "cpu_kvcache_gib", int, ()),
     "DROPBATCH_ENGINE_BATCH_SIZE": ("engine", "batch_size", _optional_int, ()),
-    "DROPBATCH_ENGINE_CONCURRENCY": ("engine", "concurrency", int, ()),
+    "DROPBATCH_ENGINE_REPLICAS": ("engine", "replicas", int, ()),
+    "DROPBATCH_ENGINE_STALL_SECONDS": ("engine", "stall_seconds", float, ()),
+    "DROPBATCH_ENGINE_REQUEST_TIMEOUT": ("engine", "request_timeout_seconds", float, ()),
     "DROPBATCH_DEFAULT_MAX_TOKENS": ("engine", "default_max_tokens", int, ()),
     "DROPBATCH_RAY_ADDRESS": ("engine", "ray_address", str, ("RAY_ADDRESS",)),
     "DROPBATCH_RAY_NUM_CPUS": ("engine", "ray_num_cpus", _optional_int, ()),
@@ -340,6 +359,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),
     "DROPBATCH_INTAKE": ("service", "intake", str, ()),
     "DROPBATCH_POLL_SECONDS": ("service", "poll_seconds", float, ()),
+    "DROPBATCH_RUNNER_GROUPS": ("service", "max_running_groups", int, ()),
     "DROPBATCH_SWEEP_SECONDS": ("service", "sweep_seconds", float, ()),
     "DROPBATCH_LEASE_SECONDS": ("service", "lease_seconds", int, ()),
     "DROPBATCH_ADMIN_TOKEN": ("service", "admin_token", str, ()),

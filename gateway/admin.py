@@ -2,6 +2,8 @@
 
 Disabled (404) unless DROPBATCH_ADMIN_TOKEN is set. A missing or wrong bearer
 is 401; a valid tenant token is 403 (it authenticates, but is not an admin).
+Each wrong attempt spends one of the client address's failed attempts; past
+the burst the answer is 429 (``gateway.ratelimit.AttemptLimiter``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ async def create_token(request: Request) -> Response:
     gw = gateway_of(request)
     body = validate(TokenCreate, await json_object(request))
     issued = await run_in_threadpool(gw.tokens.create, body.tenant, tier=body.tier, expires_in=body.expires_in)
+    gw.auth.forget_unknown(issued.token)  # tried a moment ago as unknown? it works at once here
     return JSONResponse({**issued.record.public(), **issued.shown_once()}, status_code=201)
 
 

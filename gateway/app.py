@@ -4,7 +4,8 @@ It never runs inference and imports no ray, vllm or torch: a batch created here
 is a server-signed manifest in the inbox (``gateway.submit``), admitted by the
 watcher and run by the runner exactly like a drop-box job; reads come from the
 same records and outbox objects. All state is in S3, so replicas are stateless
-(save the per-replica rate-limit buckets and a token cache of at most 2 s).
+(save the per-replica rate-limit buckets, a token cache of at most 2 s and
+an unknown-token cache of at most 5 s).
 
     create_app(settings, ctx=...)  the ASGI app (tests pass their own Context); /metrics for Prometheus
     serve(settings)                uvicorn on DROPBATCH_GATEWAY_HOST:PORT (default 127.0.0.1:8000)
@@ -28,7 +29,7 @@ from gateway import admin, batches, compat, files, health, jobs, metrics, openap
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
 from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
 from gateway.metrics import HttpMetrics
-from gateway.ratelimit import RateLimiter, TierRate
+from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, RateLimiter, TierRate
 from gateway.state import Gateway
 
 log = logging.getLogger("dropbatch.gateway")
@@ -43,8 +44,13 @@ def create_app(
     ctx: Context | None = None,
     token_cache_seconds: float = TOKEN_CACHE_SECONDS,
     rate_limits: Mapping[str, TierRate] | None = None,
+    attempt_rate: TierRate = ATTEMPT_RATE,
 ) -> Starlette:
-    """The ASGI app. Building it does no I/O (the Context connects on first use)."""
+    """The ASGI app. Building it does no I/O (the Context connects on first use).
+
+    ``rate_limits`` are API calls per token by tier; ``attempt_rate`` is failed
+    authentication attempts per client address (``gateway.ratelimit``).
+    """
     ctx = ctx or Context.from_settings(settings)
     tokens = ctx.tokens
     registry = Metrics("gateway")
@@ -61,7 +67,7 @@ def create_app(
         settings=settings,
         ctx=ctx,
         tokens=tokens,
-        auth=TokenAuth(tokens, cache_seconds=token_cache_seconds),
+        auth=TokenAuth(tokens, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
     )

@@ -5,10 +5,13 @@
   with a single user message holding the prompt (custom_id ``item-<index>``
   unless the item names one). The lines are stored as an uploaded file for the
   caller and submitted like any batch. More than 1000 items are truncated to the
-  first 1000, with a warning in the response's ``warnings``.
+  first 1000, with a warning in the response's ``warnings``. ``retry_config``
+  sets the batch's retry policy, as on the file-based create.
 - ``GET /v1/batches/{id}/results``: ``data[]`` of ``{custom_id, input: {prompt},
   output_text, tokens_generated, error}`` in input order, once the batch is
   completed (or cancelled/expired: what finished, the rest with their error).
+  Once the batch's output or error file was deleted: 404 ``output_file_deleted``
+  naming the file.
 - ``POST /v1/batches/validate``: see ``gateway.validation``.
 - ``POST /v1/batches/cost-estimate``: prompt tokens counted by the model's own
   ``tokenizer.json`` (``gateway.tokenize``) priced with ``PRICES``.
@@ -26,10 +29,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dropbatch.bodies import EMBEDDINGS, body_limits
 from dropbatch.context import Context
-from dropbatch.errors import Conflict, InvalidRequest, NotFound, UnprocessableRequest
-from dropbatch.jsonl import encode, iter_lines
-from dropbatch.models import BatchRecord, BatchStatus
+from dropbatch.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ObjectNotFound,
+    OutputFileDeleted,
+    UnprocessableRequest,
+)
+from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
+from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
@@ -113,10 +124,16 @@ def inline_lines(
 
 
 def submit_lines(
-    ctx: Context, tenant: str, lines: list[dict[str, Any]], *, metadata: dict[str, str] | None, filename: str
+    ctx: Context,
+    tenant: str,
+    lines: list[dict[str, Any]],
+    *,
+    metadata: dict[str, str] | None,
+    filename: str,
+    retry_config: RetryConfig | None = None,
 ) -> BatchRecord:
     file = store_upload(ctx, tenant, (encode(line) for line in lines), filename=filename)
-    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata)
+    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config)
 
 
 async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any]) -> Response:
@@ -125,7 +142,13 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
         gw.settings, body.input, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
     )
     record = await run_in_threadpool(
-        submit_lines, gw.ctx, principal.tenant, lines, metadata=body.metadata, filename="inline-input.jsonl"
+        submit_lines,
+        gw.ctx,
+        principal.tenant,
+        lines,
+        metadata=body.metadata,
+        filename="inline-input.jsonl",
+        retry_config=body.retry_config,
     )
     return JSONResponse({**record.openai(), "warnings": warnings})
 
@@ -200,6 +223,21 @@ def outcome_of(line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _deleted(batch: BatchRecord, kind: str, file_id: str) -> OutputFileDeleted:
+    return OutputFileDeleted(
+        f"The {kind} file {file_id} of batch {batch.id} was deleted; the results it held can no longer be read.",
+        param="batch_id",
+    )
+
+
+def result_file(ctx: Context, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
+    """The ``kind`` ("output" or "error") file of a finished batch; ``OutputFileDeleted`` once it was deleted."""
+    try:
+        return ctx.files.get(batch.tenant, file_id)
+    except NotFound:
+        raise _deleted(batch, kind, file_id) from None
+
+
 def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
     """The compat results of a finished batch, in input order (kept in memory: small batches)."""
     record = ctx.batches.get(tenant, batch_id)
@@ -210,13 +248,16 @@ def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
             code="batch_not_finished",
         )
     outcomes: dict[str, dict[str, Any]] = {}
-    for file_id in (record.output_file_id, record.error_file_id):
+    for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)):
         if file_id is None:
             continue
-        file = ctx.files.get(tenant, file_id)
-        for _, line in iter_json_lines(ctx, file.bucket, file.key):
-            if line is not None and isinstance(line.get("custom_id"), str):
-                outcomes[line["custom_id"]] = outcome_of(line)
+        file = result_file(ctx, record, kind, file_id)
+        try:
+            for _, line in iter_json_lines(ctx, file.bucket, file.key):
+                if line is not None and isinstance(line.get("custom_id"), str):
+                    outcomes[line["custom_id"]] = outcome_of(line)
+        except ObjectNotFound:
+            raise _deleted(record, kind, file_id) from None
     data = []
     for item in record.inputs:
         for _, request in iter_json_lines(ctx, ctx.inbox, item.key):
@@ -258,22 +299,31 @@ def token_counter(gw: Gateway) -> TokenCounter:
     return counter
 
 
-def _file_requests(ctx: Context, tenant: str, file_id: str) -> Iterator[tuple[str, int]]:
-    """(prompt text, max output tokens) per request line of one of ``tenant``'s files."""
+def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Iterator[tuple[str, int | None, int]]:
+    """(prompt text, max tokens per choice, choices) per line of one of ``tenant``'s files.
+
+    Each line is checked as the watcher checks it, so a value no batch would admit
+    (a max_tokens past the context, a bool, a negative) is a 400 naming the line and field.
+    """
     file = ctx.files.get(tenant, file_id)
-    default = ctx.settings.engine.default_max_tokens
-    for number, line in iter_json_lines(ctx, file.bucket, file.key):
-        body = line.get("body") if line else None
-        if not isinstance(body, dict):
+    limits = body_limits(ctx.settings)
+    endpoint = first_url(_file_lines(ctx, file.bucket, file.key)) or CHAT
+    for raw in _file_lines(ctx, file.bucket, file.key):
+        try:
+            request = parse_request_line(raw, endpoint=endpoint, model=model, limits=limits)
+        except InvalidRequest as exc:
             raise InvalidRequest(
-                f"Line {number} of file {file_id} is not a request line.", code="invalid_json_line", line=number
-            )
-        output = (
-            0
-            if line.get("url") == "/v1/embeddings"
-            else body.get("max_completion_tokens") or body.get("max_tokens") or default
-        )
-        yield all_text_of(body), int(output) if isinstance(output, int) else default
+                f"File {file_id}: {exc.message}", code=exc.code, param=exc.param, line=exc.line
+            ) from None
+        body = request.body
+        if endpoint == EMBEDDINGS:
+            yield all_text_of(body), 0, 0
+        else:
+            yield all_text_of(body), body.get("max_completion_tokens") or body.get("max_tokens"), request.cost
+
+
+def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:
+    return iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes)
 
 
 def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[str, Any]:
@@ -284,14 +334,16 @@ def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[s
     counter = token_counter(gw)
     default = body.max_tokens or gw.settings.engine.default_max_tokens
     if body.input is not None:
-        requests: Iterator[tuple[str, int]] = ((item.prompt, default) for item in body.input[:MAX_INLINE_ITEMS])
+        requests: Iterator[tuple[str, int | None, int]] = (
+            (item.prompt, default, 1) for item in body.input[:MAX_INLINE_ITEMS]
+        )
     else:
-        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "")
+        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "", model)
     items = input_tokens = max_output = 0
     pending: list[str] = []
-    for text, output in requests:
+    for text, per_choice, choices in requests:
         items += 1
-        max_output += body.max_tokens or output
+        max_output += (body.max_tokens or per_choice or default) * choices
         pending.append(text)
         if len(pending) >= 1024:
             input_tokens += sum(counter.count(pending))

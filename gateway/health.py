@@ -1,6 +1,19 @@
-"""GET /health: is the gateway up, and can it reach S3 and its three buckets (no auth)."""
+"""Health of the gateway: can it reach S3 and its three buckets.
+
+    GET /health         no auth: {"status": "healthy"} (200) or {"status": "unhealthy"} (503), nothing else
+    GET /ready          no auth: 200 {"status": "ready"}, or 503 with each component's state by role
+                        (``s3``, ``inbox``, ``outbox``, ``control``), never an endpoint or a bucket name
+    GET /admin/health   the admin token: the full report (service, version, model, the S3 endpoint,
+                        each bucket's name and state), 200 or 503 like /health
+
+The check lists three buckets; its result is reused for ``CHECK_CACHE_SECONDS``
+so unauthenticated probes cannot turn into a stream of S3 requests.
+"""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -10,9 +23,11 @@ from starlette.routing import Route
 from dropbatch import __version__
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError, ObjectNotFound
-from gateway.state import gateway_of
+from gateway.auth import check_admin
+from gateway.state import Gateway, gateway_of
 
 SERVICE = "dropbatch-gateway"
+CHECK_CACHE_SECONDS = 1.0
 
 
 def bucket_status(ctx: Context, bucket: str) -> str:
@@ -25,7 +40,8 @@ def bucket_status(ctx: Context, bucket: str) -> str:
     return "ok"
 
 
-def check(ctx: Context) -> dict:
+def check(ctx: Context) -> dict[str, Any]:
+    """The operator's report: every component with its name and state."""
     storage = ctx.settings.storage
     buckets = {
         name: {"bucket": bucket, "status": bucket_status(ctx, bucket)}
@@ -38,7 +54,7 @@ def check(ctx: Context) -> dict:
     reachable = any(b["status"] != "unreachable" for b in buckets.values())
     healthy = all(b["status"] == "ok" for b in buckets.values())
     return {
-        "status": "ok" if healthy else "degraded",
+        "status": "healthy" if healthy else "unhealthy",
         "service": SERVICE,
         "version": __version__,
         "model": ctx.settings.engine.model_name,
@@ -53,15 +69,45 @@ def check(ctx: Context) -> dict:
     }
 
 
+async def _report(gw: Gateway) -> dict[str, Any]:
+    cached = gw.caches.get("health")
+    if cached is not None and time.monotonic() - cached[0] < CHECK_CACHE_SECONDS:
+        return cached[1]
+    report = await run_in_threadpool(check, gw.ctx)
+    gw.caches["health"] = (time.monotonic(), report)
+    return report
+
+
+def _code(report: dict[str, Any]) -> int:
+    return 200 if report["status"] == "healthy" else 503
+
+
 async def health(request: Request) -> Response:
-    """Liveness: 200 while the process serves; the body says how its components are."""
-    return JSONResponse(await run_in_threadpool(check, gateway_of(request).ctx))
+    """Healthy or not, and nothing more: the details are the operator's (/admin/health)."""
+    report = await _report(gateway_of(request))
+    return JSONResponse({"status": report["status"]}, status_code=_code(report))
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 503 with the reasons while S3 or a bucket is not usable."""
-    report = await run_in_threadpool(check, gateway_of(request).ctx)
-    return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+    """Readiness: 503 with the state of each component by role while S3 or a bucket is not usable."""
+    report = await _report(gateway_of(request))
+    if report["status"] == "healthy":
+        return JSONResponse({"status": "ready"})
+    components = report["components"]
+    states = {"s3": components["s3"]["status"], **{n: b["status"] for n, b in components["buckets"].items()}}
+    return JSONResponse({"status": "unavailable", "components": states}, status_code=503)
 
 
-ROUTES = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"])]
+async def admin_health(request: Request) -> Response:
+    """The full report, for the admin token only (it names the S3 endpoint and the buckets)."""
+    gw = gateway_of(request)
+    await run_in_threadpool(check_admin, request, gw.settings.service.admin_token, gw.auth)
+    report = await _report(gw)
+    return JSONResponse(report, status_code=_code(report))
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/admin/health", admin_health, methods=["GET"]),
+]

@@ -4,19 +4,27 @@
   submits an inline batch, waits up to ``timeout`` seconds (default 60, at most
   600) for it to finish, and answers ``{batch_id, status, results, total_time,
   throughput}``. If it is not done in time: 202 with the batch id, to poll
-  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``.
+  ``/v1/batches/{id}`` and ``/v1/batches/{id}/results``. While it waits it reads
+  the batch with backoff (0.25 s doubling to 2 s) and each read spends one call
+  of the caller's rate limit: when the token's bucket is empty it stops waiting
+  and answers 202 at once, so a wait costs what polling would.
 - ``POST /start`` ``{input: "s3://bucket/key", output: "s3://bucket/key-or-prefix/"}``:
   the input object is JSONL of ``{"prompt": ...}`` items and/or OpenAI request
   lines (prompt items become chat completion lines, other lines pass unchanged,
   so the watcher's validation reports bad ones by line number). It is copied
   into the tenant's uploads and submitted as a batch; the answer is a job id.
-  The input may be any bucket the gateway's credentials can read, or the
-  tenant's own prefix of the inbox/outbox; the output bucket must be one of the
-  caller's, never a dropbatch bucket.
+  The input must lie under the tenant's own prefix of the inbox/outbox or a
+  read grant; the output under a write grant, never in a dropbatch bucket
+  (``dropbatch.auth.grants``). Anything else is one 403 ``location_not_granted``,
+  decided before any request reaches the named location. An output that exists
+  already is refused (409) unless its grant allows overwriting.
 - ``GET /jobs/{id}``: the job with its batch's status and counts. When the batch
   has finished, the first such read copies the results to the output URI: a URI
   ending in ``/`` is a prefix receiving ``output.jsonl`` and ``errors.jsonl``;
   otherwise it names the output object and errors go to ``<key>.errors.jsonl``.
+  The grants are checked again then, and the copy only creates (``If-None-Match``)
+  unless they allow overwriting: a refused copy is ``copy_error``, retried on the
+  next read, and never replaces an object.
 """
 
 from __future__ import annotations
@@ -34,13 +42,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dropbatch.auth.grants import S3Location
 from dropbatch.context import Context
 from dropbatch.errors import (
+    Conflict,
     DropbatchError,
     InvalidRequest,
     NotFound,
+    ObjectExists,
     ObjectNotFound,
-    PermissionDenied,
     StorageError,
     StorageUnavailable,
     UnprocessableRequest,
@@ -49,14 +59,15 @@ from dropbatch.jsonl import encode, iter_lines
 from dropbatch.models import BatchRecord
 from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
-from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, submit_lines
+from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, result_file, submit_lines
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
 from gateway.state import gateway_of
 from gateway.submit import submit_batch
 
-GENERATE_POLL_SECONDS = 0.25
+GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
+GENERATE_POLL_MAX_SECONDS = 2.0  # ... up to this
 
 
 # -- /generate_batch -------------------------------------------------------------------
@@ -77,8 +88,12 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         submit_lines, gw.ctx, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl"
     )
     deadline = started + body.timeout
+    pause = GENERATE_POLL_SECONDS
     while not record.status.is_terminal and time.monotonic() < deadline:
-        await anyio.sleep(min(GENERATE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, GENERATE_POLL_MAX_SECONDS)
+        if not gw.limiter.allows(principal.token_id, principal.tier):  # waiting costs what polling would
+            break  # answer 202 now: the client polls at its own pace
         record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
     answer: dict[str, Any] = {
         "batch_id": record.id,
@@ -117,29 +132,31 @@ class JobRecord(BaseModel):
     copy_error: str | None = None
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
+def output_targets(output: S3Location) -> dict[str, S3Location]:
+    """Where a job's result files go: ``<prefix>/output.jsonl`` …, or ``<key>`` and ``<key>.errors.jsonl``."""
+    if output.is_prefix:
+        return {"output": output.child("output.jsonl"), "errors": output.child("errors.jsonl")}
+    return {"output": output, "errors": output.child(".errors.jsonl")}
 
 
-def _check_input(ctx: Context, tenant: str, bucket: str, key: str) -> None:
-    if bucket == ctx.settings.storage.control_bucket:
-        raise PermissionDenied("The control bucket is not readable through the API.", code="bucket_not_allowed")
-    if bucket in (ctx.inbox, ctx.outbox) and not key.startswith(f"{tenant}/"):
-        raise PermissionDenied(
-            f"In s3://{bucket}/ only your own prefix '{tenant}/' is readable.", code="bucket_not_allowed"
-        )
+def _existing_etag(ctx: Context, location: S3Location) -> str | None:
+    """The ETag of the object at ``location``, or None. A listing, so a write grant's ListBucket suffices."""
+    first = next(iter(ctx.store.list(location.bucket, location.key)), None)
+    return first.etag if first is not None and first.key == location.key else None
 
 
-def _check_output(ctx: Context, bucket: str, key: str) -> None:
-    storage = ctx.settings.storage
-    if bucket in (storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket):
-        raise PermissionDenied(
-            "Job output must go to a bucket of your own, not a dropbatch bucket.", code="bucket_not_allowed"
-        )
+def _check_output(ctx: Context, targets: dict[str, S3Location], *, overwrite: bool) -> None:
     try:
-        next(iter(ctx.store.list(bucket, key)), None)
+        for target in targets.values():
+            if _existing_etag(ctx, target) is not None and not overwrite:
+                raise Conflict(
+                    f"{target.uri} already exists; job outputs are never overwritten "
+                    "unless the grant allows it (`dropbatch tenant grant … --overwrite`).",
+                    code="output_exists",
+                    param="output",
+                )
     except ObjectNotFound:
+        bucket = next(iter(targets.values())).bucket
         raise InvalidRequest(
             f"The output bucket '{bucket}' does not exist.", code="bucket_not_found", param="output"
         ) from None
@@ -151,11 +168,10 @@ def _check_output(ctx: Context, bucket: str, key: str) -> None:
         ) from None
 
 
-def _converted(
-    ctx: Context, bucket: str, key: str, settings_body: dict[str, Any], endpoint: list[str]
-) -> Iterator[bytes]:
+def _converted(ctx: Context, source: S3Location, settings_body: dict[str, Any], endpoint: list[str]) -> Iterator[bytes]:
     """The input object as request lines: prompt items become chat lines, the rest pass unchanged."""
-    for raw in iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes):
+    lines = ctx.store.iter_bytes(source.bucket, source.key)
+    for raw in iter_lines(lines, max_line_bytes=ctx.settings.limits.max_line_bytes):
         if raw.data is None:
             raise InvalidRequest(
                 f"Line {raw.number} of the input is longer than the maximum line size.",
@@ -179,10 +195,12 @@ def _converted(
 
 
 def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
-    in_bucket, in_key = split_s3_uri(body.input)
-    out_bucket, out_key = split_s3_uri(body.output)
-    _check_input(ctx, tenant, in_bucket, in_key)
-    _check_output(ctx, out_bucket, out_key)
+    source = S3Location.parse(body.input, param="input", object_key=True)
+    targets = output_targets(S3Location.parse(body.output, param="output"))
+    # Both decided from the URIs and the grants alone: no request has touched either location yet.
+    ctx.grants.check_read(tenant, source, param="input")
+    overwrite = ctx.grants.check_write(tenant, targets.values(), param="output")
+    _check_output(ctx, targets, overwrite=overwrite)
     # The same line the inline form builds, for items that are bare prompts.
     template, _ = inline_lines(
         ctx.settings,
@@ -195,11 +213,11 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
     endpoint: list[str] = []
     try:
         file = store_upload(
-            ctx, tenant, _converted(ctx, in_bucket, in_key, settings_body, endpoint), filename=in_key.rsplit("/", 1)[-1]
+            ctx, tenant, _converted(ctx, source, settings_body, endpoint), filename=source.key.rsplit("/", 1)[-1]
         )
     except ObjectNotFound:
         raise NotFound(
-            f"The input object {body.input} does not exist.", code="input_not_found", param="input"
+            f"The input object {source.uri} does not exist.", code="input_not_found", param="input"
         ) from None
     except StorageUnavailable:
         raise
@@ -212,7 +230,7 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
         id="job-" + secrets.token_hex(12),
         tenant=tenant,
         batch_id=batch.id,
-        input=body.input,
+        input=source.uri,
         output=body.output,
         created_at=ctx.now(),
     )
@@ -220,35 +238,38 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
     return job, batch
 
 
+def _copy_one(ctx: Context, source: S3Location, target: S3Location, *, overwrite: bool) -> None:
+    try:
+        ctx.store.copy(source.bucket, source.key, target.bucket, target.key, if_none_match=not overwrite)
+    except ObjectExists:
+        # Our own earlier copy (a concurrent read of the job, or a retry) holds the same bytes.
+        if _existing_etag(ctx, target) != _existing_etag(ctx, source):
+            raise Conflict(f"{target.uri} already exists; job outputs are never overwritten.") from None
+
+
 def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord:
-    bucket, key = split_s3_uri(job.output)
-    targets = (
-        {"output": key + "output.jsonl", "errors": key + "errors.jsonl"}
-        if key.endswith("/")
-        else {
-            "output": key,
-            "errors": key + ".errors.jsonl",
-        }
-    )
+    targets = output_targets(S3Location.parse(job.output, param="output"))
     outputs: dict[str, str] = {}
     error = None
     try:
+        # Grants may have been revoked since /start: they decide again, before the copy.
+        overwrite = ctx.grants.check_write(job.tenant, targets.values(), param="output")
         for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if file_id is None:
+            if file_id is None or kind in job.outputs:
                 continue
-            file = ctx.files.get(job.tenant, file_id)
-            ctx.store.copy(file.bucket, file.key, bucket, targets[kind])
-            outputs[kind] = f"s3://{bucket}/{targets[kind]}"
+            file = result_file(ctx, batch, "error" if kind == "errors" else kind, file_id)
+            _copy_one(ctx, S3Location(file.bucket, file.key), targets[kind], overwrite=overwrite)
+            outputs[kind] = targets[kind].uri
     except DropbatchError as exc:
         error = exc.message
     now = ctx.now()
 
     def settle(current: JobRecord) -> None:
         if current.copied_at is None:
+            current.outputs.update(outputs)
             current.copy_error = error
             if error is None:
                 current.copied_at = now
-                current.outputs = outputs
 
     return ctx.records.update(ControlKeys.gateway_job(job.tenant, job.id), JobRecord, settle)
 

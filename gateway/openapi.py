@@ -134,15 +134,37 @@ def _paths() -> dict[str, Any]:
         },
     }
     return {
-        "/health": {"get": _op("Liveness, with the health of S3 and the buckets", _ok(_ref("Health")), public=True)},
-        "/ready": {
+        "/health": {
             "get": _op(
-                "Readiness: 503 while S3 or a bucket is not usable",
+                "Healthy or not (no details: those are /admin/health's)",
                 {
-                    **_ok(_ref("Health")),
-                    **{"503": {"description": "Degraded", "content": {"application/json": {"schema": _ref("Health")}}}},
+                    **_ok(_ref("HealthStatus")),
+                    "503": {
+                        "description": "Unhealthy",
+                        "content": {"application/json": {"schema": _ref("HealthStatus")}},
+                    },
                 },
                 public=True,
+            )
+        },
+        "/ready": {
+            "get": _op(
+                "Readiness: 503 with each component's state (s3, inbox, outbox, control) while one is not usable",
+                {
+                    **_ok(_ref("Readiness")),
+                    "503": {"description": "Not ready", "content": {"application/json": {"schema": _ref("Readiness")}}},
+                },
+                public=True,
+            )
+        },
+        "/admin/health": {
+            "get": _op(
+                "Health with its details: S3 endpoint, bucket names and states (admin)",
+                {
+                    **_ok(_ref("Health")),
+                    "503": {"description": "Unhealthy", "content": {"application/json": {"schema": _ref("Health")}}},
+                    **_errors(401, 403, 404, 429),
+                },
             )
         },
         "/openapi.json": {"get": _op("This document", _ok({"type": "object"}), public=True)},
@@ -251,7 +273,7 @@ def _paths() -> dict[str, Any]:
         "/start": {
             "post": _op(
                 "Start a job from an S3 URI (compat)",
-                {**_ok({"type": "object"}), **_errors(400, 403, 404, 413, 422, *TENANT)},
+                {**_ok({"type": "object"}), **_errors(400, 403, 404, 409, 413, 422, *TENANT)},
                 body=_json_body(_ref("StartJobRequest")),
             )
         },
@@ -265,19 +287,19 @@ def _paths() -> dict[str, Any]:
         "/admin/tokens": {
             "post": _op(
                 "Issue a tenant token (admin)",
-                {**_ok({"type": "object"}, status=201), **_errors(400, 401, 403, 404, 422)},
+                {**_ok({"type": "object"}, status=201), **_errors(400, 401, 403, 404, 422, 429)},
                 body=_json_body(_ref("TokenCreate")),
             ),
             "get": _op(
                 "List tokens, never their secrets (admin)",
-                {**_ok({"type": "object"}), **_errors(401, 403, 404, 422)},
+                {**_ok({"type": "object"}), **_errors(401, 403, 404, 422, 429)},
                 params=[_query("tenant", {"type": "string", "minLength": 1, "maxLength": 128})],
             ),
         },
         "/admin/tokens/{token_id}": {
             "delete": _op(
                 "Revoke a token (admin)",
-                {**_ok({"type": "object"}), **_errors(401, 403, 404)},
+                {**_ok({"type": "object"}), **_errors(401, 403, 404, 429)},
                 params=[_path_param("token_id")],
             )
         },
@@ -316,9 +338,15 @@ def document() -> dict[str, Any]:
             warnings={"type": "array", "items": {"type": "string"}},
             estimated_items={"type": "integer", "minimum": 0},
         ),
+        "HealthStatus": _obj(["status"], status={"enum": ["healthy", "unhealthy"]}),
+        "Readiness": _obj(
+            ["status"],
+            status={"enum": ["ready", "unavailable"]},
+            components={"type": "object", "additionalProperties": {"enum": ["ok", "missing", "unreachable"]}},
+        ),
         "Health": _obj(
             ["status", "service", "version", "components", "processor_initialized", "config_loaded"],
-            status={"enum": ["ok", "degraded"]},
+            status={"enum": ["healthy", "unhealthy"]},
             service={"type": "string"},
             version={"type": "string"},
             model={"type": "string"},

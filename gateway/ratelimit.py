@@ -15,6 +15,16 @@ path); the request-line quota is the limit that holds across replicas.
 A tier not in the table (custom tiers from DROPBATCH_TIER_QUOTAS) gets the
 ``free`` row. Exceeding the bucket answers 429 with ``retry-after``: the whole
 seconds until one call's worth of tokens has refilled.
+
+Failed attempts are limited per client address before any token is looked up
+(``AttemptLimiter``): a missing, unknown, revoked or expired bearer token, or a
+wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10); a
+lookup spends one first and gets it back when the token is good. While an
+address has none left, every request from it that is not already
+authenticated by the token cache (the admin token included) answers 429
+without touching S3. The address is the TCP peer (an IPv6 peer's /64):
+behind a load balancer that does not preserve it, all callers share one
+bucket.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ DEFAULT_RATES: dict[str, TierRate] = {
     "premium": TierRate(per_minute=1200, burst=200),
     "enterprise": TierRate(per_minute=6000, burst=1000),
 }
+ATTEMPT_RATE = TierRate(per_minute=30, burst=10)  # failed authentication attempts per client address
 FALLBACK_TIER = "free"
 MAX_TRACKED_TOKENS = 100_000  # buckets of idle tokens are dropped past this many
 
@@ -69,6 +80,7 @@ class RateLimiter:
         return self.rates.get(tier) or self.rates.get(FALLBACK_TIER) or DEFAULT_RATES[FALLBACK_TIER]
 
     def check(self, key: str, tier: str) -> None:
+        """Spend one call from ``key``'s bucket, or raise ``RateLimited``."""
         rate = self.rate(tier)
         now = self.clock()
         with self._lock:
@@ -89,8 +101,50 @@ class RateLimiter:
             retry_after=max(1, math.ceil(wait)),
         )
 
+    def allows(self, key: str, tier: str) -> bool:
+        """Spend one call if ``key`` has one left; False (spending nothing) when its bucket is empty."""
+        try:
+            self.check(key, tier)
+        except RateLimited:
+            return False
+        return True
+
+    def refund(self, key: str, tier: str) -> None:
+        """Give back one call ``check`` spent (up to the burst)."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.tokens = min(float(self.rate(tier).burst), bucket.tokens + 1.0)
+
     def _forget_full(self, now: float) -> None:
         """Drop buckets that would have refilled anyway (their tokens are idle)."""
         for key, bucket in list(self._buckets.items()):
             if now - bucket.updated > 600:
                 del self._buckets[key]
+
+
+class AttemptLimiter:
+    """Authentication attempts per client address: ``spend`` before a lookup, ``refund`` when it succeeded.
+
+    Spending first keeps the bound under concurrency: however many requests of
+    one address arrive at once, at most the burst of them reach S3.
+    """
+
+    def __init__(self, rate: TierRate = ATTEMPT_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets = RateLimiter({"attempts": rate}, clock=clock)
+        self.rate = rate
+
+    def spend(self, address: str) -> None:
+        """Spend one attempt of ``address``, or raise ``RateLimited`` (429) when it has none left."""
+        try:
+            self._buckets.check(address, "attempts")
+        except RateLimited as exc:
+            raise RateLimited(
+                f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per "
+                f"minute, bursts of {self.rate.burst}). Retry in {exc.retry_after} s.",
+                retry_after=exc.retry_after,
+            ) from None
+
+    def refund(self, address: str) -> None:
+        """The attempt succeeded: it does not count."""
+        self._buckets.refund(address, "attempts")

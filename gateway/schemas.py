@@ -27,7 +27,14 @@ MAX_INLINE_ITEMS = 1000  # inline `input` beyond this is truncated, with a warni
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # An unknown field is a 422 naming it: nothing a client sends is dropped without a word.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+RETRY_CONFIG_DESCRIPTION = (
+    "dropbatch extension (send with the SDK's extra_body): retries of lines the engine "
+    "failed, {max_retries, retry_delay, backoff_factor}; defaults 3, 1.0 s, 2.0."
+)
 
 
 class BatchCreate(_Body):
@@ -40,11 +47,7 @@ class BatchCreate(_Body):
     output_expires_after: dict[str, Any] | None = Field(
         None, description="Accepted; outputs follow the outbox lifecycle."
     )
-    retry_config: RetryConfig | None = Field(
-        None,
-        description="dropbatch extension (send with the SDK's extra_body): retries of lines the engine "
-        "failed, {max_retries, retry_delay, backoff_factor}; defaults 3, 1.0 s, 2.0.",
-    )
+    retry_config: RetryConfig | None = Field(None, description=RETRY_CONFIG_DESCRIPTION)
 
 
 class InlineItem(_Body):
@@ -64,6 +67,7 @@ class InlineBatchCreate(_Generation):
     input: list[InlineItem] = Field(min_length=1)
     metadata: Metadata | None = None
     completion_window: Literal["24h"] = "24h"
+    retry_config: RetryConfig | None = Field(None, description=RETRY_CONFIG_DESCRIPTION)
 
 
 class ValidateRequest(_Body):

@@ -20,11 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dropbatch.bodies import body_limits, check_body
 from dropbatch.errors import InvalidRequest, NotFound
-from dropbatch.jsonl import iter_lines, parse_request_line
+from dropbatch.jsonl import first_url, iter_lines, parse_request_line
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
-from gateway.compat import CHAT, resolve_model
+from gateway.compat import CHAT, inline_lines, resolve_model
 from gateway.params import json_object, validate
 from gateway.schemas import MAX_INLINE_ITEMS, InlineBatchCreate, ValidateRequest
 from gateway.state import gateway_of
@@ -50,6 +51,15 @@ def _validate_items(settings: Settings, data: dict[str, Any], max_batch_size: in
         resolve_model(settings, body.model)
     except NotFound as exc:
         report["errors"].append(f"model: {exc.message}")
+    else:
+        # Items differ only in their prompt text: the first one's request line stands for all.
+        lines, _ = inline_lines(
+            settings, body.input[:1], model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
+        )
+        try:
+            check_body(lines[0]["body"], CHAT, body_limits(settings))
+        except InvalidRequest as exc:
+            report["errors"].append(f"{(exc.param or 'body').removeprefix('body.')}: {exc.message}")
     ids = [item.custom_id for item in body.input if item.custom_id is not None]
     if len(ids) != len(set(ids)):
         report["errors"].append("input: custom_id values must be unique.")
@@ -63,20 +73,14 @@ def _validate_items(settings: Settings, data: dict[str, Any], max_batch_size: in
 
 def _validate_jsonl(settings: Settings, text: str, max_batch_size: int, report: dict[str, Any]) -> None:
     lines = list(iter_lines([text.encode("utf-8")], max_line_bytes=settings.limits.max_line_bytes))
-    endpoint = None
-    for raw in lines:
-        try:
-            url = json.loads(raw.data or b"").get("url")
-        except (ValueError, AttributeError, RecursionError):
-            continue
-        if isinstance(url, str):
-            endpoint = url
-            break
+    endpoint = first_url(lines)
     seen: set[str] = set()
     valid = 0
     for raw in lines:
         try:
-            request = parse_request_line(raw, endpoint=endpoint or CHAT, model=settings.engine.model_name)
+            request = parse_request_line(
+                raw, endpoint=endpoint or CHAT, model=settings.engine.model_name, limits=body_limits(settings)
+            )
         except InvalidRequest as exc:
             if len(report["errors"]) < MAX_LISTED_ERRORS:
                 report["errors"].append(

@@ -12,18 +12,17 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
 from dropbatch.context import Context
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
 from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFound
-from dropbatch.jsonl import is_success
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts, RetryConfig
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queue import Lease, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
+from runner.claimed import Claimed, Taken
 from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_result
 from runner.leases import LeaseKeeper
 from runner.observe import observe_queue, record_line
@@ -32,28 +31,6 @@ log = logging.getLogger("dropbatch.runner")
 
 PROGRESS_EVERY_SECONDS = 1.0
 QUEUE_METRICS_EVERY_SECONDS = 5.0
-
-
-@dataclass
-class Claimed:
-    """A batch this runner holds the lease on, and what is left of it."""
-
-    entry: QueueEntry
-    lease: Lease
-    record: BatchRecord
-    remaining: dict[int, WorkChunk]
-    committed: RequestCounts
-    buffers: dict[int, dict[str, dict]] = field(default_factory=dict)  # chunk → custom_id → line
-    inflight: RequestCounts = field(default_factory=RequestCounts)
-    stop_as: BatchStatus | None = None  # set when the batch must end early (cancel, expiry)
-    lost: bool = False
-    policy: RetryConfig = field(default_factory=RetryConfig)
-    attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
-    pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
-
-    @property
-    def lines_left(self) -> int:
-        return sum(c.lines for c in self.remaining.values())
 
 
 class Runner:
@@ -76,6 +53,8 @@ class Runner:
         # How often a pass looks at its records (counts out, cancel/expiry/lease in). Ray hands rows
         # over in blocks, so 0 (look after every result) makes a stop land right after a given line.
         self.progress_seconds = progress_seconds
+        self._active: set[str] = set()  # batch ids a group of this runner is running now
+        self._active_lock = threading.Lock()
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -88,33 +67,46 @@ class Runner:
         for entry in ctx.queue.entries():
             if group and sum(c.lines_left for c in group) >= limit:
                 break
-            lease = ctx.queue.claim(entry.batch_id, self.owner, ctx.settings.service.lease_seconds)
-            if lease is None:
-                continue
-            try:
-                record = ctx.batches.get(entry.tenant, entry.batch_id)
-            except NotFound:
-                self._done(entry, lease)
-                continue
-            if self._settle_without_engine(entry, lease, record):
-                continue
-            if not self._inputs_unchanged(record):
-                self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
-                continue
-            if record.content_sha256 in addresses:
-                ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
-                continue
-            addresses.add(record.content_sha256 or "")
-            done = finished_chunks(ctx, record.id)
-            committed = RequestCounts(
-                total=record.request_counts.total,
-                completed=sum(c.completed for c in done.values()),
-                failed=sum(c.failed for c in done.values()),
-            )
-            remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
-            policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
-            group.append(Claimed(entry, lease, record, remaining, committed, policy=policy))
+            with self._active_lock:
+                if entry.batch_id in self._active:
+                    continue  # another group of ours runs it (re-claiming would steal our own lease)
+                lease = ctx.queue.claim(entry.batch_id, self.owner, ctx.settings.service.lease_seconds)
+                if lease is None:
+                    continue
+                self._active.add(entry.batch_id)
+            if self._take(entry, lease, group, addresses) is None:
+                with self._active_lock:
+                    self._active.discard(entry.batch_id)
         return group
+
+    def _take(self, entry: QueueEntry, lease: Lease, group: list[Claimed], addresses: set[str]) -> Claimed | None:
+        """Add the leased batch to ``group`` if it needs the engine (settling it otherwise)."""
+        ctx = self.ctx
+        try:
+            record = ctx.batches.get(entry.tenant, entry.batch_id)
+        except NotFound:
+            self._done(entry, lease)
+            return None
+        if self._settle_without_engine(entry, lease, record):
+            return None
+        if not self._inputs_unchanged(record):
+            self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
+            return None
+        if record.content_sha256 in addresses:
+            ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
+            return None
+        addresses.add(record.content_sha256 or "")
+        done = finished_chunks(ctx, record.id)
+        committed = RequestCounts(
+            total=record.request_counts.total,
+            completed=sum(c.completed for c in done.values()),
+            failed=sum(c.failed for c in done.values()),
+        )
+        remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
+        policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
+        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy)
+        group.append(claimed)
+        return claimed
 
     def _settle_without_engine(self, entry: QueueEntry, lease: Lease, record: BatchRecord) -> bool:
         """Finish batches that need no engine run; True if ``record`` was settled here."""
@@ -176,17 +168,24 @@ class Runner:
     def run_once(self) -> int:
         """Claim what is queued, run it through the engine, finish it. Returns batches touched."""
         group = self.claim_group()
-        if not group:
-            return 0
-        keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
-        keeper.start()
-        try:
-            self._execute(group, keeper)
-        finally:
-            keeper.stop()
-        for claimed in group:
-            self._settle(claimed)
+        if group:
+            self.run_group(group)
         return len(group)
+
+    def run_group(self, group: Sequence[Claimed]) -> None:
+        """Run one claimed group through the engine and settle each batch of it."""
+        try:
+            keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
+            keeper.start()
+            try:
+                self._execute(group, keeper)
+            finally:
+                keeper.stop()
+            for claimed in group:
+                self._settle(claimed)
+        finally:
+            with self._active_lock:
+                self._active.difference_update(c.record.id for c in group)
 
     def _execute(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> None:
         """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
@@ -231,52 +230,25 @@ class Runner:
         return self._publish_progress(group, keeper)
 
     def _due_retries(self, group: Sequence[Claimed]) -> tuple[list[WorkChunk], float]:
-        """Chunks narrowed to the lines awaiting a retry, and how long to back off first."""
+        """Every claimed batch's retry work, and the longest back-off any of it needs."""
         work: list[WorkChunk] = []
         wait = 0.0
         for claimed in group:
-            if claimed.lost or claimed.stop_as is not None:
-                continue
-            for index, custom_ids in claimed.pending_retry.items():
-                if custom_ids:
-                    work.append(replace(claimed.remaining[index], only=tuple(sorted(custom_ids))))
-                    attempt = max(claimed.attempts[c] for c in custom_ids)
-                    wait = max(wait, claimed.policy.delay(attempt))
-            claimed.pending_retry.clear()
+            chunks, delay = claimed.due_retries()
+            work += chunks
+            wait = max(wait, delay)
         return work, wait
 
     def _collect(self, claimed: Claimed, result: LineResult) -> None:
-        if claimed.lost or claimed.stop_as is not None:
+        taken = claimed.take(result)
+        if taken == Taken.RETRY:
+            self.metrics.line_retries.inc()
+        if taken != Taken.KEPT:
             return
-        chunk = claimed.remaining.get(result.chunk)
-        if chunk is None:
-            return
-        buffer = claimed.buffers.setdefault(result.chunk, {})
-        if result.custom_id in buffer:
-            return  # Ray retried a batch after an engine actor died: keep the first answer
-        if not result.ok and is_retryable(result.line):
-            attempts = claimed.attempts.get(result.custom_id, 0)
-            if attempts < claimed.policy.max_retries:
-                claimed.attempts[result.custom_id] = attempts + 1
-                claimed.pending_retry.setdefault(result.chunk, set()).add(result.custom_id)
-                self.metrics.line_retries.inc()
-                return
-        buffer[result.custom_id] = result.line
         self._observe(claimed.record, result)
-        if result.ok:
-            claimed.inflight.completed += 1
-        else:
-            claimed.inflight.failed += 1
-        if len(buffer) == chunk.lines:
-            lines = list(buffer.values())
-            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=chunk.lines)
-            ok = sum(1 for line in lines if is_success(line))
-            claimed.committed.completed += ok
-            claimed.committed.failed += len(lines) - ok
-            claimed.inflight.completed -= ok
-            claimed.inflight.failed -= len(lines) - ok
-            del claimed.buffers[result.chunk]
-            del claimed.remaining[result.chunk]
+        lines = claimed.complete_chunk(result.chunk)
+        if lines is not None:
+            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=len(lines))
 
     def _observe(self, record: BatchRecord, result: LineResult) -> None:
         record_line(self.metrics, record, result)
@@ -308,11 +280,7 @@ class Runner:
                 continue
             if claimed.stop_as is not None:
                 continue
-            counts = RequestCounts(
-                total=claimed.committed.total,
-                completed=claimed.committed.completed + claimed.inflight.completed,
-                failed=claimed.committed.failed + claimed.inflight.failed,
-            )
+            counts = claimed.counts()
 
             def move(batch: BatchRecord, counts: RequestCounts = counts) -> None:
                 if batch.status == BatchStatus.IN_PROGRESS:
@@ -354,29 +322,44 @@ class Runner:
         self._done(claimed.entry, claimed.lease)
 
     def run(self, stop: threading.Event) -> None:
-        """Serve forever: one engine pass whenever work is queued."""
+        """Serve until ``stop``: claim queued work every poll and run each group in its own thread.
+
+        The engine stays warm across groups and mixes their requests, so a batch that
+        arrives while others run starts at once instead of waiting for them to end
+        (up to ``max_running_groups`` groups at a time).
+        """
         log.info("runner started", extra={"owner": self.owner})
         self._stop = stop
         self.metrics.engine_up.set(1)
-        # Queue and SLA gauges must move during a pass too (engine start-up alone takes ~25 s).
+        # Queue and SLA gauges must move while groups run.
         observer = threading.Thread(target=self._observe_forever, args=(stop,), name="queue-metrics", daemon=True)
         observer.start()
+        running: list[threading.Thread] = []
+        limit = self.ctx.settings.service.max_running_groups
         while not stop.is_set():
-            try:
-                touched = self.run_once()
-            except EngineError as exc:
-                self.metrics.engine_restarts.inc()
-                log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
-                touched = 0
-            except DropbatchError as exc:
-                log.error("runner pass failed; will retry", extra={"error": str(exc)})
-                touched = 0
-            if not touched:
+            running = [t for t in running if t.is_alive()]
+            group = []
+            if len(running) < limit:
+                try:
+                    group = self.claim_group()
+                except DropbatchError as exc:
+                    log.error("claiming failed; will retry", extra={"error": str(exc)})
+            if group:
+                worker = threading.Thread(target=self._run_group_logged, args=(group,), name="group", daemon=True)
+                worker.start()
+                running.append(worker)
+            else:
                 stop.wait(self.ctx.settings.service.poll_seconds)
+        for worker in running:  # each group sees the stop, checkpoints and hands its leases back
+            worker.join(timeout=self.ctx.settings.service.stop_seconds)
         self.metrics.engine_up.set(0)
 
+    def _run_group_logged(self, group: Sequence[Claimed]) -> None:
+        try:
+            self.run_group(group)
+        except EngineError as exc:
+            self.metrics.engine_restarts.inc()
+            log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
+        except DropbatchError as exc:
+            log.error("runner pass failed; will retry", extra={"error": str(exc)})
 
-def is_retryable(line: dict) -> bool:
-    """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
-    response = line.get("response")
-    return response is not None and response["status_code"] >= 500

@@ -12,9 +12,9 @@ watcher crash between any two steps all converge on the same record:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
+from dropbatch.bodies import body_limits
 from dropbatch.context import Context
 from dropbatch.engine.requests import engine_fingerprint
 from dropbatch.errors import (
@@ -34,6 +34,7 @@ from dropbatch.records import audit
 from dropbatch.results import close_batch, read_summary, result_location
 from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix
 from manifests import Manifest, loads, verify_signature
+from watcher.rejections import refuse_if_job_is_live, write_rejection
 from watcher.scan import scan_inputs
 
 log = logging.getLogger("dropbatch.watcher")
@@ -42,7 +43,8 @@ log = logging.getLogger("dropbatch.watcher")
 def admit_manifest(ctx: Context, ref: JobRef) -> BatchRecord | None:
     """Take the job at ``ref`` as far as it can go; returns its batch record.
 
-    Returns None when the manifest is gone (deleted before we got to it).
+    Returns None when no batch is made: the manifest is gone (deleted before we got
+    to it), or it was refused because the job has a live batch (``rejection.json`` says so).
     """
     try:
         data, _ = ctx.store.get(ctx.inbox, ref.manifest_key)
@@ -56,7 +58,9 @@ def admit_manifest(ctx: Context, ref: JobRef) -> BatchRecord | None:
     except ManifestRejected as exc:
         manifest, problem = None, exc
 
-    record = _open_record(ctx, ref, batch_id, manifest)
+    record = _open_record(ctx, ref, batch_id, manifest_sha256, manifest)
+    if record is None:
+        return None
     if record.status != BatchStatus.VALIDATING:
         _ensure_follow_up(ctx, ref, record)
         return record
@@ -73,12 +77,19 @@ def admit_manifest(ctx: Context, ref: JobRef) -> BatchRecord | None:
         return record
 
 
-def _open_record(ctx: Context, ref: JobRef, batch_id: str, manifest: Manifest | None) -> BatchRecord:
-    """The batch record for this manifest, created in ``validating`` if it is new."""
+def _open_record(
+    ctx: Context, ref: JobRef, batch_id: str, manifest_sha256: str, manifest: Manifest | None
+) -> BatchRecord | None:
+    """The batch record for this manifest, created in ``validating`` if it is new.
+
+    None when the manifest is refused instead: its job already has a live batch.
+    """
     try:
         return ctx.batches.get(ref.tenant, batch_id)
     except NotFound:
         pass
+    if refuse_if_job_is_live(ctx, ref, batch_id, manifest_sha256):
+        return None
     now = ctx.now()
     record = BatchRecord(
         id=batch_id,
@@ -94,6 +105,9 @@ def _open_record(ctx: Context, ref: JobRef, batch_id: str, manifest: Manifest | 
         manifest_key=ref.manifest_key,
         updated_at=now,
     )
+    # An earlier batch's (or a refused manifest's) rejection no longer describes this job;
+    # before the create, so a crash in between deletes it on the next pass.
+    ctx.store.delete(ctx.inbox, ref.rejection_key)
     try:
         ctx.batches.create(record)
     except ObjectExists:
@@ -113,6 +127,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         model=manifest.model,
         limits=limits,
         default_max_tokens=ctx.settings.engine.default_max_tokens,
+        body_limits=body_limits(ctx.settings),
     )
     if scan.errors:
         if scan.error_count > len(scan.errors):
@@ -121,7 +136,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
             )
         return _fail(ctx, ref, record, "invalid_input", "The input file failed validation.", scan.errors)
     tenant = ctx.tenants.get(ref.tenant)
-    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.lines)
+    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.requests, lines=scan.lines)
 
     sha256 = content_address(
         input_sha256s=[item.sha256 for item in manifest.inputs],
@@ -247,18 +262,16 @@ def _fail(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str
 
 
 def _write_rejection(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str) -> None:
-    body = {
-        "object": "dropbatch.rejection",
-        "batch_id": record.id,
-        "tenant": ref.tenant,
-        "job": ref.job,
-        "code": code,
-        "reason": reason,
-        "errors": [e.model_dump() for e in (record.errors.data if record.errors else [])],
-        "rejected_at": record.failed_at,
-    }
-    ctx.store.put(
-        ctx.inbox, ref.rejection_key, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json"
+    write_rejection(
+        ctx,
+        ref.rejection_key,
+        tenant=ref.tenant,
+        job=ref.job,
+        code=code,
+        reason=reason,
+        rejected_at=record.failed_at,
+        batch_id=record.id,
+        errors=[e.model_dump() for e in (record.errors.data if record.errors else [])],
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dropbatch.bodies import BodyLimits
 from dropbatch.errors import InvalidRequest, ManifestRejected, ObjectNotFound
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.models import BatchError, Chunk, InputObject
@@ -24,6 +25,7 @@ MAX_LISTED_ERRORS = 100
 @dataclass
 class ScanResult:
     lines: int = 0
+    requests: int = 0  # what the quota counts: embedding inputs and choices, summed over valid lines
     chunks: list[Chunk] = field(default_factory=list)
     etags: list[str] = field(default_factory=list)
     errors: list[BatchError] = field(default_factory=list)
@@ -114,7 +116,7 @@ def request_size(body: dict, endpoint: str, default_max_tokens: int) -> tuple[in
         chars = len(str(body["prompt"]))
     else:
         value = body["input"]
-        return (len(value) if isinstance(value, str) else sum(len(v) for v in value)), 0
+        return (len(value) if isinstance(value, str) else sum(len(v) if isinstance(v, (str, list)) else 1 for v in value)), 0
     new = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
     return chars, int(new)
 
@@ -134,6 +136,15 @@ class _Counted:
             yield data
 
 
+def _size_mismatch(item: InputObject, size: int, *, streamed: bool) -> ManifestRejected:
+    """``size``: what HEAD said, or what the ranged read got (at most one byte past the declared size)."""
+    if streamed and size > item.size:
+        found = f"holds more than the {item.size} bytes the manifest declares (reading stopped there)"
+    else:
+        found = f"is {size} bytes but the manifest declares {item.size}"
+    return ManifestRejected(f"Input {item.key} {found}: it changed after signing.", code="input_mismatch", param="size")
+
+
 def scan_inputs(
     store: ObjectStore,
     bucket: str,
@@ -143,6 +154,7 @@ def scan_inputs(
     model: str,
     limits: LimitSettings,
     default_max_tokens: int = 256,
+    body_limits: BodyLimits | None = None,
 ) -> ScanResult:
     """Check every input against the manifest and every line against OpenAI's rules.
 
@@ -160,11 +172,16 @@ def scan_inputs(
         hasher = hashlib.sha256()
         cutter = _ChunkCutter(index, limits, result.chunks)
         try:
-            result.etags.append(store.head(bucket, item.key).etag)
+            info = store.head(bucket, item.key)
         except ObjectNotFound:
             raise ManifestRejected(f"Input {item.key} does not exist in the inbox.", code="missing_input") from None
+        if info.size != item.size:
+            raise _size_mismatch(item, info.size, streamed=False)
+        result.etags.append(info.etag)
 
-        counter = _Counted(store.iter_bytes(bucket, item.key), hasher)
+        # One byte past the declared size at most: an object that grew after the HEAD
+        # is caught without streaming the rest of it.
+        counter = _Counted(store.iter_bytes(bucket, item.key, end=item.size + 1), hasher)
         stream = cutter.feed(iter(counter))
         for raw in iter_lines(stream, max_line_bytes=limits.max_line_bytes):
             cutter.before_line(raw.offset, raw.number)
@@ -178,11 +195,12 @@ def scan_inputs(
                     )
                 )
             try:
-                request = parse_request_line(raw, endpoint=endpoint, model=model)
+                request = parse_request_line(raw, endpoint=endpoint, model=model, limits=body_limits)
             except InvalidRequest as exc:
                 result.add_error(BatchError(code=exc.code, message=exc.message, line=exc.line, param=exc.param))
                 continue
             cutter.add_stats(*request_size(request.body, endpoint, default_max_tokens))
+            result.requests += request.cost
             if request.custom_id in seen:
                 result.add_error(
                     BatchError(
@@ -198,10 +216,11 @@ def scan_inputs(
                 seen.clear()
         size = counter.size
         cutter.close(size)
-        if size != item.size or hasher.hexdigest() != item.sha256:
+        if size != item.size:
+            raise _size_mismatch(item, size, streamed=True)
+        if hasher.hexdigest() != item.sha256:
             raise ManifestRejected(
-                f"Input {item.key} does not match the manifest (size {size} vs {item.size}, "
-                "or its sha256 differs): it changed after signing.",
+                f"Input {item.key} does not match the manifest: its sha256 differs, so it changed after signing.",
                 code="input_mismatch",
             )
     if result.lines == 0:

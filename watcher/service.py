@@ -15,8 +15,9 @@ from dropbatch.errors import DropbatchError
 from dropbatch.models import BatchStatus
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queues import EventQueue
-from dropbatch.storage.keys import MANIFEST_NAME, job_of_manifest_key
+from dropbatch.storage.keys import is_manifest_name, job_of_manifest_key
 from watcher.admission import admit_manifest
+from watcher.rejections import reject_manifest_key
 
 log = logging.getLogger("dropbatch.watcher")
 
@@ -31,12 +32,19 @@ class Watcher:
         self._last_sweep = 0.0
 
     def handle(self, key: str, etag: str | None = None) -> bool:
-        """Admit the job whose manifest is ``key``; False if it must be retried later."""
+        """Admit the job whose manifest is ``key``; False if it must be retried later.
+
+        A manifest-named key that is not a job's manifest gets a ``rejection.json``
+        beside it when it is under an existing tenant's prefix.
+        """
         ref = job_of_manifest_key(key)
-        if ref is None:
-            return True
         try:
-            record = admit_manifest(self.ctx, ref)
+            if ref is None:
+                if code := reject_manifest_key(self.ctx, key):
+                    self.metrics.manifests.labels("rejected", code).inc()
+                record = None
+            else:
+                record = admit_manifest(self.ctx, ref)
         except DropbatchError as exc:
             log.error("admission failed; will retry", extra={"key": key, "error": str(exc)})
             return False
@@ -56,7 +64,8 @@ class Watcher:
         handled = 0
         self._last_sweep = time.monotonic()
         for info in self.ctx.store.list(self.ctx.inbox):
-            if not info.key.endswith("/" + MANIFEST_NAME) or (info.key, info.etag) in self._seen:
+            # Any letter case, any depth: keys the S3 event filter (suffix /manifest.json) misses too.
+            if not is_manifest_name(info.key) or (info.key, info.etag) in self._seen:
                 continue
             if self.handle(info.key, info.etag):
                 handled += 1

@@ -1,6 +1,9 @@
-"""The hourly request-line quota, per tenant, as a ledger in the control bucket.
+"""The hourly request quota, per tenant, as a ledger in the control bucket.
 
-Each admitted batch appends ``(at, batch_id, lines)``; entries older than an hour
+A quota counts what the engine does, not lines: each embeddings input and each
+``n`` choice is one request (``dropbatch.bodies.request_cost``). Each admitted
+batch appends ``(at, batch_id, lines)`` where ``lines`` holds that count (the
+field keeps its name so existing ledgers still read); entries older than an hour
 fall out (a rolling window). The ledger is changed only by conditional writes, so
 several watchers admitting at once never over-admit.
 """
@@ -19,7 +22,7 @@ WINDOW_SECONDS = 3600
 class QuotaEntry(BaseModel):
     at: int
     batch_id: str
-    lines: int
+    lines: int  # requests counted (embedding inputs and choices), not request lines
 
 
 class QuotaLedger(BaseModel):
@@ -39,10 +42,12 @@ class Quotas:
     def limit(self, tier: str) -> int:
         return self.limits[tier]
 
-    def reserve(self, tenant: str, tier: str, batch_id: str, lines: int) -> None:
-        """Count ``lines`` against ``tenant``'s hour, or raise ``QuotaExceeded`` saying when it fits.
+    def reserve(self, tenant: str, tier: str, batch_id: str, requests: int, *, lines: int | None = None) -> None:
+        """Count ``requests`` against ``tenant``'s hour, or raise ``QuotaExceeded`` saying when it fits.
 
-        Reserving the same ``batch_id`` twice counts it once (admission is retried).
+        ``requests`` is what the engine will do (embedding inputs and choices); ``lines``,
+        the request lines they came from, only words the error. Reserving the same
+        ``batch_id`` twice counts it once (admission is retried).
         """
         limit = self.limit(tier)
         key = ControlKeys.quota(tenant)
@@ -57,9 +62,9 @@ class Quotas:
             if any(e.batch_id == batch_id for e in ledger.entries):
                 return
             used = ledger.used(now)
-            if used + lines > limit:
-                raise _exceeded(ledger, tier, limit, lines, now)
-            ledger.entries.append(QuotaEntry(at=now, batch_id=batch_id, lines=lines))
+            if used + requests > limit:
+                raise _exceeded(ledger, tier, limit, requests, now, lines)
+            ledger.entries.append(QuotaEntry(at=now, batch_id=batch_id, lines=requests))
 
         self.records.update(key, QuotaLedger, admit)
 
@@ -73,20 +78,30 @@ class Quotas:
             self.records.update(ControlKeys.quota(tenant), QuotaLedger, drop)
 
     def usage(self, tenant: str, tier: str) -> tuple[int, int]:
-        """(lines used in the last hour, hourly limit)."""
+        """(requests used in the last hour, hourly limit)."""
         ledger = self.records.get(ControlKeys.quota(tenant), QuotaLedger) or QuotaLedger(tenant=tenant)
         return ledger.used(int(self.clock())), self.limit(tier)
 
 
-def _exceeded(ledger: QuotaLedger, tier: str, limit: int, lines: int, now: int) -> QuotaExceeded:
+def _counted(requests: int, lines: int | None) -> str:
+    if lines is None or lines == requests:
+        return f"{requests} requests"
+    return (
+        f"{requests} requests (from {lines} request line{'' if lines == 1 else 's'}: each embeddings input "
+        "and each of n choices "
+        "counts as one request)"
+    )
+
+
+def _exceeded(ledger: QuotaLedger, tier: str, limit: int, requests: int, now: int, lines: int | None) -> QuotaExceeded:
     used = ledger.used(now)
-    if lines > limit:
+    if requests > limit:
         return QuotaExceeded(
-            f"The batch has {lines} request lines; the {tier} tier allows {limit} per hour, "
+            f"The batch asks for {_counted(requests, lines)}; the {tier} tier allows {limit} requests per hour, "
             "so it can never fit. Split it into smaller batches or move to a higher tier.",
             retry_at=now,
         )
-    needed = used + lines - limit
+    needed = used + requests - limit
     retry_at = now
     for entry in sorted(ledger.entries, key=lambda e: e.at):
         needed -= entry.lines
@@ -94,7 +109,7 @@ def _exceeded(ledger: QuotaLedger, tier: str, limit: int, lines: int, now: int) 
         if needed <= 0:
             break
     return QuotaExceeded(
-        f"The batch has {lines} request lines but the {tier} tier has {limit - used} of {limit} left "
+        f"The batch asks for {_counted(requests, lines)} but the {tier} tier has {limit - used} of {limit} left "
         f"this hour; it would fit in {retry_at - now} s (at unix time {retry_at}).",
         retry_at=retry_at,
     )

@@ -38,9 +38,11 @@ def status_payload(ctx: Context, record: BatchRecord) -> dict[str, Any]:
             "errors_uri": s3_uri(loc.bucket, loc.errors_key),
             "summary_uri": s3_uri(loc.bucket, loc.summary_key),
         }
+    ref = JobRef(record.tenant, record.job)
     rejection = None
     if record.status == BatchStatus.FAILED and record.source == "dropbox":
-        rejection = s3_uri(ctx.inbox, JobRef(record.tenant, record.job).rejection_key)
+        rejection = s3_uri(ctx.inbox, ref.rejection_key)
+    refused = ctx.batches.refused_while(ref, record.id) if record.source == "dropbox" else []
     return {
         **record.openai(),
         "tenant": record.tenant,
@@ -48,6 +50,10 @@ def status_payload(ctx: Context, record: BatchRecord) -> dict[str, Any]:
         "result": result,
         "cached": record.cached,
         "rejection": rejection,
+        # Newer manifests for this job refused (job_in_progress) while this batch was live.
+        "refused_manifests": [
+            {"manifest_sha256": r.get("manifest_sha256"), "refused_at": r.get("refused_at")} for r in refused
+        ],
     }
 
 
@@ -73,6 +79,11 @@ def status_text(payload: dict[str, Any]) -> str:
         lines.append(f"  error      {error['code']}: {error['message']}{where}")
     if payload["rejection"]:
         lines.append(f"  rejection  {payload['rejection']}")
+    if refused := payload.get("refused_manifests"):
+        lines.append(
+            f"  refused    {len(refused)} newer manifest(s), uploaded while this batch was live, did not run "
+            f"(job_in_progress), the last at {_when(refused[-1]['refused_at'])}"
+        )
     if payload["result"]:
         lines.append(f"  output     {payload['result']['output_uri']}")
         lines.append(f"  errors     {payload['result']['errors_uri']}")
@@ -139,7 +150,12 @@ def wait_for(ctx: Context, ref: JobRef, *, timeout: float | None, interval: floa
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="With --wait: poll period.")
 @click.pass_obj
 def status_command(state: State, job_ref: str, wait: bool, timeout: float | None, interval: float, as_json: bool) -> None:
-    """Show the batch record of a drop-box job (with --json: the OpenAI Batch object and result locations)."""
+    """Show the newest batch of a drop-box job (with --json: the OpenAI Batch object and result locations).
+
+    A job runs one batch at a time: a manifest uploaded while its batch is live is
+    refused (and listed here); one uploaded after it ended makes a new batch, which
+    is then the one shown.
+    """
     ref = JobRef.parse(job_ref)
     ctx = state.context
     record = wait_for(ctx, ref, timeout=timeout, interval=interval) if wait else ctx.batches.for_job(ref)

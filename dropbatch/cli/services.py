@@ -55,7 +55,7 @@ def watcher_command(state: State, as_json: bool) -> None:
                 "(run `dropbatch bootstrap`, or set DROPBATCH_QUEUE_URL)."
             )
     events = SqsEventQueue(settings.storage, queue_url) if queue_url else None
-    checks = {"s3": buckets_check(ctx.store, [ctx.inbox, settings.storage.control_bucket])}
+    checks = {"s3": buckets_check(ctx.store, {"inbox": ctx.inbox, "control": settings.storage.control_bucket})}
     if events is not None:
         checks["queue"] = events.check
     service = settings.service
@@ -68,32 +68,34 @@ def watcher_command(state: State, as_json: bool) -> None:
 @click.command("runner", cls=Command)
 @click.pass_obj
 def runner_command(state: State, as_json: bool) -> None:
-    """Run queued batches through the engine (vLLM via ray.data.llm; runs until stopped)."""
+    """Run queued batches through the warm engine (vLLM actors fed by Ray Data; runs until stopped)."""
     settings = state.settings
     configure_logging("runner", settings.service.log_level)
     stop = stop_on_signals()
     # Imported here: `dropbatch --help` and the client commands never load ray or vllm.
-    from dropbatch.engine import build_engine
+    from runner.engine import build_engine
     from runner.service import Runner
 
     ctx = state.context
-    engine_started = {"ok": False}
+    engine = build_engine(settings)
     checks = {
-        "s3": buckets_check(ctx.store, [ctx.inbox, ctx.outbox, settings.storage.control_bucket]),
-        "engine": lambda: None if engine_started["ok"] else "the engine (Ray session) is not started yet",
+        "s3": buckets_check(
+            ctx.store, {"inbox": ctx.inbox, "outbox": ctx.outbox, "control": settings.storage.control_bucket}
+        ),
+        "engine": lambda: None if engine.ready else "the engine is not loaded, or has not answered its probe yet",
     }
     service = settings.service
     with observed("runner", service.metrics_host, service.runner_port, checks) as (metrics, health, port):
-        engine = settings.engine
+        engine.on_restart = lambda reason: metrics.engine_restarts.inc()
         emit(
             as_json,
-            {"service": "runner", "model": engine.model, "model_name": engine.model_name, "metrics_port": port},
+            {"service": "runner", "model": settings.engine.model, "model_name": settings.engine.model_name,
+             "metrics_port": port},
             None,
         )
-        with build_engine(settings) as running:
+        with engine as running:
             stop_on_signals(stop)  # starting the engine ran ray.init, which took over SIGTERM
             health.add("ray", ray_check)
-            engine_started["ok"] = True
             Runner(ctx, running, metrics=metrics).run(stop)
 
 

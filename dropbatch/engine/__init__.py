@@ -1,23 +1,11 @@
-"""Inference engines behind one ``Engine`` protocol.
+"""The engine seam: the ``Engine`` protocol and the row contract.
 
-``build_engine(settings)`` gives the real one (vLLM through ray.data.llm); it is
-imported lazily so the gateway and watcher never load ray, vllm or torch.
+The real engine (warm vLLM actors fed by Ray Data) lives with its only user, the
+runner: ``runner.engine.build_engine``. The kernel never imports ray, vllm or torch.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dropbatch.engine.base import Engine, LineResult, WorkChunk
 
-if TYPE_CHECKING:
-    from dropbatch.settings import Settings
-
-__all__ = ["Engine", "LineResult", "WorkChunk", "build_engine"]
-
-
-def build_engine(settings: Settings) -> Engine:
-    """The production engine for ``settings``: vLLM through ray.data.llm (CPU or GPU)."""
-    from dropbatch.engine.vllm import RayVLLMEngine
-
-    return RayVLLMEngine(settings)
+__all__ = ["Engine", "LineResult", "WorkChunk"]

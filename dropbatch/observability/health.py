@@ -1,7 +1,10 @@
 """Liveness, readiness and /metrics for the watcher and runner (the gateway serves its own).
 
-``/health`` answers 200 while the process serves (liveness); ``/ready`` runs every
-component check and answers 503 with the reasons when one is down.
+``/health`` answers 200 ``{"status": "healthy"}`` while the process serves
+(liveness), and nothing more. ``/ready`` runs every component check and answers
+200 ``{"status": "ready"}`` or 503 ``{"status": "unavailable"}``, both with each
+component's state; a down component's reason names its role (``the control
+bucket is missing``), never an endpoint or a bucket: the details go to the log.
 """
 
 from __future__ import annotations
@@ -9,21 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dropbatch import __version__
-from dropbatch.errors import DropbatchError
+from dropbatch.errors import DropbatchError, ObjectNotFound
 from dropbatch.observability.metrics import Metrics
 from dropbatch.storage.base import ObjectStore
 
 log = logging.getLogger("dropbatch.health")
 
-Check = Callable[[], str | None]  # None when healthy, else why not
+Check = Callable[[], str | None]  # None when healthy, else why not (no endpoint or bucket name: it is public)
 
 
 @dataclass
@@ -40,27 +42,23 @@ class Health:
             try:
                 problem = check()
             except Exception as exc:  # noqa: BLE001 - a check must report, never crash the endpoint
-                problem = f"{type(exc).__name__}: {exc}"
+                log.warning("health check failed", extra={"component": name, "error": f"{type(exc).__name__}: {exc}"})
+                problem = f"the check failed ({type(exc).__name__}; see the {self.service}'s log)"
             components[name] = {"status": "ok"} if problem is None else {"status": "down", "reason": problem}
         ready = all(c["status"] == "ok" for c in components.values())
-        body = {
-            "status": "ok" if ready else "unavailable",
-            "service": self.service,
-            "version": __version__,
-            "components": components,
-        }
-        return ready, body
+        return ready, {"status": "ready" if ready else "unavailable", "components": components}
 
 
-def buckets_check(store: ObjectStore, buckets: list[str]) -> Check:
-    """S3 reachable and every bucket present."""
+def buckets_check(store: ObjectStore, buckets: Mapping[str, str]) -> Check:
+    """S3 reachable and every bucket present; ``buckets`` maps each role (``inbox``, ...) to its bucket."""
 
     def check() -> str | None:
-        for bucket in buckets:
+        for role, bucket in buckets.items():
             try:
                 next(iter(store.list(bucket, "__dropbatch_health__/")), None)
             except DropbatchError as exc:
-                return f"bucket {bucket}: {exc.message}"
+                log.warning("bucket not usable", extra={"bucket": bucket, "error": exc.message})
+                return f"the {role} bucket is {'missing' if isinstance(exc, ObjectNotFound) else 'unreachable'}"
         return None
 
     return check
@@ -80,8 +78,7 @@ class ServiceHttp:
                 if path == "/metrics":
                     self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
                 elif path == "/health":
-                    body = {"status": "ok", "service": outer.health.service, "version": __version__}
-                    self._send(200, json.dumps(body).encode(), "application/json")
+                    self._send(200, b'{"status": "healthy"}', "application/json")
                 elif path == "/ready":
                     ready, body = outer.health.report()
                     self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")

@@ -77,7 +77,9 @@ class Metrics:
             "dropbatch_request_retries_total", "Request lines the engine failed and that were retried.", registry=r
         )
         self.engine_restarts = Counter(
-            "dropbatch_engine_restarts_total", "Engine passes that failed and will be retried.", registry=r
+            "dropbatch_engine_restarts_total",
+            "Engine passes that failed, and warm engines restarted by the watchdog (dead or stalled).",
+            registry=r,
         )
         self.engine_up = Gauge("dropbatch_engine_up", "1 once the engine (Ray session) is started.", registry=r)
         # Queue and SLA

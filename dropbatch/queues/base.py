@@ -6,7 +6,7 @@ import json
 from typing import NamedTuple, Protocol
 from urllib.parse import unquote_plus
 
-from dropbatch.storage.keys import MANIFEST_NAME
+from dropbatch.storage.keys import is_manifest_name
 
 
 class Delivery(NamedTuple):
@@ -49,6 +49,6 @@ def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
             continue
         # S3 (and moto) URL-encode keys in events, '/' included.
         key = unquote_plus(s3.get("object", {}).get("key", ""))
-        if key.endswith("/" + MANIFEST_NAME):
+        if is_manifest_name(key):
             keys.append(key)
     return keys

@@ -84,5 +84,9 @@ class ObjectStore(Protocol):
         ...
 
     def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
-        """Server-side copy; returns the destination ETag."""
+        """Copy an object; returns the destination ETag.
+
+        ``if_none_match=True`` creates the destination only if absent (else ``ObjectExists``),
+        never replacing what is there.
+        """
         ...

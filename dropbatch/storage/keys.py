@@ -3,6 +3,7 @@
 inbox    <tenant>/<job>/<name>.jsonl          client inputs (drop-box)
          <tenant>/<job>/manifest.json         arrives last; starts the job
          <tenant>/<job>/rejection.json        why a job did not run (client-readable)
+         <tenant>/<any>/rejection.json        beside a manifest at a key the watcher does not admit
          <tenant>/.files/<file_id>            uploads through the gateway's /v1/files
 outbox   <tenant>/<sha256>/output.jsonl       successful result lines
          <tenant>/<sha256>/errors.jsonl       failed lines
@@ -76,6 +77,28 @@ def job_of_manifest_key(key: str) -> JobRef | None:
     return JobRef(parts[0], parts[1])
 
 
+MANIFEST_KEY_PATTERN = "<tenant>/<job>/manifest.json"
+
+
+def is_manifest_name(key: str) -> bool:
+    """Whether ``key``'s file name is a manifest's, in any letter case, at any depth."""
+    return key.rsplit("/", 1)[-1].casefold() == MANIFEST_NAME
+
+
+def why_not_a_manifest_key(key: str) -> str:
+    """Why a manifest-named ``key`` is not ``<tenant>/<job>/manifest.json`` (the tenant part is checked apart)."""
+    parts = key.split("/")
+    if len(parts) != 3:
+        return f"has {len(parts) - 1} folder level(s), not the 2 of <tenant>/<job>/"
+    if parts[2] != MANIFEST_NAME:
+        return f"names the file {parts[2]!r}, not {MANIFEST_NAME!r}"
+    try:
+        check_name(parts[1], "job")
+    except InvalidRequest as exc:
+        return f"has an invalid job name: {exc.message}"
+    return "is not a job's manifest key"
+
+
 def uploaded_file_key(tenant: str, file_id: str) -> str:
     return f"{tenant}/{FILES_DIR}/{file_id}.jsonl"
 
@@ -143,6 +166,15 @@ class ControlKeys:
         return f"jobs/{ref.tenant}/{ref.job}.json"
 
     @staticmethod
+    def refused_manifest(ref: JobRef, manifest_sha256: str) -> str:
+        """A manifest refused without making a batch (its job had a live batch): it stays refused."""
+        return f"refused/{ref.tenant}/{ref.job}/{manifest_sha256}.json"
+
+    @staticmethod
+    def refused_manifest_prefix(ref: JobRef) -> str:
+        return f"refused/{ref.tenant}/{ref.job}/"
+
+    @staticmethod
     def file(tenant: str, file_id: str) -> str:
         return f"files/{tenant}/{file_id}.json"
 
@@ -193,6 +225,15 @@ class ControlKeys:
     def gateway_key(tenant: str) -> str:
         """Which signing key the gateway signs ``tenant``'s API batches with."""
         return f"gateway-keys/{tenant}.json"
+
+    @staticmethod
+    def grant(tenant: str, grant_id: str) -> str:
+        """An S3 location outside dropbatch's buckets granted to ``tenant`` (``dropbatch tenant grant``)."""
+        return f"grants/{tenant}/{grant_id}.json"
+
+    @staticmethod
+    def grant_prefix(tenant: str) -> str:
+        return f"grants/{tenant}/"
 
     @staticmethod
     def gateway_job(tenant: str, job_id: str) -> str:

@@ -285,13 +285,16 @@ class S3ObjectStore:
                 raise error from exc
 
     def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
-        kwargs: dict = {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
         if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
+            # CopyObject's If-None-Match is recent on AWS and ignored by moto and other S3-compatible
+            # stores, which would overwrite silently. A conditional PUT (or multipart completion) is
+            # honoured everywhere dropbatch runs, so a create-only copy streams through one.
+            return self.upload_stream(dest_bucket, dest_key, self.iter_bytes(bucket, key), if_none_match=True).etag
+        kwargs: dict = {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
         try:
             return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
         except _AWS_ERRORS as exc:
-            raise _translate(exc, bucket=dest_bucket, key=dest_key, conditional="if_none_match") from exc
+            raise _translate(exc, bucket=dest_bucket, key=dest_key) from exc
 
 
 def make_client(service: str, settings: StorageSettings):

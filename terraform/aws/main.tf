@@ -35,6 +35,17 @@ variable "tenants" {
   default = {}
 }
 
+variable "tenant_grants" {
+  description = "Per-tenant /start grants: tenant → [{bucket, prefix, read, write}] (see the module's variable)."
+  type = map(list(object({
+    bucket = string
+    prefix = optional(string, "")
+    read   = optional(bool, false)
+    write  = optional(bool, false)
+  })))
+  default = {}
+}
+
 variable "kms_key_arn" {
   type    = string
   default = null
@@ -72,6 +83,7 @@ module "dropbatch" {
   queue_name             = "${var.name}-intake"
   name_prefix            = var.name
   tenants                = var.tenants
+  tenant_grants          = var.tenant_grants
   kms_key_arn            = var.kms_key_arn
   service_trust_arns     = var.service_trust_arns
   inbox_expiration_days  = var.inbox_expiration_days
@@ -88,6 +100,15 @@ output "runner_instance_profile" {
 
 output "tenant_role_arns" {
   value = module.dropbatch.tenant_role_arns
+}
+
+output "gateway_grants_policy" {
+  value = module.dropbatch.gateway_grants_policy
+}
+
+output "grant_commands" {
+  description = "Run these once (with the services' DROPBATCH_* settings) so the gateway knows which tenant holds which grant."
+  value       = module.dropbatch.grant_commands
 }
 
 output "dropbatch_env" {

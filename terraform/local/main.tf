@@ -43,6 +43,17 @@ variable "tenants" {
   default = {}
 }
 
+variable "tenant_grants" {
+  description = "Per-tenant /start grants outside dropbatch's buckets (see the module's variable)."
+  type = map(list(object({
+    bucket = string
+    prefix = optional(string, "")
+    read   = optional(bool, false)
+    write  = optional(bool, false)
+  })))
+  default = {}
+}
+
 variable "enable_redrive_allow_policy" {
   description = "false for moto (the provider waits forever for it); LocalStack applies it."
   type        = bool
@@ -83,6 +94,7 @@ module "dropbatch" {
   queue_name     = "${var.name}-intake"
   name_prefix    = var.name
   tenants        = var.tenants
+  tenant_grants  = var.tenant_grants
   force_destroy  = true
 
   enable_redrive_allow_policy = var.enable_redrive_allow_policy
@@ -100,6 +112,16 @@ output "role_arns" {
 
 output "tenant_policy_arns" {
   value = module.dropbatch.tenant_policy_arns
+}
+
+output "gateway_grants_policy" {
+  description = "The gateway policy statements var.tenant_grants makes (known at plan time)."
+  value       = module.dropbatch.gateway_grants_policy
+}
+
+output "grant_commands" {
+  description = "Run these once so the gateway knows which tenant holds which grant."
+  value       = module.dropbatch.grant_commands
 }
 
 output "dropbatch_env" {

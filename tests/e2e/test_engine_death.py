@@ -14,8 +14,8 @@ import psutil
 import pytest
 from soak import request_lines, submit
 
-from dropbatch.engine.vllm import SESSION_VAR
 from dropbatch.models import BatchStatus
+from runner.engine.reap import SESSION_VAR
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""End to end through the gateway: the real OpenAI SDK, a live gateway, real vLLM (tiny model) via ray.data.llm."""
+"""End to end through the gateway: the real OpenAI SDK, a live gateway, real vLLM (tiny model), the warm engine."""
 
 from __future__ import annotations
 

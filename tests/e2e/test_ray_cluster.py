@@ -1,8 +1,8 @@
 """The runner as a driver on a multi-node Ray cluster (deploy/ray), proven on one machine.
 
 `ray start --head` with zero CPUs plus a second `ray start --address` worker node
-with its own resources: every Ray Data task and the vLLM engine actor can only be
-placed on the worker node. A `dropbatch runner` attached with DROPBATCH_RAY_ADDRESS
+with its own resources: every Ray Data task and both warm engine replicas
+(DROPBATCH_ENGINE_REPLICAS=2) can only be placed on the worker node. A `dropbatch runner` attached with DROPBATCH_RAY_ADDRESS
 then runs a real batch through it.
 """
 
@@ -96,6 +96,7 @@ def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_c
         **env,
         **stack.settings.to_env(),
         "DROPBATCH_RAY_ADDRESS": address,
+        "DROPBATCH_ENGINE_REPLICAS": "2",
         "DROPBATCH_RUNNER_PORT": str(free_port()),
     }
     dropbatch = str(Path(sys.executable).parent / "dropbatch")
@@ -122,3 +123,9 @@ def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_c
     assert ids == sorted(f"cluster-{i}" for i in range(LINES))
     log_text = (tmp_path / "runner.log").read_text()
     assert "Connecting to existing Ray cluster" in log_text, "the runner attached; it did not start its own Ray"
+    answered = {}
+    for line in log_text.splitlines():
+        if line.startswith("{") and '"engine stopping"' in line:
+            entry = json.loads(line)
+            answered[entry["engine"]] = entry["answered"]
+    assert len(answered) == 2 and all(n > 0 for n in answered.values()), f"both replicas served lines: {answered}"

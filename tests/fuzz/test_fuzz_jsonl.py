@@ -56,13 +56,22 @@ WRONG_FIELDS: list[tuple[tuple[str, ...], Any, str]] = [
     *((("body", "model"), v, "mismatched_model") for v in ("other-model", None, 1, "", MISSING)),
     *(
         (("body", "messages"), v, "invalid_body")
-        for v in (None, "hi", [], [1], [{"content": "x"}], [{"role": 1, "content": "x"}], [{"role": "user"}])
+        for v in ("hi", [], [1], [{"content": "x"}], [{"role": 1, "content": "x"}], [{"role": "god", "content": "x"}])
     ),
-    (("body", "messages"), MISSING, "missing_required_parameter"),
-    *((("body", "max_tokens"), v, "invalid_body") for v in ("5", 0, -1, True, 1.5, None, float("nan"), float("inf"))),
+    *((("body", "messages"), v, "missing_required_parameter") for v in (MISSING, None, [{"role": "user"}])),
+    *(
+        (("body", "max_tokens"), v, "invalid_body")
+        for v in ("5", 0, -1, True, 1.5, float("nan"), float("inf"), 10**400, 2**70)
+    ),
     *((("body", "max_completion_tokens"), v, "invalid_body") for v in ("5", 0, False)),
-    *((("body", "n"), v, "invalid_body") for v in (2, 0, "1")),
+    *((("body", "n"), v, "invalid_body") for v in (0, "1", 129)),
+    (("body", "n"), 0, "invalid_body"),
     *((("body", "stream"), v, "invalid_body") for v in (True, 1, "yes")),
+    *((("body", "temperature"), v, "invalid_body") for v in ("hot", True, -1, 2.5, [1])),
+    *((("body", "top_p"), v, "invalid_body") for v in ([1], 1.1, "1")),
+    *((("body", "stop"), v, "invalid_body") for v in ({"a": 1}, 5, ["a"] * 5)),
+    (("body", "no_such_field"), 1, "unknown_parameter"),
+    (("body", "tools"), [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter"),
     *(((name,), MISSING, "missing_required_parameter") for name in ("custom_id", "method", "url", "body")),
 ]
 NON_OBJECTS = (b"[]", b"1", b'"a string"', b"null", b"true", b"[{}]", b"-0.5e3")

@@ -78,6 +78,7 @@ def build_world() -> World:
         ctx=ctx,
         token_cache_seconds=0,
         rate_limits={t: GENEROUS for t in ("free", "basic", "premium", "enterprise")},
+        attempt_rate=GENEROUS,  # failed authentication per address: tested in tests/security
     )
     return World(app=app, token=token)
 

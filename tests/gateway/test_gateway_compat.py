@@ -21,6 +21,8 @@ from dropbatch.storage.s3 import make_client
 from gateway.schemas import MAX_INLINE_ITEMS
 from gateway.tokenize import BYTES_PER_TOKEN
 
+ADMIN_TOKEN = "admin-test-token-0123456789"  # conftest.ADMIN_TOKEN
+
 pytestmark = pytest.mark.integration
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog", "hello"]
@@ -58,25 +60,34 @@ def http(live, tenant_token) -> Iterator[httpx.Client]:
 
 def test_health(settings, live, start_gateway, make_settings, make_context) -> None:
     report = httpx.get(live.url + "/health")
-    assert report.status_code == 200
-    body = report.json()
-    assert (body["status"], body["service"]) == ("ok", "dropbatch-gateway") and body["version"]
-    assert body["components"]["s3"]["status"] == "ok"
-    assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
-    assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
-    assert httpx.get(live.url + "/ready").status_code == 200
+    assert (report.status_code, report.json()) == (200, {"status": "healthy"})
+    assert (httpx.get(live.url + "/ready").status_code, httpx.get(live.url + "/ready").json()) == (
+        200,
+        {"status": "ready"},
+    )
     assert report.headers["x-request-id"].startswith("req_")
     echoed = httpx.get(live.url + "/health", headers={"x-request-id": "client-abc.1"})
     assert echoed.headers["x-request-id"] == "client-abc.1"
+    detail = httpx.get(live.url + "/admin/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    body = detail.json()
+    assert detail.status_code == 200 and (body["status"], body["service"]) == ("healthy", "dropbatch-gateway")
+    assert body["version"] and body["components"]["s3"] == {"status": "ok", "endpoint": settings.storage.endpoint_url}
+    assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
+    assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
 
-    no_outbox = make_settings(DROPBATCH_OUTBOX_BUCKET="no-such-outbox")
-    broken = start_gateway(no_outbox, ctx=make_context(no_outbox, bootstrap=False))
-    alive = httpx.get(broken.url + "/health")
-    assert alive.status_code == 200, "liveness does not depend on S3"
-    assert (alive.json()["status"], alive.json()["processor_initialized"]) == ("degraded", False)
+    broken_settings = make_settings(DROPBATCH_OUTBOX_BUCKET="no-such-outbox", DROPBATCH_ADMIN_TOKEN=ADMIN_TOKEN)
+    broken = start_gateway(broken_settings, ctx=make_context(broken_settings, bootstrap=False))
+    down = httpx.get(broken.url + "/health")
+    assert (down.status_code, down.json()) == (503, {"status": "unhealthy"})
     degraded = httpx.get(broken.url + "/ready")
     assert degraded.status_code == 503
-    assert degraded.json()["components"]["buckets"]["outbox"]["status"] == "missing"
+    assert degraded.json() == {
+        "status": "unavailable",
+        "components": {"s3": "ok", "inbox": "ok", "outbox": "missing", "control": "ok"},
+    }
+    detail = httpx.get(broken.url + "/admin/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert detail.status_code == 503
+    assert detail.json()["components"]["buckets"]["outbox"] == {"bucket": "no-such-outbox", "status": "missing"}
     assert httpx.get(live.url + "/openapi.json").json()["openapi"].startswith("3.")
 
 
@@ -223,6 +234,8 @@ def test_start_and_jobs_copy_results_to_the_output_uri(settings, live, http, dra
     s3.create_bucket(Bucket="user-data")
     items = [{"prompt": p} for p in PROMPTS] + [make_jsonl(1, prefix="openai-line")[0]]
     s3.put_object(Bucket="user-data", Key="in/prompts.jsonl", Body=jsonl_text(items).encode())
+    live.ctx.grants.create("acme", "s3://user-data/in", read=True, write=False)
+    live.ctx.grants.create("acme", "s3://user-data/out", read=False, write=True)
 
     started = http.post("/start", json={"input": "s3://user-data/in/prompts.jsonl", "output": "s3://user-data/out/"})
     assert started.status_code == 200, started.text
@@ -238,33 +251,17 @@ def test_start_and_jobs_copy_results_to_the_output_uri(settings, live, http, dra
     assert sorted(line["custom_id"] for line in output) == sorted(["line-1", "line-2", "line-3", "openai-line-0"])
 
     control = settings.storage.control_bucket
-    assert (
-        http.post("/start", json={"input": f"s3://{control}/tokens/x", "output": "s3://user-data/o"}).status_code == 403
-    )
-    assert (
-        http.post(
-            "/start",
-            json={"input": f"s3://{settings.storage.inbox_bucket}/other-tenant/x.jsonl", "output": "s3://user-data/o"},
-        ).status_code
-        == 403
-    )
-    assert (
-        http.post(
-            "/start",
-            json={"input": "s3://user-data/in/prompts.jsonl", "output": f"s3://{settings.storage.outbox_bucket}/x"},
-        ).status_code
-        == 403
-    )
-    assert (
-        http.post(
-            "/start", json={"input": "s3://user-data/in/prompts.jsonl", "output": "s3://nowhere-bucket/x"}
-        ).status_code
-        == 400
-    )
-    assert (
-        http.post("/start", json={"input": "s3://user-data/in/missing.jsonl", "output": "s3://user-data/o"}).status_code
-        == 404
-    )
+    refused = [
+        {"input": f"s3://{control}/tokens/x", "output": "s3://user-data/out/"},
+        {"input": f"s3://{settings.storage.inbox_bucket}/other-tenant/x.jsonl", "output": "s3://user-data/out/"},
+        {"input": "s3://user-data/in/prompts.jsonl", "output": f"s3://{settings.storage.outbox_bucket}/acme/x"},
+        {"input": "s3://user-data/in/prompts.jsonl", "output": "s3://nowhere-bucket/x"},
+    ]
+    for body in refused:
+        answer = http.post("/start", json=body)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (403, "location_not_granted"), body
+    missing = http.post("/start", json={"input": "s3://user-data/in/missing.jsonl", "output": "s3://user-data/out/m/"})
+    assert missing.status_code == 404  # inside a read grant, a missing input may say so
 
 
 def test_python_client_against_the_live_gateway(settings, live, tenant_token, drain) -> None:
@@ -282,7 +279,7 @@ def test_python_client_against_the_live_gateway(settings, live, tenant_token, dr
         assert final["status"] == "completed" and final["request_counts"]["completed"] == len(PROMPTS)
         report = client.validate_input({"input": [{"prompt": "hi"}]})
         assert report["is_valid"] and report["estimated_items"] == 1
-        assert client.health()["status"] == "ok"
+        assert client.health() == {"status": "healthy"}
         with pytest.raises(NotFound):
             client.retrieve_batch("batch_missing")
     results = get_batch_results(batch["id"], base_url=live.url, api_key=token)

@@ -199,3 +199,27 @@ def test_event_is_deleted_only_after_successful_handling(make_settings, make_con
     drain_until(watcher, intake, ref.manifest_key, events=2)
     assert_admitted_once(ctx, ref, 5)
     assert queue_depth(ctx, queue_url) == 0
+
+
+def test_a_nested_manifest_s_event_is_answered_with_a_rejection_and_nothing_comes_back(
+    make_settings, make_context, drop_job
+):
+    settings = make_settings()
+    ctx = make_context(settings)
+    _, key = make_tenant(ctx, "acme")
+    ref = drop_job(ctx, key, make_jsonl(2), upload_to=JobRef("acme", "a/b"))  # acme/a/b/manifest.json
+    assert ref.manifest_key == "acme/a/b/manifest.json"
+    queue_url = find_queue_url(settings.storage)
+    intake = RecordingIntake(ctx.settings.storage, queue_url)
+    watcher = Watcher(ctx, events=intake)
+
+    drain_until(watcher, intake, ref.manifest_key)  # the S3 event filter (suffix /manifest.json) passes it
+
+    rejection = json.loads(ctx.store.get(ctx.inbox, "acme/a/b/rejection.json")[0])
+    assert (rejection["code"], rejection["manifest_key"]) == ("manifest_key_invalid", ref.manifest_key)
+    assert control_keys(ctx, "batches/") == []
+    assert sorted(intake.acked) == sorted(receipt for receipt, _ in intake.received)
+    # Our rejection.json is not a manifest: its write sends no event the watcher acts on.
+    watcher.drain_events(wait_seconds=1)
+    assert intake.keys() == [ref.manifest_key]
+    assert queue_depth(ctx, queue_url) == 0

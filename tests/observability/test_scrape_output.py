@@ -50,7 +50,7 @@ def serve() -> Iterator:
 
     def start(service: str, metrics: Metrics, ctx: Context) -> str:
         health = Health(service)
-        health.add("s3", buckets_check(ctx.store, [ctx.inbox, ctx.settings.storage.control_bucket]))
+        health.add("s3", buckets_check(ctx.store, {"inbox": ctx.inbox, "control": ctx.settings.storage.control_bucket}))
         http = ServiceHttp("127.0.0.1", 0, health, metrics).start()
         servers.append(http)
         return f"http://127.0.0.1:{http.port}"
@@ -101,9 +101,9 @@ def test_watcher_scrape_passes_promtool_and_counts_manifests(worked_services, se
 def test_service_http_health_and_readiness(worked_services, serve):
     url = serve("watcher", worked_services.watcher, worked_services.ctx)
     status, _, body = get(url + "/health")
-    assert status == 200 and json.loads(body)["service"] == "watcher"
+    assert (status, json.loads(body)) == (200, {"status": "healthy"})
     status, _, body = get(url + "/ready")
-    assert status == 200 and json.loads(body)["components"]["s3"] == {"status": "ok"}
+    assert status == 200 and json.loads(body) == {"status": "ready", "components": {"s3": {"status": "ok"}}}
 
 
 def test_gateway_scrape_passes_promtool_and_counts_requests(run_promtool):
@@ -119,7 +119,7 @@ def test_gateway_scrape_passes_promtool_and_counts_requests(run_promtool):
     with TestClient(app) as client:
         health = client.get("/health")
         assert health.status_code == 200, health.text
-        assert health.json()["status"] == "ok"
+        assert health.json() == {"status": "healthy"}
         auth = {"Authorization": f"Bearer {token}"}
         assert client.get("/v1/batches", headers=auth).status_code == 200
         assert client.get("/v1/batches", headers=auth).status_code == 429

@@ -2,13 +2,16 @@
 
 transcript              every byte a command or service printed, to grep for secrets afterwards
 dropbatch_cli(env)      ``python -m dropbatch.cli ARGS`` in a subprocess; its output lands in the transcript
-live_gateway(settings)  the gateway app under uvicorn on 127.0.0.1 (a thread), generous rate limits
+live_gateway(settings, ctx=None, **app_kwargs)  the gateway app under uvicorn on 127.0.0.1 (a thread),
+                        generous rate limits unless ``rate_limits`` is given
+counted_context(settings)  a Context whose S3 requests are counted (CountingStore over the real S3 store)
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from helpers import live_app
 
 from dropbatch.context import Context
 from dropbatch.settings import Settings
+from dropbatch.storage.base import ObjectStore
+from dropbatch.storage.s3 import S3ObjectStore
 from gateway.app import create_app
 from gateway.ratelimit import TierRate
 
@@ -84,10 +89,45 @@ class LiveGateway:
 def live_gateway(make_context) -> Iterator[Callable[..., LiveGateway]]:
     with ExitStack() as servers:
 
-        def start(settings: Settings, **app_kwargs: Any) -> LiveGateway:
-            ctx = make_context(settings)
-            rates = {tier: GENEROUS for tier in settings.limits.tier_quotas}
-            url = servers.enter_context(live_app(create_app(settings, ctx=ctx, rate_limits=rates, **app_kwargs)))
+        def start(settings: Settings, *, ctx: Context | None = None, **app_kwargs: Any) -> LiveGateway:
+            ctx = ctx or make_context(settings)
+            app_kwargs.setdefault("rate_limits", {tier: GENEROUS for tier in settings.limits.tier_quotas})
+            url = servers.enter_context(live_app(create_app(settings, ctx=ctx, **app_kwargs)))
             return LiveGateway(url=url, ctx=ctx)
 
         yield start
+
+
+class CountingStore:
+    """An ObjectStore that records every S3 request it passes on as (method, bucket, key)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.requests: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self.inner, method)
+        if not callable(call):
+            return call
+
+        def counted(bucket: str, key: str = "", *args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.requests.append((method, bucket, key))
+            return call(bucket, key, *args, **kwargs)
+
+        return counted
+
+    def count(self, method: str, key_prefix: str = "") -> int:
+        with self._lock:
+            return sum(1 for m, _, key in self.requests if m == method and key.startswith(key_prefix))
+
+
+@pytest.fixture
+def counted_context() -> Callable[[Settings], Context]:
+    """``counted_context(settings)`` → a Context over the real S3 store; ``ctx.store.requests`` lists the calls."""
+
+    def make(settings: Settings) -> Context:
+        return Context(settings=settings, store=CountingStore(S3ObjectStore(settings.storage)))
+
+    return make

@@ -21,6 +21,7 @@ from dropbatch.context import Context
 from dropbatch.errors import AuthenticationFailed, ManifestRejected, PermissionDenied
 from dropbatch.settings import Settings
 from dropbatch.storage.memory import MemoryObjectStore
+from gateway.ratelimit import AttemptLimiter, TierRate
 from manifests import Manifest, sign, verify_signature
 from manifests.signing import SIGNATURE_PREFIX
 
@@ -143,8 +144,12 @@ def _request(token: str | None) -> Request:
 
 
 class _NoTenants:
-    def authenticate_sync(self, token):
-        raise AuthenticationFailed("unknown")
+    """TokenAuth's surface check_admin uses: no token is known, attempts are generous."""
+
+    attempts = AttemptLimiter(TierRate(per_minute=60, burst=100))
+
+    def resolve(self, token):
+        return None
 
 
 def test_admin_token_decision_is_compare_digests(monkeypatch):

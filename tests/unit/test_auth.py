@@ -171,6 +171,18 @@ def test_more_lines_than_the_limit_can_never_fit(make_context, make_clock) -> No
     ctx.quotas.reserve("acme", "free", "exact", 100)
 
 
+def test_quota_error_says_what_was_counted(make_context) -> None:
+    ctx = make_context(DROPBATCH_TIER_QUOTAS="free=100")
+    with pytest.raises(QuotaExceeded) as info:
+        ctx.quotas.reserve("acme", "free", "emb", 150, lines=1)
+    assert "150 requests (from 1 request line: each embeddings input" in info.value.message
+    ctx.quotas.reserve("acme", "free", "b1", 90, lines=3)
+    with pytest.raises(QuotaExceeded) as info:
+        ctx.quotas.reserve("acme", "free", "b2", 20, lines=20)
+    assert "asks for 20 requests but the free tier has 10 of 100 left" in info.value.message
+    assert ctx.quotas.usage("acme", "free") == (90, 100)
+
+
 def test_concurrent_reserves_never_over_admit(make_context) -> None:
     ctx = make_context(DROPBATCH_TIER_QUOTAS="free=100")
     admitted: list[int] = []

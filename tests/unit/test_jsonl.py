@@ -222,33 +222,34 @@ def test_missing_model_is_mismatched() -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoint, fields, param",
+    "endpoint, fields, code, param",
     [
-        (CHAT, {"messages": []}, "body.messages"),
-        (CHAT, {"messages": "hi"}, "body.messages"),
-        (CHAT, {"messages": [{"content": "hi"}]}, "body.messages"),
-        (CHAT, {"messages": [{"role": "user"}]}, "body.messages"),
-        (CHAT, {"messages": ["hi"]}, "body.messages"),
-        ("/v1/completions", {"prompt": 5}, "body.prompt"),
-        ("/v1/completions", {"prompt": []}, "body.prompt"),
-        ("/v1/completions", {"prompt": ["a", "b"]}, "body.prompt"),
-        ("/v1/embeddings", {"input": ""}, "body.input"),
-        ("/v1/embeddings", {"input": []}, "body.input"),
-        ("/v1/embeddings", {"input": ["a", ""]}, "body.input"),
-        ("/v1/embeddings", {"input": [1, 2]}, "body.input"),
-        (CHAT, {"max_tokens": 0}, "body.max_tokens"),
-        (CHAT, {"max_tokens": "5"}, "body.max_tokens"),
-        (CHAT, {"max_tokens": True}, "body.max_tokens"),
-        (CHAT, {"max_completion_tokens": -1}, "body.max_completion_tokens"),
-        (CHAT, {"n": 2}, "body.n"),
-        (CHAT, {"n": 0}, "body.n"),
-        (CHAT, {"stream": True}, "body.stream"),
-        ("/v1/completions", {"stream": True}, "body.stream"),
+        (CHAT, {"messages": []}, "invalid_body", "body.messages"),
+        (CHAT, {"messages": "hi"}, "invalid_body", "body.messages"),
+        (CHAT, {"messages": [{"content": "hi"}]}, "invalid_body", "body.messages[0].role"),
+        (CHAT, {"messages": [{"role": "user"}]}, "missing_required_parameter", "body.messages[0].content"),
+        (CHAT, {"messages": ["hi"]}, "invalid_body", "body.messages[0]"),
+        ("/v1/completions", {"prompt": 5}, "invalid_body", "body.prompt"),
+        ("/v1/completions", {"prompt": []}, "invalid_body", "body.prompt"),
+        ("/v1/completions", {"suffix": "end"}, "unsupported_parameter", "body.suffix"),
+        ("/v1/embeddings", {"input": ""}, "invalid_body", "body.input"),
+        ("/v1/embeddings", {"input": []}, "invalid_body", "body.input"),
+        ("/v1/embeddings", {"input": ["a", ""]}, "invalid_body", "body.input[1]"),
+        ("/v1/embeddings", {"input": []}, "invalid_body", "body.input"),
+        (CHAT, {"max_tokens": 0}, "invalid_body", "body.max_tokens"),
+        (CHAT, {"max_tokens": "5"}, "invalid_body", "body.max_tokens"),
+        (CHAT, {"max_tokens": True}, "invalid_body", "body.max_tokens"),
+        (CHAT, {"max_completion_tokens": -1}, "invalid_body", "body.max_completion_tokens"),
+        (CHAT, {"n": 129}, "invalid_body", "body.n"),
+        (CHAT, {"n": 0}, "invalid_body", "body.n"),
+        (CHAT, {"stream": True}, "invalid_body", "body.stream"),
+        ("/v1/completions", {"stream": True}, "invalid_body", "body.stream"),
     ],
 )
-def test_invalid_body(endpoint: str, fields: dict[str, Any], param: str) -> None:
+def test_invalid_body(endpoint: str, fields: dict[str, Any], code: str, param: str) -> None:
     error = reject(body(endpoint, **fields), endpoint)
-    assert (error.code, error.param) == ("invalid_body", param)
+    assert (error.code, error.param) == (code, param)
+    assert error.message.startswith("Line 7: ") and param in error.message
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dropbatch.errors import InvalidRequest
-from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix, check_name, job_of_manifest_key, uploaded_file_key
+from dropbatch.storage.keys import (
+    ControlKeys,
+    JobRef,
+    OutputPrefix,
+    check_name,
+    is_manifest_name,
+    job_of_manifest_key,
+    uploaded_file_key,
+    why_not_a_manifest_key,
+)
 
 
 @pytest.mark.parametrize("name", ["acme", "a", "A1", "team_a-b.c", "0abc", "x" * 128, "v1.2"])
@@ -93,3 +102,23 @@ def test_control_keys_sort_in_the_orders_they_promise() -> None:
     assert ControlKeys.batch_index("t", 1, "x").startswith(ControlKeys.batch_index_prefix("t"))
     assert uploaded_file_key("acme", "file-1") == "acme/.files/file-1.jsonl"
     assert job_of_manifest_key(uploaded_file_key("acme", "manifest")) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "named", "why"),
+    [
+        ("acme/j1/manifest.json", True, "is not a job's manifest key"),
+        ("acme/j1/Manifest.JSON", True, "names the file 'Manifest.JSON'"),
+        ("acme/a/b/manifest.json", True, "has 3 folder level(s)"),
+        ("acme/manifest.json", True, "has 1 folder level(s)"),
+        ("acme/jöb/manifest.json", True, "has an invalid job name"),
+        ("acme/a..b/manifest.json", True, "has an invalid job name"),
+        ("acme/j1/rejection.json", False, None),
+        ("acme/j1/manifest.json.bak", False, None),
+        ("acme/j1/my-manifest.json", False, None),
+    ],
+)
+def test_manifest_named_keys_and_why_they_are_not_admitted(key: str, named: bool, why: str | None) -> None:
+    assert is_manifest_name(key) is named
+    if why is not None:
+        assert why in why_not_a_manifest_key(key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -130,10 +132,25 @@ def test_over_long_prompt_is_one_error_line(make_context, submit) -> None:
     assert record.error_file_id is not None
 
 
-def test_unservable_line_is_an_error_line(make_context, submit) -> None:
+def test_unservable_line_is_refused_at_admission(make_context, submit) -> None:
     ctx = make_context()
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]
-    admitted = submit(ctx, "j1", 3, body=lambda i, b: {**b, "messages": image} if i == 0 else b)
+    record = submit(ctx, "j1", 3, body=lambda i, b: {**b, "messages": image} if i == 1 else b)
+    assert record.status == BatchStatus.FAILED
+    assert record.errors is not None
+    [error] = record.errors.data
+    assert (error.code, error.line, error.param) == (
+        "unsupported_content_type",
+        2,
+        "body.messages[0].content[0].type",
+    )
+    assert Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once() == 0
+
+
+def test_line_the_engine_cannot_fit_is_an_error_line(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_MAX_MODEL_LEN="6")
+    long = [{"role": "user", "content": "many words " * 20}]
+    admitted = submit(ctx, "j1", 3, max_tokens=1, body=lambda i, b: {**b, "messages": long} if i == 0 else b)
     Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
     record = ctx.batches.get("acme", admitted.id)
     output, errors = results(ctx, record)
@@ -401,3 +418,44 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
     assert engine.runs == []
     assert list(ctx.queue.entries()) == []
     assert list(ctx.store.list(ctx.outbox)) == []
+
+
+def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, submit) -> None:
+    """The engine stays warm and takes several groups: a small batch never waits for a big one's pass."""
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01")
+    big = submit(ctx, "big", 6, words=3, max_tokens=2)
+    big_started, gate = threading.Event(), threading.Event()
+    echo = EchoEngine(ctx.store, ctx.settings)
+
+    def hold_big(i: int) -> None:
+        big_started.set()
+        assert gate.wait(timeout=30), "the test never opened the gate"
+
+    class Gated(Wrapped):
+        def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+            if any(c.batch_id == big.id for c in chunks):
+                yield from Wrapped(self.inner, hold_big).run(chunks)
+            else:
+                yield from self.inner.run(chunks)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=Runner(ctx, Gated(echo, lambda i: None)).run, args=(stop,))
+    runner.start()
+    try:
+        assert big_started.wait(timeout=10)
+        small = submit(ctx, "small", 2, words=3, max_tokens=2)
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", small.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", small.id).status == BatchStatus.COMPLETED
+        assert ctx.batches.get("acme", big.id).status == BatchStatus.IN_PROGRESS, "big is still held by the gate"
+        gate.set()
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", big.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", big.id).status == BatchStatus.COMPLETED
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()

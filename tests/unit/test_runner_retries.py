@@ -103,7 +103,9 @@ def test_settings_set_the_default_policy(make_context, make_tenant, make_jsonl, 
 
 def test_client_errors_are_never_retried(make_context, make_tenant, make_jsonl, drop_job):
     ctx = make_context(DROPBATCH_MAX_MODEL_LEN="1")  # every prompt is longer than one word
-    record = submit(ctx, make_tenant, make_jsonl, drop_job)
+    _, key = make_tenant(ctx, "acme", "enterprise")
+    # max_tokens within the one-token context is admitted; the prompt itself does not fit.
+    record = admit_manifest(ctx, drop_job(ctx, "acme", "j1", make_jsonl(LINES, max_tokens=1), key=key).ref)
     engine, sleeps, _ = run(ctx, lambda row: None)
     done = ctx.batches.get("acme", record.id)
     assert engine.runs == [LINES]

@@ -258,7 +258,7 @@ def test_replayed_nonce(make_context, make_tenant, make_jsonl, drop_job) -> None
     assert rejection(ctx, replay.ref)["code"] == "replayed_nonce"
     assert len(queued(ctx)) == 1
     # The same job re-signed with the old nonce but different metadata is a replay too.
-    again = drop_job(ctx, "acme", "j1", make_jsonl(2), key=key, manifest_fields={"nonce": first.manifest.nonce, "metadata": {"x": "y"}})
+    again = drop_job(ctx, "acme", "j3", make_jsonl(2), key=key, manifest_fields={"nonce": first.manifest.nonce, "metadata": {"x": "y"}})
     record = admit_manifest(ctx, again.ref)
     assert record is not None and record.status == BatchStatus.FAILED
     assert rejection(ctx, again.ref)["code"] == "replayed_nonce"

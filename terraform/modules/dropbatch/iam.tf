@@ -55,10 +55,80 @@ data "aws_iam_policy_document" "control" {
   }
 }
 
+# Grants (var.tenant_grants): the bucket/prefix pairs outside dropbatch's buckets that /start may
+# read inputs from or write results to. A grant on prefix "a/b" allows a/b and a/b/*, never a/bc,
+# as dropbatch's own check (dropbatch/auth/grants.py) does. Built from names alone, so the
+# document is known at plan time (tests/deploy reads it from a plan, offline).
+locals {
+  grants = flatten([
+    for tenant, grants in var.tenant_grants : [
+      for grant in grants : merge(grant, { tenant = tenant, prefix = trim(grant.prefix, "/") })
+    ]
+  ])
+  grant_objects = { for mode in ["read", "write"] : mode => sort(distinct(flatten([
+    for grant in local.grants : grant.prefix == "" ? ["arn:aws:s3:::${grant.bucket}/*"] : [
+      "arn:aws:s3:::${grant.bucket}/${grant.prefix}",
+      "arn:aws:s3:::${grant.bucket}/${grant.prefix}/*",
+    ] if grant[mode]
+  ]))) }
+  # ListBucket (so a missing key is 404, not 403), limited to the granted prefixes of each bucket.
+  grant_listings = [
+    for bucket in sort(distinct([for grant in local.grants : grant.bucket])) : {
+      bucket = bucket
+      whole  = anytrue([for grant in local.grants : grant.bucket == bucket && grant.prefix == ""])
+      prefixes = sort(distinct(flatten([
+        for grant in local.grants : [grant.prefix, "${grant.prefix}/*"] if grant.bucket == bucket && grant.prefix != ""
+      ])))
+    }
+  ]
+}
+
+data "aws_iam_policy_document" "gateway_grants" {
+  lifecycle {
+    precondition {
+      condition     = length(setintersection([for grant in local.grants : grant.bucket], [var.inbox_bucket, var.outbox_bucket, var.control_bucket])) == 0
+      error_message = "tenant_grants may not name a dropbatch bucket: tenants reach only their own prefixes there."
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.grant_listings
+    content {
+      sid       = "GrantList${statement.key}"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:aws:s3:::${statement.value.bucket}"]
+      dynamic "condition" {
+        for_each = statement.value.whole ? [] : [1]
+        content {
+          test     = "StringLike"
+          variable = "s3:prefix"
+          values   = statement.value.prefixes
+        }
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.grant_objects.read) > 0 ? [1] : []
+    content {
+      sid       = "GrantRead"
+      actions   = ["s3:GetObject"]
+      resources = local.grant_objects.read
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.grant_objects.write) > 0 ? [1] : []
+    content {
+      sid       = "GrantWrite"
+      actions   = local.object_write
+      resources = local.grant_objects.write
+    }
+  }
+}
+
 # gateway: /v1/files uploads (<tenant>/.files/) and server-signed manifests under any tenant
-# prefix, reads inputs back, serves results from the outbox.
+# prefix, reads inputs back, serves results from the outbox; /start reads and writes grants.
 data "aws_iam_policy_document" "gateway" {
-  source_policy_documents = [data.aws_iam_policy_document.control.json]
+  source_policy_documents = [data.aws_iam_policy_document.control.json, data.aws_iam_policy_document.gateway_grants.json]
 
   statement {
     sid       = "BucketsList"
@@ -74,22 +144,6 @@ data "aws_iam_policy_document" "gateway" {
     sid       = "OutboxRead"
     actions   = ["s3:GetObject"]
     resources = ["${local.arn.outbox}/*"]
-  }
-  dynamic "statement" {
-    for_each = length(var.gateway_job_bucket_arns) > 0 ? [1] : []
-    content {
-      sid       = "JobBucketsList"
-      actions   = ["s3:ListBucket"]
-      resources = var.gateway_job_bucket_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.gateway_job_bucket_arns) > 0 ? [1] : []
-    content {
-      sid       = "JobBucketsReadWrite"
-      actions   = concat(["s3:GetObject"], local.object_write)
-      resources = [for arn in var.gateway_job_bucket_arns : "${arn}/*"]
-    }
   }
 }
 

@@ -48,6 +48,22 @@ output "tenant_role_arns" {
   value       = { for name, role in aws_iam_role.tenant : name => role.arn }
 }
 
+output "gateway_grants_policy" {
+  description = "The part of the gateway role's policy that var.tenant_grants makes (known at plan time)."
+  value       = data.aws_iam_policy_document.gateway_grants.json
+}
+
+output "grant_commands" {
+  description = "`dropbatch tenant grant` commands recording var.tenant_grants in the control bucket, where the gateway checks them per tenant."
+  value = [
+    for grant in local.grants : join(" ", concat(
+      ["dropbatch tenant grant", grant.tenant, "s3://${grant.bucket}/${grant.prefix}"],
+      grant.read ? ["--read"] : [],
+      grant.write ? ["--write"] : [],
+    ))
+  ]
+}
+
 output "settings_env" {
   description = "The DROPBATCH_* settings the services read, as a map."
   value = {

@@ -113,10 +113,39 @@ variable "service_trust_arns" {
   default     = []
 }
 
-variable "gateway_job_bucket_arns" {
-  description = "Buckets of your own that gateway /v1/jobs may read inputs from and copy results to (bucket ARNs)."
-  type        = list(string)
-  default     = []
+variable "tenant_grants" {
+  description = <<-EOT
+    S3 locations outside dropbatch's buckets that a tenant's /start jobs may read inputs from
+    (read) or write results to (write): tenant → [{bucket, prefix, read, write}]. The gateway
+    role may reach exactly these bucket/prefix pairs (prefix "" is the whole bucket; "a/b"
+    covers a/b and a/b/*, never a/bc). Which tenant may use which is dropbatch's own check:
+    record each with `dropbatch tenant grant` (output grant_commands prints the commands).
+  EOT
+  type = map(list(object({
+    bucket = string
+    prefix = optional(string, "")
+    read   = optional(bool, false)
+    write  = optional(bool, false)
+  })))
+  default = {}
+
+  validation {
+    condition = alltrue(flatten([
+      for tenant, grants in var.tenant_grants : [
+        for grant in grants : (
+          can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", grant.bucket)) && !strcontains(grant.bucket, "..") &&
+          can(regex("^[!-~]*$", grant.prefix)) && !strcontains(grant.prefix, "\\") &&
+          alltrue([for segment in split("/", trim(grant.prefix, "/")) : !contains([".", ".."], segment) && (segment != "" || trim(grant.prefix, "/") == "")]) &&
+          (grant.read || grant.write)
+        )
+      ]
+    ]))
+    error_message = "Each grant needs a valid bucket name, a prefix of printable ASCII without '.', '..' or empty segments, and read and/or write."
+  }
+  validation {
+    condition     = alltrue([for name in keys(var.tenant_grants) : can(regex("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", name)) && !strcontains(name, "..")])
+    error_message = "tenant_grants keys are dropbatch tenant names."
+  }
 }
 
 variable "force_destroy" {

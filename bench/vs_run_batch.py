@@ -1,0 +1,404 @@
+"""Benchmark: dropbatch (stack up and idle, warm engine) against `vllm run-batch` and raw vLLM, one run.
+
+    python bench/vs_run_batch.py [--scenarios 1,2,3,4] [--peer-runs 20] [--steady 20000]
+                                 [--memory 5000,50000x4] [--out bench/out]
+
+Same machine, same requests (chat, max_tokens 32, temperature 0, the tiny model):
+1. one 2000-request job, first upload → every result in the outbox, against
+   ``python -m vllm.entrypoints.openai.run_batch`` on the same file (its start-up included,
+   as its users run it);
+2. 20 jobs × 50 requests from 5 tenants uploaded 1 s apart, first upload → last result,
+   against 20 runs of run_batch (``--peer-runs K`` times K runs and scales to 20, said so
+   in the table), and the median job's upload → results latency;
+3. steady state: generated tokens/s on ``--steady`` requests against raw ``LLM.chat`` on
+   the same requests, generation phase only (its engine already loaded);
+4. peak RSS of the runner and everything under it (Ray, the engine actors, vLLM's
+   processes), during one small job and then during several large jobs in a row.
+
+dropbatch runs as users run it: `dropbatch up` (embedded moto S3, watcher, runner,
+gateway), waited on until the runner's /ready says the engine answered its probe; jobs
+are uploaded as input + signed manifest through the S3 API. Prints a table, writes
+``vs_run_batch.json`` and ``vs_run_batch.png``. Not a test: figures vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
+MODEL = "dropbatch-tiny"
+MAX_TOKENS = 32
+ENGINE_FLAGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager"]
+PEER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+RAW_SCRIPT = r"""
+import json, sys, time
+
+
+def main():
+    from vllm import LLM, SamplingParams
+
+    path, model, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    conversations = [json.loads(line)["body"]["messages"] for line in open(path)]
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=512, enforce_eager=True)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    llm.chat(conversations[:8], params, use_tqdm=False)  # warm
+    began = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.perf_counter() - began
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    print("RESULT " + json.dumps({"seconds": seconds, "generated_tokens": tokens}), flush=True)
+
+
+if __name__ == "__main__":  # vLLM on CPU uses the spawn start method
+    main()
+"""
+
+
+def requests(n: int, tag: str) -> list[dict]:
+    return [
+        {
+            "custom_id": f"{tag}-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Tell me something about {tag} number {i}."}],
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+# -- the peers -----------------------------------------------------------------------
+
+
+def run_batch(path: Path, out: Path) -> float:
+    """Wall seconds of one `python -m vllm.entrypoints.openai.run_batch` on ``path``."""
+    began = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(path), "-o", str(out),
+         "--model", str(MODEL_DIR), "--served-model-name", MODEL, *ENGINE_FLAGS],
+        env={**os.environ, **PEER_ENV}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - began
+
+
+def raw_generation(path: Path, workdir: Path) -> dict:
+    script = workdir / "raw_vllm.py"
+    script.write_text(RAW_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(path), str(MODEL_DIR), str(MAX_TOKENS)],
+                          env={**os.environ, **PEER_ENV}, capture_output=True, text=True, check=True)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+# -- dropbatch as users run it ---------------------------------------------------------
+
+
+class Stack:
+    """`dropbatch up` in a temporary home; jobs go in through the S3 API as the drop-box contract says."""
+
+    def __init__(self, home: Path, endpoint: str) -> None:
+        from dropbatch.emulator import free_port
+
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DROPBATCH_", "AWS_"))}
+        ports = {name: str(free_port()) for name in ("GATEWAY", "WATCHER", "RUNNER")}
+        self.env = {**env, "DROPBATCH_HOME": str(home), "DROPBATCH_MODEL": str(MODEL_DIR),
+                    "DROPBATCH_S3_ENDPOINT": endpoint, "DROPBATCH_TIER_QUOTAS": "enterprise=10000000",
+                    **{f"DROPBATCH_{name}_PORT": port for name, port in ports.items()}}
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "dropbatch"), "up"], env=self.env,
+                                     stdout=(home / "up.out").open("wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.info = self._wait_ready()
+        from dropbatch.context import Context
+        from dropbatch.settings import Settings
+
+        self.ctx = Context.from_settings(Settings.from_env(self.env))
+        self.tenants: dict[str, object] = {}
+
+    def _wait_ready(self, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        state = self.home / "up.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"dropbatch up exited; see {self.home / 'up.out'}")
+            if state.exists():
+                info = json.loads(state.read_text())
+                ready = info["metrics"]["runner"].replace("/metrics", "/ready")
+                try:
+                    with urllib.request.urlopen(ready, timeout=2) as response:
+                        if response.status == 200:
+                            return info
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        raise SystemExit("the runner never became ready")
+
+    def runner_pid(self) -> int:
+        return json.loads((self.home / "up.json").read_text())["services"]["runner"]
+
+    def submit(self, tenant: str, job: str, lines: list[dict]):
+        from dropbatch.models import InputObject
+        from dropbatch.storage.keys import JobRef
+        from manifests import Manifest, dumps, sign
+
+        if tenant not in self.tenants:
+            self.ctx.tenants.create(tenant, "enterprise")
+            self.tenants[tenant] = self.ctx.tenants.create_signing_key(tenant)
+        key = self.tenants[tenant]
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        input_key = f"{tenant}/{job}/input.jsonl"
+        self.ctx.store.put(self.ctx.inbox, input_key, data)
+        manifest = Manifest(
+            tenant=tenant, job=job, key_id=key.key_id, endpoint="/v1/chat/completions", model=MODEL,
+            created_at=int(time.time()), nonce=hashlib.sha256(f"{job}{time.time()}".encode()).hexdigest()[:24],
+            inputs=[InputObject(key=input_key, size=len(data), sha256=hashlib.sha256(data).hexdigest())],
+        )
+        ref = JobRef(tenant, job)
+        self.ctx.store.put(self.ctx.inbox, ref.manifest_key, dumps(sign(manifest, key.secret)))
+        return ref
+
+    def wait(self, ref, timeout: float = 3600):
+        from dropbatch.errors import NotFound
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                record = self.ctx.batches.for_job(ref)
+                if record.status.is_terminal:
+                    return record
+            except NotFound:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{ref} did not finish")
+
+    def close(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class PeakRss:
+    """Samples the summed RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.pid)
+        while not self._stop.wait(0.5):
+            total = 0
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def one_job(stack: Stack, work: Path, results: dict) -> None:
+    lines = requests(2000, "one")
+    began = time.perf_counter()
+    record = stack.wait(stack.submit("bench-one", f"one-{int(time.time())}", lines))
+    dropbatch = time.perf_counter() - began
+    peer = run_batch(write_jsonl(work / "one.jsonl", lines), work / "one.out.jsonl")
+    results["one_2000"] = {"dropbatch_s": dropbatch, "run_batch_s": peer, "speedup": peer / dropbatch,
+                           "completed": record.request_counts.completed}
+
+
+def many_jobs(stack: Stack, work: Path, results: dict, peer_runs: int) -> None:
+    from dropbatch.errors import NotFound
+
+    submitted: list[tuple[float, object]] = []
+    began = time.perf_counter()
+    for i in range(20):
+        ref = stack.submit(f"bench-t{i % 5}", f"many-{i}-{int(time.time())}", requests(50, f"m{i}"))
+        submitted.append((time.perf_counter(), ref))
+        time.sleep(1.0)
+    latencies, admitted, running = [], [], []
+    pending = list(submitted)
+    while pending:
+        for item in list(pending):
+            try:
+                record = stack.ctx.batches.for_job(item[1])
+            except NotFound:
+                continue  # not admitted yet
+            if record.status.is_terminal:
+                latencies.append(time.perf_counter() - item[0])
+                # Where a job's time goes (whole seconds, from the batch record's own stamps).
+                admitted.append((record.in_progress_at or record.created_at) - record.created_at)
+                running.append((record.completed_at or record.in_progress_at or 0) - (record.in_progress_at or 0))
+                pending.remove(item)
+        time.sleep(0.05)
+    dropbatch = time.perf_counter() - began
+    path = write_jsonl(work / "small.jsonl", requests(50, "small"))
+    peer_each = [run_batch(path, work / "small.out.jsonl") for _ in range(peer_runs)]
+    peer = statistics.mean(peer_each) * 20
+    results["twenty_x50"] = {"dropbatch_s": dropbatch, "run_batch_s": peer, "speedup": peer / dropbatch,
+                             "peer_runs_measured": peer_runs, "median_latency_s": statistics.median(latencies),
+                             "max_latency_s": max(latencies), "median_admission_s": statistics.median(admitted),
+                             "median_in_progress_to_done_s": statistics.median(running)}
+
+
+def steady(stack: Stack, work: Path, results: dict, n: int) -> None:
+    lines = requests(n, "steady")
+    began = time.perf_counter()
+    record = stack.wait(stack.submit("bench-steady", f"steady-{int(time.time())}", lines))
+    seconds = time.perf_counter() - began
+    tokens = record.usage.output_tokens if record.usage else 0
+    raw = raw_generation(write_jsonl(work / "steady.jsonl", lines), work)
+    ours, theirs = tokens / seconds, raw["generated_tokens"] / raw["seconds"]
+    results["steady"] = {"requests": n, "dropbatch_tokens_per_s": ours, "raw_tokens_per_s": theirs,
+                         "ratio": ours / theirs, "dropbatch_s": seconds, "raw_generate_s": raw["seconds"]}
+
+
+def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) -> None:
+    pid = stack.runner_pid()
+    with PeakRss(pid) as first:
+        stack.wait(stack.submit("bench-mem", f"mem-small-{int(time.time())}", requests(small, "mem-s")))
+    with PeakRss(pid) as second:
+        for i in range(repeats):
+            stack.wait(stack.submit("bench-mem", f"mem-large-{i}-{int(time.time())}", requests(large, f"mem-l{i}")))
+    results["memory"] = {"small_lines": small, "large_lines": large, "large_jobs": repeats,
+                         "peak_small_mib": first.peak / 2**20, "peak_large_mib": second.peak / 2**20,
+                         "growth": second.peak / first.peak - 1}
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def report(results: dict, out: Path) -> None:
+    print("\n| scenario | dropbatch | peer | dropbatch vs peer | goal |\n|---|---|---|---|---|")
+    if "one_2000" in results:
+        r = results["one_2000"]
+        print(f"| 1 job × 2000 | {r['dropbatch_s']:.1f} s | run_batch {r['run_batch_s']:.1f} s | "
+              f"{r['speedup']:.2f}× faster | ≥ 2× |")
+    if "twenty_x50" in results:
+        r = results["twenty_x50"]
+        scaled = "" if r["peer_runs_measured"] == 20 else f" ({r['peer_runs_measured']} runs × 20/{r['peer_runs_measured']})"
+        print(f"| 20 jobs × 50, 1 s apart | {r['dropbatch_s']:.1f} s, median job {r['median_latency_s']:.1f} s | "
+              f"20 × run_batch {r['run_batch_s']:.0f} s{scaled} | {r['speedup']:.1f}× faster | ≥ 10×, median < 5 s |")
+        print(f"|   where a job's time goes (medians) | manifest → in_progress {r['median_admission_s']:.0f} s, "
+              f"in_progress → completed {r['median_in_progress_to_done_s']:.0f} s | | | |")
+    if "steady" in results:
+        r = results["steady"]
+        print(f"| steady state, {r['requests']} requests | {r['dropbatch_tokens_per_s']:.0f} tok/s | "
+              f"raw LLM.chat {r['raw_tokens_per_s']:.0f} tok/s | {r['ratio']:.2f}× | ≥ 0.8× |")
+    if "memory" in results:
+        r = results["memory"]
+        print(f"| peak RSS, runner + engine | {r['small_lines']}-line job {r['peak_small_mib']:.0f} MiB | "
+              f"{r['large_jobs']} × {r['large_lines']}-line jobs {r['peak_large_mib']:.0f} MiB | "
+              f"{r['growth'] * 100:+.1f}% | within 10% |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vs_run_batch.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nplot: {plot(results, out)}")
+
+
+def plot(results: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("one_2000", "twenty_x50", "steady", "memory") if k in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        r = results[key]
+        if key == "one_2000":
+            ax.bar(["dropbatch", "run_batch"], [r["dropbatch_s"], r["run_batch_s"]], color=["#2a7", "#888"])
+            ax.set_title("1 job × 2000: wall s")
+        elif key == "twenty_x50":
+            ax.bar(["dropbatch", "20× run_batch"], [r["dropbatch_s"], r["run_batch_s"]], color=["#2a7", "#888"])
+            ax.set_title("20 jobs × 50: wall s")
+        elif key == "steady":
+            ax.bar(["dropbatch", "raw LLM.chat"], [r["dropbatch_tokens_per_s"], r["raw_tokens_per_s"]],
+                   color=["#2a7", "#888"])
+            ax.set_title("steady state: generated tok/s")
+        else:
+            ax.bar(["1 small job", f"{r['large_jobs']} large jobs"], [r["peak_small_mib"], r["peak_large_mib"]],
+                   color=["#888", "#2a7"])
+            ax.set_title("peak RSS MiB (runner + engine)")
+    fig.tight_layout()
+    path = out / "vs_run_batch.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default="1,2,3,4")
+    parser.add_argument("--peer-runs", type=int, default=20, help="run_batch runs measured for scenario 2")
+    parser.add_argument("--steady", type=int, default=20_000)
+    parser.add_argument("--memory", default="5000,50000x4", help="SMALL,LARGExREPEATS lines for scenario 4")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    args = parser.parse_args()
+    from dropbatch.engine.tinymodel import build_tiny_model
+
+    build_tiny_model(MODEL_DIR)
+    chosen = set(args.scenarios.split(","))
+    small, _, rest = args.memory.partition(",")
+    large, _, repeats = rest.partition("x")
+    results: dict = {}
+    from dropbatch.emulator import moto_server
+
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
+        work = Path(tmp)
+        stack = Stack(work / "home", endpoint)
+        try:
+            if "1" in chosen:
+                one_job(stack, work, results)
+            if "2" in chosen:
+                many_jobs(stack, work, results, args.peer_runs)
+            if "4" in chosen:
+                memory(stack, results, int(small), int(large), int(repeats or 1))
+            if "3" in chosen:
+                steady(stack, work, results, args.steady)
+        finally:
+            stack.close()
+    report(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

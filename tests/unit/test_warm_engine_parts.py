@@ -1,0 +1,81 @@
+"""The warm engine's pure parts: vLLM flags, planned limits, rows in and result lines out."""
+
+from __future__ import annotations
+
+import json
+
+from test_planner import TINY
+
+from dropbatch.engine.base import WorkChunk
+from dropbatch.ids import completion_id, request_line_id
+from dropbatch.settings import Settings
+from runner.engine import vllm_args
+from runner.engine.limits import engine_limits
+from runner.engine.lines import line_result
+from runner.engine.stream import request_rows
+
+
+def chunk(data: bytes, **fields) -> WorkChunk:
+    base = dict(batch_id="batch_1", chunk=0, content_sha256="c" * 64, endpoint="/v1/chat/completions",
+                model="dropbatch-tiny", bucket="inbox", key="t/j/in.jsonl", start=0, end=len(data), first_line=1,
+                lines=data.count(b"\n"), sha256="s", created=1_700_000_000)
+    return WorkChunk(**{**base, **fields})
+
+
+def test_flags_follow_the_settings_and_the_plan():
+    engine = Settings.from_env({"DROPBATCH_ENABLE_PREFIX_CACHING": "0", "DROPBATCH_KV_CACHE_DTYPE": "fp8"}).engine
+    args = vllm_args(engine, {"max_num_seqs": 64, "max_num_batched_tokens": 4096})
+    assert args[args.index("--max-num-seqs") + 1] == "64"
+    assert args[args.index("--max-num-batched-tokens") + 1] == "4096"
+    assert "--no-enable-prefix-caching" in args and args[args.index("--kv-cache-dtype") + 1] == "fp8"
+    assert json.loads(args[args.index("--override-generation-config") + 1]) == {"max_new_tokens": 256}
+
+
+def test_limits_come_from_the_planner_unless_set(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    planned = engine_limits(Settings.from_env({"DROPBATCH_MODEL": str(tmp_path)}).engine, device="cpu",
+                            gpu_memory_bytes=None)
+    assert planned["max_num_seqs"] > 0 and planned["max_num_batched_tokens"] > 0
+    explicit = Settings.from_env({"DROPBATCH_MODEL": str(tmp_path), "DROPBATCH_MAX_NUM_SEQS": "7"}).engine
+    assert engine_limits(explicit, device="cpu", gpu_memory_bytes=None)["max_num_seqs"] == 7
+    hub = Settings.from_env({"DROPBATCH_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}).engine
+    assert engine_limits(hub, device="cpu", gpu_memory_bytes=None) == {}
+
+
+def test_rows_carry_bodies_as_json_text_and_skip_lines_not_retried():
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "dropbatch-tiny", "messages": [{"role": "user", "content": "hi"}], **extra}}
+        for i, extra in enumerate([{"seed": 5}, {}, {"stop": ["a"], "top_p": 0.5}])
+    ]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    rows = request_rows(chunk(data), data, "engine-0", max_line_bytes=1 << 20)
+    assert [r["custom_id"] for r in rows] == ["r0", "r1", "r2"]
+    assert json.loads(rows[0]["body_json"])["seed"] == 5 and isinstance(rows[0]["body_json"], str)
+    assert {r["status"] for r in rows} == {0} and {r["engine"] for r in rows} == {"engine-0"}
+    retried = request_rows(chunk(data, only=("r1",)), data, "engine-0", max_line_bytes=1 << 20)
+    assert [r["custom_id"] for r in retried] == ["r1"]
+
+
+def test_a_line_that_no_longer_parses_is_answered_without_the_engine():
+    data = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": 7}\n'
+    (row,) = request_rows(chunk(data), data, "engine-0", max_line_bytes=1 << 20)
+    assert row["status"] == 400 and "error" in json.loads(row["body_json"])
+
+
+def test_result_lines_get_ids_from_the_content_address():
+    c = chunk(b"\n")
+    body = {"id": "chatcmpl-random", "created": 123, "object": "chat.completion", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    row = {"custom_id": "r0", "status": 200, "body_json": json.dumps(body), "prompt_tokens": 3, "completion_tokens": 2}
+    result = line_result(c, row)
+    assert result.ok and (result.prompt_tokens, result.completion_tokens) == (3, 2)
+    assert result.line["id"] == request_line_id(c.content_sha256, "r0")
+    assert result.line["response"]["body"]["id"] == completion_id(c.content_sha256, "r0", "chatcmpl")
+    assert result.line["response"]["body"]["created"] == c.created
+    error = {"error": {"message": "n must be 1", "type": "BadRequestError", "param": None, "code": "invalid_request"}}
+    failed = line_result(c, {**row, "status": 400, "body_json": json.dumps(error)})
+    assert not failed.ok and failed.completion_tokens == 0
+    assert failed.line["response"] == {"status_code": 400, "request_id": failed.line["response"]["request_id"],
+                                       "body": error}
