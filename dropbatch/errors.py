@@ -2,6 +2,7 @@
 
     DropbatchError
     ├── ConfigError
+    ├── LeaseLost                    (another runner took over a batch this one was renewing)
     ├── StorageError                 (raised only from dropbatch.storage)
     │   ├── ObjectNotFound
     │   ├── WriteConflict
@@ -10,6 +11,7 @@
     │   └── StorageUnavailable       (still failing after the retries)
     ├── InvalidRequest               (400: the caller sent something malformed)
     │   ├── ManifestRejected         (a drop-box manifest that must not run)
+    │   ├── UnservableRequest        (a request line asking for what the engine cannot do)
     │   ├── UnprocessableRequest     (422: readable, but fields fail the schema)
     │   └── PayloadTooLarge          (413: an upload over the size limit)
     ├── AuthenticationFailed         (401)
@@ -21,12 +23,21 @@
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
     ├── RateLimited                  (429 on the wire, with retry_after)
     └── EngineError                  (the inference engine failed as a whole)
+        └── InputChanged             (an admitted input's bytes changed under the runner)
 
 Every class carries an OpenAI-style ``code`` and the HTTP status the gateway maps it
 to, so the gateway and the watcher translate with one table, not per call site.
+``openai_error`` is the one builder of OpenAI's error envelope
+``{"error": {message, type, param, code}}``: the gateway, the CLI and the per-line
+error results of a batch all go through it.
 """
 
 from __future__ import annotations
+
+
+def openai_error(message: str, *, type_: str, code: str | None, param: str | None = None) -> dict:
+    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class DropbatchError(Exception):
@@ -45,20 +56,20 @@ class DropbatchError(Exception):
 
     def to_openai(self) -> dict:
         """The OpenAI error envelope for this error."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error(self.message, type_=self.error_type, code=self.code, param=self.param)
 
 
 class ConfigError(DropbatchError):
     """Raised when settings are missing or contradictory at start-up."""
 
     code = "config_error"
+
+
+class LeaseLost(DropbatchError):
+    """Raised when renewing a batch's lease finds that another runner has taken the batch over."""
+
+    status_code = 409
+    code = "lease_lost"
 
 
 class StorageError(DropbatchError):
@@ -119,6 +130,10 @@ class ManifestRejected(InvalidRequest):
     """Raised when a drop-box manifest fails verification; nothing of the job runs."""
 
     code = "manifest_rejected"
+
+
+class UnservableRequest(InvalidRequest):
+    """Raised when a valid-looking request line asks for something the engine cannot do."""
 
 
 class UnprocessableRequest(InvalidRequest):
@@ -207,3 +222,9 @@ class EngineError(DropbatchError):
     """Raised when the inference engine fails as a whole (not one request line)."""
 
     code = "engine_error"
+
+
+class InputChanged(EngineError):
+    """Raised when an input object's bytes no longer match the sha256 recorded at admission."""
+
+    code = "input_changed"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from dropbatch.errors import ObjectExists, ObjectNotFound, StaleWrite
+from dropbatch.errors import LeaseLost, ObjectExists, ObjectNotFound, StaleWrite
 from dropbatch.records import Clock, Records
 from dropbatch.storage.keys import ControlKeys
 
@@ -42,10 +42,6 @@ class Lease:
     owner: str
     etag: str
     expires_at: float
-
-
-class LeaseLost(Exception):
-    """Raised when renewing finds that another runner has taken the batch over."""
 
 
 def runner_identity() -> str:

@@ -33,6 +33,7 @@ from dropbatch.errors import (
     StorageUnavailable,
     UnprocessableRequest,
     WriteConflict,
+    openai_error,
 )
 
 log = logging.getLogger("dropbatch.gateway")
@@ -70,14 +71,7 @@ def status_of(exc: DropbatchError) -> int:
 def envelope(
     message: str, *, status: int, code: str | None, param: str | None = None, type_: str | None = None
 ) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": type_ or _TYPE_BY_STATUS.get(status, "server_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+    return openai_error(message, type_=type_ or _TYPE_BY_STATUS.get(status, "server_error"), code=code, param=param)
 
 
 def retry_after_seconds(exc: DropbatchError, now: float) -> int | None:

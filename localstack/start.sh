@@ -4,11 +4,9 @@
 #   localstack/start.sh            # S3, SQS, IAM, STS on http://127.0.0.1:4566
 #   localstack/stop.sh
 #
-# First run creates .venv-localstack with Python 3.12+ (LocalStack's runtime needs it;
-# dropbatch itself stays on 3.11) and installs localstack/requirements.txt (~1-2 min).
-# Knobs: LOCALSTACK_PORT (4566), LOCALSTACK_PYTHON (python3.13 / python3.12 found on PATH
-# or under pyenv), LOCALSTACK_VENV, LOCALSTACK_HOME (state, pid file and log;
-# .dropbatch/localstack), LOCALSTACK_START_TIMEOUT (120 s).
+# First run installs .venv-localstack (localstack/install.sh: Python 3.12+, ~1.5-3 min).
+# Knobs: LOCALSTACK_PORT (4566), LOCALSTACK_PYTHON and LOCALSTACK_VENV (see install.sh),
+# LOCALSTACK_HOME (state, pid file and log; .dropbatch/localstack), LOCALSTACK_START_TIMEOUT (120 s).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,24 +16,9 @@ HOME_DIR="${LOCALSTACK_HOME:-$ROOT/.dropbatch/localstack}"
 TIMEOUT="${LOCALSTACK_START_TIMEOUT:-120}"
 PID_FILE="$HOME_DIR/localstack.pid"
 LOG_FILE="$HOME_DIR/localstack.log"
-REQUIREMENTS="$ROOT/localstack/requirements.txt"
 ENDPOINT="http://127.0.0.1:$PORT"
 
 say() { printf 'localstack: %s\n' "$*" >&2; }
-
-find_python() {
-    if [[ -n "${LOCALSTACK_PYTHON:-}" ]]; then echo "$LOCALSTACK_PYTHON"; return; fi
-    local candidate
-    for candidate in python3.13 python3.12 \
-        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
-        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
-        # pyenv shims exist for versions that are not active: ask the interpreter itself.
-        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
-            command -v "$candidate"; return
-        fi
-    done
-    return 1
-}
 
 health() { curl -fsS --max-time 2 "$ENDPOINT/_localstack/health" 2>/dev/null; }
 
@@ -48,15 +31,7 @@ if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
     exit 0
 fi
 
-stamp="$VENV/.requirements.sha256"
-want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    python="$(find_python)" || { say "needs Python >= 3.12 (set LOCALSTACK_PYTHON)"; exit 1; }
-    say "installing into $VENV with $python"
-    "$python" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-    echo "$want" > "$stamp"
-fi
+LOCALSTACK_VENV="$VENV" "$ROOT/localstack/install.sh"
 
 say "starting on $ENDPOINT (log: $LOG_FILE)"
 # hypercorn binds exactly GATEWAY_LISTEN (the default server binds 0.0.0.0); DNS_ADDRESS=0

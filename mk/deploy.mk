@@ -3,6 +3,7 @@
 #
 #   make tf-check          terraform fmt -check, offline init from the provider mirror, validate
 #   make tf-apply-local    apply terraform/local against the running local stack; writes .dropbatch/terraform.env
+#   make localstack-install  .venv-localstack (Python 3.12+) for LocalStack's in-process runtime; no-op when current
 #   make localstack-up     LocalStack's in-process runtime on 127.0.0.1:4566 (no Docker); localstack-down stops it
 #   make test-localstack   the integration suite + the Terraform apply test against a throwaway LocalStack
 #                          (its own instance on LOCALSTACK_TEST_PORT, emptied between tests, stopped after)
@@ -26,7 +27,7 @@ HADOLINT ?= $(firstword $(wildcard $(BIN)/hadolint) $(shell command -v hadolint 
 tf = TF_CLI_CONFIG_FILE=$(TF_CLI_RC) TF_DATA_DIR=$(abspath $(TF_HOME))/$(1) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 \
 	terraform -chdir=terraform/$(1)
 
-.PHONY: tf-check tf-apply-local tf-destroy-local localstack-up localstack-down test-localstack docker-lint
+.PHONY: tf-check tf-apply-local tf-destroy-local localstack-install localstack-up localstack-down test-localstack docker-lint
 
 # Regenerated every time (phony): the mirror is found on this machine, not assumed.
 .PHONY: $(TF_CLI_RC)
@@ -57,6 +58,9 @@ tf-destroy-local: $(TF_CLI_RC)
 		-backend-config=path=$(abspath $(TF_HOME))/local-$(TF_NAME).tfstate >/dev/null
 	$(call tf,local) destroy -auto-approve -input=false \
 		-var 'endpoint=$(LOCAL_ENDPOINT)' -var 'name=$(TF_NAME)' $(TF_LOCAL_VARS)
+
+localstack-install:
+	localstack/install.sh
 
 localstack-up:
 	LOCALSTACK_PORT=$(LOCALSTACK_PORT) localstack/start.sh

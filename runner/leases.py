@@ -7,8 +7,8 @@ import threading
 from collections.abc import Sequence
 
 from dropbatch.context import Context
-from dropbatch.errors import DropbatchError
-from dropbatch.queue import Lease, LeaseLost
+from dropbatch.errors import DropbatchError, LeaseLost
+from dropbatch.queue import Lease
 
 log = logging.getLogger("dropbatch.runner")
 

@@ -4,8 +4,10 @@
                     emulator at DROPBATCH_TEST_S3_ENDPOINT (e.g. LocalStack: `make test-localstack`)
     s3_env          per test: that server, emptied (moto: POST /moto-api/reset; an external
                     endpoint: every bucket and queue on it deleted); its endpoint URL
-    make_settings   per test: factory → Settings pointing at it, resources bootstrapped
-    make_context    factory → Context.from_settings (S3ObjectStore over HTTP)
+    make_settings   per test: factory ``make_settings(**env)`` → Settings pointing at it (no I/O)
+    make_context    factory ``make_context(settings=None, *, clock=None, bootstrap=True, **env)``
+                    → Context.from_settings (S3ObjectStore over HTTP), resources bootstrapped
+    (the same two factories, with the same signatures, as tests/unit/conftest.py's in-memory ones)
     aws             the real `aws` CLI (helpers.AwsCli) against the server
     drop_job        helpers.DropBox(...).drop: JSONL by `aws s3 cp` first, signed manifest last
 
@@ -18,15 +20,17 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from helpers import AwsCli, DropBox, aws_executable, unavailable
 
+from dropbatch.context import Context
 from dropbatch.emulator import moto_server as moto_server_process
 from dropbatch.errors import StorageUnavailable
+from dropbatch.settings import Settings
 
 SERVER_START_SECONDS = 30.0
 # An emulator the suite runs against instead of its own moto. Every bucket and queue on it
@@ -95,38 +99,53 @@ def s3_env(moto_server: str) -> str:
 
 
 @pytest.fixture
-def make_settings(s3_env: str, tmp_path: Path) -> Callable[..., object]:
-    """Factory: ``make_settings({"DROPBATCH_...": ...}, bootstrap=True)`` → Settings on the server.
+def make_settings(s3_env: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Factory: ``make_settings(DROPBATCH_CHUNK_LINES=4)`` → Settings pointing at the server.
 
-    With ``bootstrap`` the buckets, the intake queue + DLQ and the inbox → SQS
-    notification are created (``dropbatch.bootstrap.bootstrap``), as `dropbatch up` does.
+    The same signature as tests/unit's: keyword settings only, nothing created
+    (``make_context`` creates the resources).
     """
-    from dropbatch.bootstrap import bootstrap as bootstrap_resources
-    from dropbatch.settings import Settings
 
-    def make(overrides: Mapping[str, str] | None = None, *, bootstrap: bool = True) -> Settings:
-        environ = {
+    def make(**env: object) -> Settings:
+        base = {
             "DROPBATCH_S3_ENDPOINT": s3_env,
             "DROPBATCH_REGION": "us-east-1",
             "DROPBATCH_ACCESS_KEY_ID": "test",
             "DROPBATCH_SECRET_ACCESS_KEY": "test",
             "DROPBATCH_HOME": str(tmp_path / "dropbatch-home"),
-            **(overrides or {}),
         }
-        settings = Settings.from_env(environ)
-        if bootstrap:
-            bootstrap_resources(settings.storage)
-        return settings
+        return Settings.from_env({**base, **{name: str(value) for name, value in env.items()}})
 
     return make
 
 
 @pytest.fixture
-def make_context() -> Callable[..., object]:
-    """Factory: ``make_context(settings)`` → the production wiring (S3ObjectStore over HTTP)."""
-    from dropbatch.context import Context
+def make_context(make_settings: Callable[..., Settings]) -> Callable[..., Context]:
+    """Factory: ``make_context(settings=None, *, clock=None, bootstrap=True, **env)`` → the production wiring.
 
-    return Context.from_settings
+    The same signature as tests/unit's. A Context over S3ObjectStore on the server for
+    ``settings`` (else ``make_settings(**env)``); with ``bootstrap`` the buckets, the intake
+    queue + DLQ and the inbox → SQS notification are created first
+    (``dropbatch.bootstrap.bootstrap``, as `dropbatch up` does; once per storage per test).
+    """
+    from dropbatch.bootstrap import bootstrap as bootstrap_resources
+
+    bootstrapped: list[object] = []
+
+    def make(
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        bootstrap: bool = True,
+        **env: object,
+    ) -> Context:
+        settings = settings or make_settings(**env)
+        if bootstrap and settings.storage not in bootstrapped:
+            bootstrap_resources(settings.storage)
+            bootstrapped.append(settings.storage)
+        return Context.from_settings(settings, **({"clock": clock} if clock else {}))
+
+    return make
 
 
 @pytest.fixture

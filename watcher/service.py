@@ -6,77 +6,24 @@ events (and is the only source when there is no queue).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from urllib.parse import unquote_plus
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.models import BatchStatus
 from dropbatch.observability.metrics import Metrics
+from dropbatch.queues import EventQueue
 from dropbatch.storage.keys import is_manifest_name, job_of_manifest_key
-from dropbatch.storage.s3 import call_aws, make_client
 from watcher.admission import admit_manifest
 from watcher.rejections import reject_manifest_key
 
 log = logging.getLogger("dropbatch.watcher")
 
 
-def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
-    """Inbox manifest keys named by one SQS message (an S3 event notification)."""
-    try:
-        event = json.loads(body)
-    except ValueError:
-        return []
-    keys = []
-    for record in event.get("Records", []) if isinstance(event, dict) else []:
-        s3 = record.get("s3", {})
-        if s3.get("bucket", {}).get("name") != inbox_bucket:
-            continue
-        # S3 (and moto) URL-encode keys in events, '/' included.
-        key = unquote_plus(s3.get("object", {}).get("key", ""))
-        if is_manifest_name(key):
-            keys.append(key)
-    return keys
-
-
-class SqsIntake:
-    """Receives S3 event notifications from the intake queue."""
-
-    def __init__(self, ctx: Context, queue_url: str) -> None:
-        self.client = make_client("sqs", ctx.settings.storage)
-        self.queue_url = queue_url
-        self.inbox = ctx.inbox
-
-    def receive(self, wait_seconds: int) -> list[tuple[str, list[str]]]:
-        resp = call_aws(
-            self.client.receive_message,
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=wait_seconds,
-            what="sqs",
-        )
-        return [
-            (m["ReceiptHandle"], manifest_keys_in_message(m.get("Body", ""), self.inbox))
-            for m in resp.get("Messages", [])
-        ]
-
-    def check(self) -> str | None:
-        """Readiness: the queue answers."""
-        try:
-            call_aws(self.client.get_queue_attributes, QueueUrl=self.queue_url, AttributeNames=["QueueArn"], what="sqs")
-        except DropbatchError as exc:
-            return f"queue {self.queue_url}: {exc.message}"
-        return None
-
-    def ack(self, receipt: str) -> None:
-        call_aws(self.client.delete_message, QueueUrl=self.queue_url, ReceiptHandle=receipt, what="sqs")
-
-
 class Watcher:
-    def __init__(self, ctx: Context, *, events: SqsIntake | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, ctx: Context, *, events: EventQueue | None = None, metrics: Metrics | None = None) -> None:
         self.ctx = ctx
         self.events = events
         self.metrics = metrics or Metrics("watcher")

@@ -39,8 +39,8 @@ def bootstrap_command(state: State, as_json: bool) -> None:
 @click.pass_obj
 def watcher_command(state: State, as_json: bool) -> None:
     """Admit drop-box jobs: verify manifests, validate input, queue batches (runs until stopped)."""
-    from dropbatch.bootstrap import find_queue_url
-    from watcher.service import SqsIntake, Watcher
+    from dropbatch.queues import SqsEventQueue, find_queue_url
+    from watcher.service import Watcher
 
     settings = state.settings
     configure_logging("watcher", settings.service.log_level)
@@ -54,7 +54,7 @@ def watcher_command(state: State, as_json: bool) -> None:
                 f"DROPBATCH_INTAKE=sqs but the queue {settings.storage.queue_name!r} does not exist "
                 "(run `dropbatch bootstrap`, or set DROPBATCH_QUEUE_URL)."
             )
-    events = SqsIntake(ctx, queue_url) if queue_url else None
+    events = SqsEventQueue(settings.storage, queue_url) if queue_url else None
     checks = {"s3": buckets_check(ctx.store, {"inbox": ctx.inbox, "control": settings.storage.control_bucket})}
     if events is not None:
         checks["queue"] = events.check

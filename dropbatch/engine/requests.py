@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dropbatch.errors import UnservableRequest
 from dropbatch.ids import completion_id
 from dropbatch.settings import EngineSettings
 
@@ -25,15 +26,6 @@ TASK_OF_ENDPOINT = {
 _PASSTHROUGH = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
 # vLLM extensions a client may set in a batch body (as vLLM's own OpenAI server allows).
 _EXTENSIONS = ("top_k", "min_p", "min_tokens", "ignore_eos", "repetition_penalty")
-
-
-class UnservableRequest(ValueError):
-    """Raised when a valid-looking request asks for something the engine cannot do."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 def message_text(content: Any) -> str:
@@ -134,10 +126,6 @@ def embedding_body(*, model: str, vectors: list[list[float]], prompt_tokens: int
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
-
-
-def error_body(message: str, *, code: str, param: str | None = None, type_: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

@@ -15,18 +15,16 @@ from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.engine.requests import (
     EMBED,
     TASK_OF_ENDPOINT,
-    UnservableRequest,
     chat_completion_body,
     chat_messages,
     completion_prompt,
     embedding_body,
     embedding_inputs,
-    error_body,
     finish_reason,
     sampling_params,
     text_completion_body,
 )
-from dropbatch.errors import EngineError, InvalidRequest
+from dropbatch.errors import InputChanged, InvalidRequest, openai_error
 from dropbatch.jsonl import iter_lines, parse_request_line, result_line
 from dropbatch.settings import EngineSettings
 from dropbatch.storage.base import ObjectStore
@@ -48,12 +46,6 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
     "seed": None,
     "stop": [],
 }
-
-
-class InputChanged(EngineError):
-    """Raised when an input object's bytes no longer match what was admitted."""
-
-    code = "input_changed"
 
 
 def read_chunk(chunk: WorkChunk, store: ObjectStore) -> bytes:
@@ -103,9 +95,8 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: EngineSettings, *, max_l
             else:
                 base["prompt"] = completion_prompt(request.body)
             yield {**base, "sampling_params": params}
-        except (InvalidRequest, UnservableRequest) as exc:
-            param = getattr(exc, "param", None)
-            problem = {"code": getattr(exc, "code", "invalid_request"), "message": str(exc), "param": param}
+        except InvalidRequest as exc:  # UnservableRequest included
+            problem = {"code": exc.code, "message": exc.message, "param": exc.param}
             stand_in = {"prompt": "x"}
             if task != EMBED:
                 stand_in["sampling_params"] = {**_SAMPLING_DEFAULTS, "max_tokens": 1}
@@ -139,7 +130,7 @@ def finish_line(chunk: WorkChunk, rows: list[dict[str, Any]]) -> LineResult:
     failure = next((r["__inference_error__"] for r in rows if r.get("__inference_error__")), "")
     if preflight:
         problem = json.loads(preflight)
-        status, body = 400, error_body(problem["message"], code=problem["code"], param=problem.get("param"))
+        status, body = 400, _invalid(problem["message"], code=problem["code"], param=problem.get("param"))
         prompt_tokens = 0
     elif failure:
         status, body = _engine_failure(failure)
@@ -174,15 +165,19 @@ def finish_line(chunk: WorkChunk, rows: list[dict[str, Any]]) -> LineResult:
     )
 
 
+def _invalid(message: str, *, code: str, param: str | None = None) -> dict[str, Any]:
+    return openai_error(message, type_="invalid_request_error", code=code, param=param)
+
+
 def _engine_failure(message: str) -> tuple[int, dict[str, Any]]:
     """Map vLLM's per-request exception text to an OpenAI error body."""
     lowered = message.lower()
     if "longer than the maximum model length" in lowered or "maximum context length" in lowered or "max_model_len" in lowered:
-        return 400, error_body(
+        return 400, _invalid(
             "This request's prompt is longer than the model's maximum context length. " + message,
             code="context_length_exceeded",
             param="messages",
         )
     if "valueerror" in lowered or "validation" in lowered:
-        return 400, error_body(message, code="invalid_request")
-    return 500, error_body(message, code="engine_error", type_="server_error")
+        return 400, _invalid(message, code="invalid_request")
+    return 500, openai_error(message, type_="server_error", code="engine_error")

@@ -30,7 +30,17 @@ from dropbatch.errors import (
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, ObjectInfo
 
-_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchUpload"}
+_NOT_FOUND = {
+    "NoSuchKey",
+    "NoSuchBucket",
+    "404",
+    "NotFound",
+    "NoSuchUpload",
+    "AWS.SimpleQueueService.NonExistentQueue",  # SQS, query protocol
+    "QueueDoesNotExist",  # SQS, JSON protocol
+}
+# Creating a bucket that is already there (bootstrap is idempotent; Terraform may have made it).
+_ALREADY_EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "500", "503", "RequestTimeout", "Throttling"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 # A body cut mid-read. botocore wraps this as ResponseStreamingError only for streamed bodies; for
@@ -65,6 +75,8 @@ def _translate(exc: Exception, *, bucket: str, key: str, conditional: str | None
             if conditional == "if_none_match":
                 return ObjectExists(f"{where} already exists")
             return StaleWrite(f"{where} changed since it was read")
+        if code in _ALREADY_EXISTS:
+            return ObjectExists(f"{where} already exists")
         if code in _UNAVAILABLE:
             return StorageUnavailable(f"{where}: {code} after retries")
         return StorageError(f"{where}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}")
@@ -304,16 +316,9 @@ def make_client(service: str, settings: StorageSettings):
 
 
 def call_aws(fn, *args, what: str, **kwargs):
-    """Call a raw boto3 method (SQS, bucket admin) with the same error translation."""
+    """Call a raw boto3 method (SQS in dropbatch.queues, bucket admin) with the same error translation."""
     try:
         return fn(*args, **kwargs)
     except _AWS_ERRORS as exc:
         raise _translate(exc, bucket=what, key="") from exc
 
-
-def error_code(exc: BaseException) -> str | None:
-    """The AWS error code behind a translated StorageError, if any (for bootstrap's idempotence)."""
-    cause = exc.__cause__
-    if isinstance(cause, ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return None

@@ -24,6 +24,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from dropbatch.errors import openai_error
+
 log = logging.getLogger("dropbatch.engine")
 
 CHAT = "/v1/chat/completions"
@@ -73,7 +75,7 @@ class Answer:
 
 def error_answer(status: int, message: str, *, code: str | None, param: str | None = None,
                  type_: str = "invalid_request_error") -> Answer:
-    return Answer(status=status, body={"error": {"message": message, "type": type_, "param": param, "code": code}})
+    return Answer(status=status, body=openai_error(message, type_=type_, code=code, param=param))
 
 
 class EngineServer:

@@ -17,7 +17,7 @@ from typing import Any
 
 from dropbatch.engine.base import WorkChunk
 from dropbatch.engine.rows import read_chunk
-from dropbatch.errors import InvalidRequest
+from dropbatch.errors import InvalidRequest, openai_error
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.settings import Settings
 
@@ -110,9 +110,7 @@ class EngineAsker:
 
 RESTARTED_ANSWER = {
     "status": 503,
-    "body_json": json.dumps(
-        {"error": {"message": RESTARTED, "type": "server_error", "param": None, "code": "engine_restarted"}}
-    ),
+    "body_json": json.dumps(openai_error(RESTARTED, type_="server_error", code="engine_restarted")),
     "prompt_tokens": 0,
     "completion_tokens": 0,
 }

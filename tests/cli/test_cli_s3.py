@@ -48,7 +48,7 @@ def cli(s3_env: str, tmp_path: Path) -> Callable[..., click.testing.Result]:
 def settings(make_settings: Callable[..., Settings], cli: Callable[..., click.testing.Result]) -> Settings:
     result = cli("bootstrap", "--json")
     assert result.exit_code == 0, result.stderr
-    return make_settings(bootstrap=False)
+    return make_settings()  # resources made by `dropbatch bootstrap` above
 
 
 def test_the_drop_box_flow_from_the_command_line(settings: Settings, cli, aws, make_context, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Helpers for the deploy suite: repo paths, the terraform runner, skip-or-fail for missing tools.
+"""Helpers for the deploy suite: repo paths and the terraform runner (missing tools: helpers.unavailable).
 
 Import them as ``from deploy_helpers import ...`` (this folder is on ``sys.path`` through its conftest).
 """
@@ -11,14 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import unavailable
-
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
 TERRAFORM_TIMEOUT = 600
 
-
-missing = unavailable  # skip locally; under CI a missing tool is a failure
 
 
 class TerraformFailed(RuntimeError):

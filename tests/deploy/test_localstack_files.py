@@ -14,19 +14,19 @@ import yaml
 from deploy_helpers import REPO
 from helpers import make_jsonl, make_tenant
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue, find_queue_url
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 LOCALSTACK = REPO / "localstack"
 HOOK = LOCALSTACK / "init" / "ready.d" / "10-dropbatch.sh"
 MAX_RECEIVES = 10
 
 
-@pytest.mark.parametrize("script", ["start.sh", "stop.sh", "init/ready.d/10-dropbatch.sh"])
+@pytest.mark.parametrize("script", ["install.sh", "start.sh", "stop.sh", "init/ready.d/10-dropbatch.sh"])
 def test_scripts_parse(script):
     subprocess.run(["bash", "-n", str(LOCALSTACK / script)], check=True, timeout=30)
 
@@ -58,7 +58,7 @@ def test_compose_runs_localstack_on_loopback_with_the_ready_hook():
 
 @pytest.mark.integration
 def test_ready_hook_creates_what_the_services_need(make_settings, make_context, drop_job, aws, s3_env):
-    settings = make_settings({"DROPBATCH_INBOX_BUCKET": "hook-inbox"}, bootstrap=False)
+    settings = make_settings(DROPBATCH_INBOX_BUCKET="hook-inbox")
     env = aws.env() | {
         # awscli 1.x sends SQS calls to AWS despite AWS_ENDPOINT_URL: name the endpoint.
         "DROPBATCH_AWS_CLI": f"{aws.executable} --endpoint-url {s3_env}",
@@ -73,12 +73,12 @@ def test_ready_hook_creates_what_the_services_need(make_settings, make_context, 
     for bucket in ("hook-inbox", settings.storage.outbox_bucket, settings.storage.control_bucket):
         assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
 
-    ctx = make_context(settings)
+    ctx = make_context(settings, bootstrap=False)  # what the hook made, nothing more
     _, key = make_tenant(ctx, "acme")
     ref = drop_job(ctx, key, make_jsonl(6))
     queue_url = find_queue_url(settings.storage)
     assert queue_url is not None
-    watcher = Watcher(ctx, events=SqsIntake(ctx, queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, queue_url))
     admitted = 0
     for _ in range(MAX_RECEIVES):
         admitted += watcher.drain_events(wait_seconds=2)

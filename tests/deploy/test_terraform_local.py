@@ -22,19 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_helpers import TERRAFORM_DIR, Terraform, missing
-from helpers import AwsCli, DropBox, aws_executable, make_jsonl, make_tenant, read_jsonl
+from deploy_helpers import TERRAFORM_DIR, Terraform
+from helpers import AwsCli, DropBox, aws_executable, make_jsonl, make_tenant, read_jsonl, unavailable
 
 from dropbatch.context import Context
 from dropbatch.emulator import moto_server
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import StorageUnavailable
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue
 from dropbatch.settings import Settings
 from dropbatch.storage.keys import OutputPrefix
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             endpoint = stack.enter_context(moto_server(log_path=log_path, timeout=SERVER_START_SECONDS))
         except StorageUnavailable as exc:
-            missing(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
+            unavailable(f"{exc}:\n{log_path.read_text(errors='replace')[-2000:]}")
         yield endpoint
 
 
@@ -156,7 +157,7 @@ def test_dropbatch_env_names_the_terraform_resources(applied: Applied, settings:
 def test_dropbox_runs_on_terraform_resources(applied: Applied, settings: Settings, tmp_path: Path):
     executable = aws_executable()
     if executable is None:
-        missing("the `aws` CLI (awscli) is not installed beside the interpreter or on PATH")
+        unavailable("the `aws` CLI (awscli) is not installed beside the interpreter or on PATH")
     (tmp_path / "aws-home").mkdir()
     aws = AwsCli(executable=executable, endpoint=applied.endpoint, home=tmp_path / "aws-home")
     (tmp_path / "dropbox").mkdir()
@@ -169,7 +170,7 @@ def test_dropbox_runs_on_terraform_resources(applied: Applied, settings: Setting
 
     # Only the queue: the job must arrive through the Terraform S3 → SQS notification.
     assert settings.storage.queue_url is not None
-    watcher = Watcher(ctx, events=SqsIntake(ctx, settings.storage.queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, settings.storage.queue_url))
     admitted = 0
     for _ in range(MAX_RECEIVES):
         admitted += watcher.drain_events(wait_seconds=2)

@@ -4,7 +4,7 @@
     settings.with_endpoint(proxy.url) is how a test sends S3 and SQS through it
     proxied_drop_job(proxy)  → helpers.DropBox whose `aws` CLI talks to the proxy
 
-Resources are bootstrapped straight on the server (``make_settings``); what the test
+Resources are bootstrapped straight on the server (``make_context().settings``); what the test
 exercises (aws CLI uploads, watcher, runner, stores) goes through the proxy.
 """
 

@@ -15,14 +15,14 @@ import pytest
 from helpers import make_jsonl, make_tenant, read_jsonl
 from proxy import FaultPlan
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import DropbatchError
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue, find_queue_url
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,9 @@ MAX_ROUNDS = 60  # watcher pass + runner pass per round; each round makes progre
 
 
 def test_every_batch_completes_exactly_once_under_ten_percent_faults(
-    make_settings, start_proxy, proxied_drop_job, capsys
+    make_context, start_proxy, proxied_drop_job, capsys
 ):
-    direct = make_settings({"DROPBATCH_CHUNK_LINES": str(CHUNK_LINES)})
+    direct = make_context(DROPBATCH_CHUNK_LINES=str(CHUNK_LINES)).settings
     proxy = start_proxy(FaultPlan(rate=0.0, seed=SEED))
     settings = direct.with_endpoint(proxy.url)
     ctx = Context.from_settings(settings)
@@ -55,7 +55,7 @@ def test_every_batch_completes_exactly_once_under_ten_percent_faults(
         ref = drop(ctx, keys[tenant], lines, job=job)
         expected[ref] = lines
 
-    watcher = Watcher(ctx, events=SqsIntake(ctx, queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, queue_url))
     runner = Runner(ctx, EchoEngine(ctx.store, settings))
     failed_passes: Counter[str] = Counter()
     rounds = 0

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.integration
 BODY = b'{"hello": "world"}\n' * 1000
 
 
-def _proxied(make_settings, start_proxy, *targets: TargetedFault):
-    direct = make_settings()
+def _proxied(make_context, start_proxy, *targets: TargetedFault):
+    direct = make_context().settings
     proxy = start_proxy(FaultPlan(targeted=list(targets)))
     return direct, proxy, direct.with_endpoint(proxy.url)
 
 
-def test_create_whose_answer_was_lost_is_reported_as_created(make_settings, start_proxy):
-    direct, proxy, settings = _proxied(make_settings, start_proxy, TargetedFault("reset_after", r"/new-key$", "PUT"))
+def test_create_whose_answer_was_lost_is_reported_as_created(make_context, start_proxy):
+    direct, proxy, settings = _proxied(make_context, start_proxy, TargetedFault("reset_after", r"/new-key$", "PUT"))
     store = S3ObjectStore(settings.storage)
     bucket = settings.storage.control_bucket
 
@@ -37,8 +37,8 @@ def test_create_whose_answer_was_lost_is_reported_as_created(make_settings, star
     assert S3ObjectStore(direct.storage).get(bucket, "new-key") == (BODY, etag)
 
 
-def test_update_whose_answer_was_lost_is_reported_as_written(make_settings, start_proxy):
-    direct, proxy, settings = _proxied(make_settings, start_proxy)
+def test_update_whose_answer_was_lost_is_reported_as_written(make_context, start_proxy):
+    direct, proxy, settings = _proxied(make_context, start_proxy)
     store = S3ObjectStore(settings.storage)
     bucket = settings.storage.control_bucket
     first = store.put(bucket, "record", b"v1")
@@ -51,8 +51,8 @@ def test_update_whose_answer_was_lost_is_reported_as_written(make_settings, star
 
 
 @pytest.mark.parametrize("how", ["get", "iter_bytes"])
-def test_body_cut_mid_response_is_read_again(how, make_settings, start_proxy):
-    _, proxy, settings = _proxied(make_settings, start_proxy)
+def test_body_cut_mid_response_is_read_again(how, make_context, start_proxy):
+    _, proxy, settings = _proxied(make_context, start_proxy)
     store = S3ObjectStore(settings.storage)
     bucket = settings.storage.inbox_bucket
     store.put(bucket, "t/j/input.jsonl", BODY)
@@ -68,9 +68,9 @@ def test_body_cut_mid_response_is_read_again(how, make_settings, start_proxy):
     assert data == BODY
 
 
-def test_tenant_created_when_the_answer_was_lost_is_not_a_conflict(make_settings, start_proxy):
+def test_tenant_created_when_the_answer_was_lost_is_not_a_conflict(make_context, start_proxy):
     direct, proxy, settings = _proxied(
-        make_settings, start_proxy, TargetedFault("reset_after", r"/tenants/acme\.json$", "PUT")
+        make_context, start_proxy, TargetedFault("reset_after", r"/tenants/acme\.json$", "PUT")
     )
     ctx = Context.from_settings(settings)
 
@@ -80,8 +80,8 @@ def test_tenant_created_when_the_answer_was_lost_is_not_a_conflict(make_settings
     assert Context.from_settings(direct).tenants.get("acme").tier == "basic"
 
 
-def test_token_whose_audit_answer_was_lost_is_still_handed_out(make_settings, start_proxy):
-    direct, proxy, settings = _proxied(make_settings, start_proxy)
+def test_token_whose_audit_answer_was_lost_is_still_handed_out(make_context, start_proxy):
+    direct, proxy, settings = _proxied(make_context, start_proxy)
     ctx = Context.from_settings(settings)
     ctx.tenants.create("acme", "basic")
     proxy.set(targeted=[TargetedFault("reset_after", r"/audit/", "PUT")])
@@ -92,9 +92,9 @@ def test_token_whose_audit_answer_was_lost_is_still_handed_out(make_settings, st
     assert Context.from_settings(direct).tokens.authenticate(issued.token).id == issued.record.id
 
 
-def test_error_document_cut_mid_response_is_read_again(make_settings, start_proxy):
+def test_error_document_cut_mid_response_is_read_again(make_context, start_proxy):
     # botocore reads error documents itself, outside its retries; a cut one escapes as urllib3's ProtocolError.
-    _, proxy, settings = _proxied(make_settings, start_proxy, TargetedFault("reset_mid", r"/no-such-key$", "GET"))
+    _, proxy, settings = _proxied(make_context, start_proxy, TargetedFault("reset_mid", r"/no-such-key$", "GET"))
     store = S3ObjectStore(settings.storage)
 
     with pytest.raises(ObjectNotFound):
@@ -119,8 +119,8 @@ CALLS = {
 
 @pytest.mark.parametrize("kind", ["reset_mid", "reset_after", "reset_before"])
 @pytest.mark.parametrize("call", sorted(CALLS))
-def test_a_cut_answer_never_escapes_the_error_tree(call, kind, make_settings, start_proxy):
-    _, proxy, settings = _proxied(make_settings, start_proxy)
+def test_a_cut_answer_never_escapes_the_error_tree(call, kind, make_context, start_proxy):
+    _, proxy, settings = _proxied(make_context, start_proxy)
     store = S3ObjectStore(settings.storage)
     bucket = settings.storage.control_bucket
     store.put(bucket, "k", BODY)

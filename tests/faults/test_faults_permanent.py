@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 DENIED_JOB = "locked"
 
 
-def test_access_denied_is_a_translated_storage_error(make_settings, start_proxy):
-    direct = make_settings()
+def test_access_denied_is_a_translated_storage_error(make_context, start_proxy):
+    direct = make_context().settings
     proxy = start_proxy(FaultPlan(deny=[DenyRule(pattern=f"/{DENIED_JOB}/")]))
     ctx = Context.from_settings(direct.with_endpoint(proxy.url))
     key = f"acme/{DENIED_JOB}/input.jsonl"
@@ -44,8 +44,8 @@ def test_access_denied_is_a_translated_storage_error(make_settings, start_proxy)
     assert proxy.counts()["denied"] == 4  # one request per call: no retry storm
 
 
-def test_watcher_surfaces_a_denied_job_and_admits_the_others(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_watcher_surfaces_a_denied_job_and_admits_the_others(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     plain = Context.from_settings(direct)
     _, key = make_tenant(plain, "acme")
     denied = drop_job(plain, key, make_jsonl(3, prefix="d"), job=DENIED_JOB)

@@ -22,8 +22,8 @@ def _data(size: int, seed: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def test_s3_calls_pass_through_unchanged(make_settings, start_proxy):
-    direct = make_settings()
+def test_s3_calls_pass_through_unchanged(make_context, start_proxy):
+    direct = make_context().settings
     proxy = start_proxy(FaultPlan(rate=0.0))
     store = S3ObjectStore(direct.with_endpoint(proxy.url).storage)
     bucket = direct.storage.inbox_bucket
@@ -63,8 +63,8 @@ def test_s3_calls_pass_through_unchanged(make_settings, start_proxy):
     assert counts["requests_s3"] >= 15
 
 
-def test_sqs_json_protocol_passes_through(make_settings, start_proxy):
-    direct = make_settings()
+def test_sqs_json_protocol_passes_through(make_context, start_proxy):
+    direct = make_context().settings
     proxy = start_proxy(FaultPlan(rate=0.0))
     sqs = make_client("sqs", direct.with_endpoint(proxy.url).storage)
     url = sqs.create_queue(QueueName="proxy-check")["QueueUrl"]
@@ -76,8 +76,8 @@ def test_sqs_json_protocol_passes_through(make_settings, start_proxy):
     assert proxy.counts()["requests_sqs"] == 5
 
 
-def test_aws_cli_multipart_upload_and_download_through_the_proxy(make_settings, start_proxy, aws, tmp_path):
-    direct = make_settings()
+def test_aws_cli_multipart_upload_and_download_through_the_proxy(make_context, start_proxy, aws, tmp_path):
+    direct = make_context().settings
     proxy = start_proxy(FaultPlan(rate=0.0))
     cli = AwsCli(executable=aws.executable, endpoint=proxy.url, home=aws.home)
     source = tmp_path / "six.bin"

@@ -13,11 +13,11 @@ import pytest
 from helpers import audit_events, make_jsonl, make_tenant
 from proxy import FaultPlan
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.context import Context
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue, find_queue_url
 from dropbatch.storage.s3 import make_client
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,8 @@ def _in_flight(settings, queue_url: str) -> int:
     return int(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_sweep_admits_everything_when_every_receive_is_dropped(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_sweep_admits_everything_when_every_receive_is_dropped(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     plain = Context.from_settings(direct)
     _, key = make_tenant(plain, "acme")
     refs = [drop_job(plain, key, make_jsonl(3, prefix=job), job=job) for job in JOBS]
@@ -41,7 +41,7 @@ def test_sweep_admits_everything_when_every_receive_is_dropped(make_settings, st
     settings = direct.with_endpoint(proxy.url)
     ctx = Context.from_settings(settings)
     queue_url = find_queue_url(settings.storage)
-    watcher = Watcher(ctx, events=SqsIntake(ctx, queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, queue_url))
 
     assert watcher.drain_events(0) == 0  # the events were taken and lost
     assert proxy.counts()["dropped_receive"] == 1
@@ -56,8 +56,8 @@ def test_sweep_admits_everything_when_every_receive_is_dropped(make_settings, st
     assert len(list(plain.queue.entries())) == len(JOBS)
 
 
-def test_some_events_lost_some_delivered_admits_each_job_once(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_some_events_lost_some_delivered_admits_each_job_once(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     plain = Context.from_settings(direct)
     _, key = make_tenant(plain, "acme")
     refs = [drop_job(plain, key, make_jsonl(2, prefix=job), job=job) for job in JOBS]
@@ -65,7 +65,7 @@ def test_some_events_lost_some_delivered_admits_each_job_once(make_settings, sta
     proxy = start_proxy(FaultPlan(drop_receive=0.5, seed=SEED))
     settings = direct.with_endpoint(proxy.url)
     ctx = Context.from_settings(settings)
-    events = Watcher(ctx, events=SqsIntake(ctx, find_queue_url(settings.storage)))
+    events = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, find_queue_url(settings.storage)))
     for _ in range(len(JOBS)):  # moto may hand out fewer than all messages per receive
         events.drain_events(0)
     Watcher(ctx).run_once()  # a second replica that only sweeps
@@ -78,8 +78,8 @@ def test_some_events_lost_some_delivered_admits_each_job_once(make_settings, sta
     assert len(list(plain.queue.entries())) == len(JOBS)
 
 
-def test_swallowed_notifications_are_covered_by_the_sweep(make_settings, start_proxy, drop_job):
-    direct = make_settings()
+def test_swallowed_notifications_are_covered_by_the_sweep(make_context, start_proxy, drop_job):
+    direct = make_context().settings
     s3 = make_client("s3", direct.storage)
     # Only the events this test sends exist: no bucket notification.
     s3.put_bucket_notification_configuration(Bucket=direct.storage.inbox_bucket, NotificationConfiguration={})
@@ -98,7 +98,7 @@ def test_swallowed_notifications_are_covered_by_the_sweep(make_settings, start_p
     assert proxy.counts()["dropped_send"] == 1
 
     ctx = Context.from_settings(settings)
-    watcher = Watcher(ctx, events=SqsIntake(ctx, queue_url))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, queue_url))
     assert watcher.drain_events(0) == 0
     assert watcher.run_once() == 1
     assert ctx.batches.for_job(ref).status is BatchStatus.IN_PROGRESS

@@ -59,7 +59,7 @@ def start_gateway(make_context) -> Iterator[Callable[..., Live]]:
 
 @pytest.fixture
 def settings(make_settings) -> Settings:
-    return make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN_TOKEN, "DROPBATCH_CHUNK_LINES": "4"})
+    return make_settings(DROPBATCH_ADMIN_TOKEN=ADMIN_TOKEN, DROPBATCH_CHUNK_LINES="4")
 
 
 @pytest.fixture

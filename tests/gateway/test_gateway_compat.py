@@ -58,7 +58,7 @@ def http(live, tenant_token) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_health(settings, live, start_gateway, make_settings) -> None:
+def test_health(settings, live, start_gateway, make_settings, make_context) -> None:
     report = httpx.get(live.url + "/health")
     assert (report.status_code, report.json()) == (200, {"status": "healthy"})
     assert (httpx.get(live.url + "/ready").status_code, httpx.get(live.url + "/ready").json()) == (
@@ -75,10 +75,8 @@ def test_health(settings, live, start_gateway, make_settings) -> None:
     assert {b["status"] for b in body["components"]["buckets"].values()} == {"ok"}
     assert (body["processor_initialized"], body["config_loaded"]) == (True, True)
 
-    broken_settings = make_settings(
-        {"DROPBATCH_OUTBOX_BUCKET": "no-such-outbox", "DROPBATCH_ADMIN_TOKEN": ADMIN_TOKEN}, bootstrap=False
-    )
-    broken = start_gateway(broken_settings)
+    broken_settings = make_settings(DROPBATCH_OUTBOX_BUCKET="no-such-outbox", DROPBATCH_ADMIN_TOKEN=ADMIN_TOKEN)
+    broken = start_gateway(broken_settings, ctx=make_context(broken_settings, bootstrap=False))
     down = httpx.get(broken.url + "/health")
     assert (down.status_code, down.json()) == (503, {"status": "unhealthy"})
     degraded = httpx.get(broken.url + "/ready")
@@ -177,7 +175,7 @@ def _words(text: str) -> int:
 def test_cost_estimate_with_the_models_tokenizer(make_settings, start_gateway, tenant_token, tmp_path) -> None:
     pytest.importorskip("tokenizers")
     model_dir = _word_tokenizer(tmp_path / "model")
-    live = start_gateway(make_settings({"DROPBATCH_MODEL": str(model_dir)}))
+    live = start_gateway(make_settings(DROPBATCH_MODEL=str(model_dir)))
     token = tenant_token(live.ctx, "acme").token
     with BatchClient(live.url, token) as client:
         prompts = PROMPTS + ["unseen words, still counted!"]
@@ -208,7 +206,7 @@ def test_cost_estimate_with_the_models_tokenizer(make_settings, start_gateway, t
 
 
 def test_cost_estimate_without_a_tokenizer_says_estimate(make_settings, start_gateway, tenant_token, tmp_path) -> None:
-    live = start_gateway(make_settings({"DROPBATCH_MODEL": str(tmp_path / "no-model-here")}))
+    live = start_gateway(make_settings(DROPBATCH_MODEL=str(tmp_path / "no-model-here")))
     with BatchClient(live.url, tenant_token(live.ctx, "acme").token) as client:
         estimate = client.estimate_cost(PROMPTS)
     assert estimate["tokenizer"] == "estimate"

@@ -113,7 +113,7 @@ def test_rate_limit_answers_429_with_retry_after(settings, start_gateway, tenant
 
 
 def test_upload_over_the_size_limit_is_413(make_settings, start_gateway, tenant_token, sdk) -> None:
-    settings = make_settings({"DROPBATCH_MAX_FILE_BYTES": "1000"})
+    settings = make_settings(DROPBATCH_MAX_FILE_BYTES="1000")
     live = start_gateway(settings)
     client = sdk(live, tenant_token(live.ctx, "acme").token)
     with pytest.raises(openai.APIStatusError) as too_big:

@@ -15,7 +15,6 @@ import openai
 import pytest
 from helpers import make_jsonl, read_jsonl
 
-from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchStatus
@@ -123,9 +122,9 @@ class ShiftedClock:
         return time.time() + self.offset
 
 
-def test_files_list_orders_filters_and_pages(settings, start_gateway, tenant_token, sdk, drain) -> None:
+def test_files_list_orders_filters_and_pages(settings, make_context, start_gateway, tenant_token, sdk, drain) -> None:
     clock = ShiftedClock()
-    live = start_gateway(settings, ctx=Context.from_settings(settings, clock=clock), token_cache_seconds=0)
+    live = start_gateway(settings, ctx=make_context(settings, clock=clock), token_cache_seconds=0)
     client = sdk(live, tenant_token(live.ctx, "acme").token)
     uploads = []
     for i in range(3):

@@ -136,7 +136,7 @@ def test_admin_routes(settings, live, tenant_token, start_gateway, make_settings
     )
     admin.close()
 
-    without_admin = start_gateway(make_settings(bootstrap=False))
+    without_admin = start_gateway(make_settings())
     assert (
         httpx.get(without_admin.url + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404
     )
@@ -182,7 +182,7 @@ def test_token_commands(settings, live, sdk, cli) -> None:
 
 
 def test_hourly_quota_per_tier_fails_the_batch(make_settings, start_gateway, tenant_token, sdk, drain) -> None:
-    settings = make_settings({"DROPBATCH_TIER_QUOTAS": "free=5,basic=8"})
+    settings = make_settings(DROPBATCH_TIER_QUOTAS="free=5,basic=8")
     live = start_gateway(settings)
     free = sdk(live, tenant_token(live.ctx, "small", tier="free").token)
     basic = sdk(live, tenant_token(live.ctx, "bigger", tier="basic").token)

@@ -34,7 +34,7 @@ def race(calls):
 
 @pytest.fixture
 def settings(make_settings):
-    return make_settings({"DROPBATCH_CHUNK_LINES": "4"})
+    return make_settings(DROPBATCH_CHUNK_LINES="4")
 
 
 def test_watchers_admitting_one_manifest_at_once_make_one_batch(settings, make_context, drop_job):

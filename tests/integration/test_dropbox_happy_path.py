@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 from helpers import make_jsonl, make_tenant, read_jsonl
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.jsonl import is_success
 from dropbatch.models import BatchStatus
+from dropbatch.queues import SqsEventQueue, find_queue_url
 from dropbatch.storage.keys import OutputPrefix
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ LONG_ID = 3
 @pytest.fixture
 def settings(make_settings):
     # The echo engine counts words as tokens: a 50-word limit makes the long prompt unservable.
-    return make_settings({"DROPBATCH_CHUNK_LINES": str(CHUNK_LINES), "DROPBATCH_MAX_MODEL_LEN": "50"})
+    return make_settings(DROPBATCH_CHUNK_LINES=str(CHUNK_LINES), DROPBATCH_MAX_MODEL_LEN="50")
 
 
 def test_dropbox_happy_path_with_echo_engine_stand_in(settings, make_context, drop_job, aws):
@@ -39,7 +39,7 @@ def test_dropbox_happy_path_with_echo_engine_stand_in(settings, make_context, dr
     lines = make_jsonl(LINES, long_ids={LONG_ID}, long_words=80)
     ref = drop_job(ctx, key, lines)
 
-    watcher = Watcher(ctx, events=SqsIntake(ctx, find_queue_url(settings.storage)))
+    watcher = Watcher(ctx, events=SqsEventQueue(ctx.settings.storage, find_queue_url(settings.storage)))
     watcher.run_once()
     record = ctx.batches.for_job(ref)
     assert record.status is BatchStatus.IN_PROGRESS

@@ -8,30 +8,30 @@ from urllib.parse import quote_plus
 import pytest
 from helpers import audit_events, control_keys, make_jsonl, make_tenant
 
-from dropbatch.bootstrap import find_queue_url
 from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import StorageUnavailable
 from dropbatch.models import BatchStatus
+from dropbatch.queues import Delivery, SqsEventQueue, find_queue_url
 from dropbatch.storage.keys import ControlKeys, JobRef
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
-from watcher.service import SqsIntake, Watcher
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
 
 MAX_RECEIVES = 10  # moto may hand out one message per receive; bound the loop, never time it
 
 
-class RecordingIntake(SqsIntake):
+class RecordingIntake(SqsEventQueue):
     """The real SQS intake, remembering what it received and what it acknowledged."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.received: list[tuple[str, list[str]]] = []
+        self.received: list[Delivery] = []
         self.acked: list[str] = []
 
-    def receive(self, wait_seconds: int) -> list[tuple[str, list[str]]]:
+    def receive(self, wait_seconds: int) -> list[Delivery]:
         messages = super().receive(wait_seconds)
         self.received.extend(messages)
         return messages
@@ -96,7 +96,7 @@ def test_sqs_event_admits_the_job(make_settings, make_context, drop_job):
     queue_url = find_queue_url(settings.storage)
     assert queue_url is not None
 
-    intake = RecordingIntake(ctx, queue_url)
+    intake = RecordingIntake(ctx.settings.storage, queue_url)
     watcher = Watcher(ctx, events=intake)
     drain_until(watcher, intake, ref.manifest_key)
 
@@ -108,12 +108,12 @@ def test_sqs_event_admits_the_job(make_settings, make_context, drop_job):
 
 
 def test_polling_sweep_admits_the_job_when_there_is_no_queue(make_settings, make_context, drop_job):
-    settings = make_settings(bootstrap=False)
+    settings = make_settings()
     s3 = make_client("s3", settings.storage)
     for bucket in (settings.storage.inbox_bucket, settings.storage.outbox_bucket, settings.storage.control_bucket):
         s3.create_bucket(Bucket=bucket)
     assert find_queue_url(settings.storage) is None
-    ctx = make_context(settings)
+    ctx = make_context(settings, bootstrap=False)
     _, key = make_tenant(ctx, "acme")
     ref = drop_job(ctx, key, make_jsonl(5))
 
@@ -130,7 +130,7 @@ def test_duplicate_and_reordered_events_admit_once(order, make_settings, make_co
     _, key = make_tenant(ctx, "acme")
     ref = drop_job(ctx, key, make_jsonl(5), multipart_manifest=True)
     queue_url = find_queue_url(settings.storage)
-    intake = RecordingIntake(ctx, queue_url)
+    intake = RecordingIntake(ctx.settings.storage, queue_url)
     events = Watcher(ctx, events=intake)
 
     if order == "events_then_sweeps":
@@ -183,7 +183,7 @@ def test_event_is_deleted_only_after_successful_handling(make_settings, make_con
 
     flaky = FlakyStore(ctx.store, settings.storage.control_bucket)
     broken = Context(settings=settings, store=flaky)
-    intake = RecordingIntake(broken, queue_url)
+    intake = RecordingIntake(broken.settings.storage, queue_url)
     watcher = Watcher(broken, events=intake)
     drain_until(watcher, intake, ref.manifest_key)
     (failed_receipt,) = [receipt for receipt, keys in intake.received if ref.manifest_key in keys]
@@ -210,7 +210,7 @@ def test_a_nested_manifest_s_event_is_answered_with_a_rejection_and_nothing_come
     ref = drop_job(ctx, key, make_jsonl(2), upload_to=JobRef("acme", "a/b"))  # acme/a/b/manifest.json
     assert ref.manifest_key == "acme/a/b/manifest.json"
     queue_url = find_queue_url(settings.storage)
-    intake = RecordingIntake(ctx, queue_url)
+    intake = RecordingIntake(ctx.settings.storage, queue_url)
     watcher = Watcher(ctx, events=intake)
 
     drain_until(watcher, intake, ref.manifest_key)  # the S3 event filter (suffix /manifest.json) passes it

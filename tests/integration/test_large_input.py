@@ -48,7 +48,7 @@ def large_jsonl(tmp_path):
 )
 def test_20mb_input_is_admitted_streaming(chunk_lines, make_settings, make_context, drop_job, large_jsonl):
     # 8MiB-chunks: lines never close a chunk, so the 8 MiB byte bound cuts them.
-    settings = make_settings({"DROPBATCH_TIER_QUOTAS": "basic=50000", "DROPBATCH_CHUNK_LINES": chunk_lines})
+    settings = make_settings(DROPBATCH_TIER_QUOTAS="basic=50000", DROPBATCH_CHUNK_LINES=chunk_lines)
     ctx = make_context(settings)
     _, key = make_tenant(ctx, "acme")
     path, lines = large_jsonl

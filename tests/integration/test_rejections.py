@@ -120,7 +120,7 @@ def test_batch_over_the_free_tier_hourly_quota_is_rejected(ctx, drop_job, aws):
 
 
 def test_batch_past_what_is_left_of_the_hour_is_rejected(make_settings, make_context, drop_job, aws):
-    ctx = make_context(make_settings({"DROPBATCH_TIER_QUOTAS": "free=10"}))
+    ctx = make_context(make_settings(DROPBATCH_TIER_QUOTAS="free=10"))
     _, key = make_tenant(ctx, "acme", tier="free")
     first = drop_job(ctx, key, make_jsonl(6), job="first")
     second = drop_job(ctx, key, make_jsonl(6, prefix="more"), job="second")

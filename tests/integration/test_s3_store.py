@@ -17,8 +17,8 @@ S3_MIN_PART = 5 * MIB
 
 
 @pytest.fixture
-def storage(make_settings):
-    return make_settings().storage
+def storage(make_context):
+    return make_context().settings.storage
 
 
 @pytest.fixture

@@ -37,8 +37,8 @@ def _files(http: httpx.Client, token: str | None) -> httpx.Response:
     return http.get("/v1/files", headers={"Authorization": f"Bearer {token}"} if token else {})
 
 
-def test_a_flood_of_one_garbage_token_costs_one_s3_read(make_settings, counted_context, live_gateway):
-    settings = make_settings()
+def test_a_flood_of_one_garbage_token_costs_one_s3_read(make_context, counted_context, live_gateway):
+    settings = make_context().settings  # buckets created
     ctx = counted_context(settings)
     live = live_gateway(settings, ctx=ctx, attempt_rate=GENEROUS_ATTEMPTS)
     garbage = _garbage()
@@ -49,9 +49,9 @@ def test_a_flood_of_one_garbage_token_costs_one_s3_read(make_settings, counted_c
 
 
 def test_garbage_and_missing_tokens_get_429_after_the_burst_without_s3_reads(
-    make_settings, counted_context, live_gateway
+    make_context, counted_context, live_gateway
 ):
-    settings = make_settings()
+    settings = make_context().settings  # buckets created
     ctx = counted_context(settings)
     live = live_gateway(settings, ctx=ctx, attempt_rate=NO_REFILL)
 
@@ -87,7 +87,7 @@ def test_a_cached_valid_token_still_works_while_its_address_is_limited(make_sett
 
 
 def test_wrong_admin_tokens_get_429_after_the_burst(make_settings, live_gateway):
-    settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
+    settings = make_settings(DROPBATCH_ADMIN_TOKEN=ADMIN)
     live = live_gateway(settings, attempt_rate=NO_REFILL)
     with httpx.Client(base_url=live.url, timeout=30) as http:
         guesses = [
@@ -103,7 +103,7 @@ def test_wrong_admin_tokens_get_429_after_the_burst(make_settings, live_gateway)
 
 
 def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(make_settings, live_gateway, monkeypatch):
-    settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
+    settings = make_settings(DROPBATCH_ADMIN_TOKEN=ADMIN)
     live = live_gateway(settings)
     live.ctx.tenants.create("acme", "basic")
     upcoming = "x" * 43  # what secrets.token_urlsafe(32) will answer for the next token

@@ -34,8 +34,8 @@ def _generate(url: str, token: str, timeout: float) -> httpx.Response:
         )
 
 
-def test_concurrent_waits_make_a_bounded_number_of_s3_reads(make_settings, counted_context, live_gateway):
-    settings = make_settings()
+def test_concurrent_waits_make_a_bounded_number_of_s3_reads(make_context, counted_context, live_gateway):
+    settings = make_context().settings  # buckets created
     ctx = counted_context(settings)
     live = live_gateway(settings, ctx=ctx, token_cache_seconds=60)
     ctx.tenants.create("acme", "enterprise")

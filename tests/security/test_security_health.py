@@ -34,13 +34,11 @@ def _assert_says_nothing(answer: httpx.Response, settings) -> None:
         assert secret not in answer.text, f"{answer.request.url} names {secret!r}: {answer.text}"
 
 
-def test_gateway_health_tells_the_public_only_healthy_or_not(make_settings, live_gateway):
-    settings = make_settings({"DROPBATCH_ADMIN_TOKEN": ADMIN})
+def test_gateway_health_tells_the_public_only_healthy_or_not(make_settings, make_context, live_gateway):
+    settings = make_settings(DROPBATCH_ADMIN_TOKEN=ADMIN)
     live = live_gateway(settings)
-    broken_settings = make_settings(
-        {"DROPBATCH_ADMIN_TOKEN": ADMIN, "DROPBATCH_CONTROL_BUCKET": "control-that-is-not-there"}, bootstrap=False
-    )
-    broken = live_gateway(broken_settings)
+    broken_settings = make_settings(DROPBATCH_ADMIN_TOKEN=ADMIN, DROPBATCH_CONTROL_BUCKET="control-that-is-not-there")
+    broken = live_gateway(broken_settings, ctx=make_context(broken_settings, bootstrap=False))
     live.ctx.tenants.create("acme", "basic")
     tenant = live.ctx.tokens.create("acme").token
 

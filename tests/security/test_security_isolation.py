@@ -75,7 +75,7 @@ def _matrix(ids: dict[str, str]) -> list[tuple[str, str, dict | None]]:
 
 
 def test_cross_tenant_requests_under_concurrency_only_see_404(make_settings, live_gateway):
-    settings = make_settings({"DROPBATCH_CHUNK_LINES": "2"})
+    settings = make_settings(DROPBATCH_CHUNK_LINES="2")
     live = live_gateway(settings, token_cache_seconds=0)
     ctx = live.ctx
     tokens = {}

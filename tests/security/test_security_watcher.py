@@ -117,8 +117,8 @@ def rejection(ctx, aws, key: str) -> dict[str, Any]:
 # -- 1. inputs larger than declared ------------------------------------------------
 
 
-def test_input_far_larger_than_declared_is_refused_without_reading_it(make_settings, drop_job, aws, tmp_path):
-    settings = make_settings()
+def test_input_far_larger_than_declared_is_refused_without_reading_it(make_context, drop_job, aws, tmp_path):
+    settings = make_context().settings  # buckets created
     ref = JobRef("acme", "job-1")
     input_key = f"{ref.prefix}input.jsonl"
     ctx, counter = counting_context(settings, input_key)
@@ -143,8 +143,8 @@ def test_input_far_larger_than_declared_is_refused_without_reading_it(make_setti
     assert list(ctx.queue.entries()) == []
 
 
-def test_input_that_grows_after_the_head_is_cut_one_byte_past_the_declared_size(make_settings, drop_job, aws, tmp_path):
-    settings = make_settings()
+def test_input_that_grows_after_the_head_is_cut_one_byte_past_the_declared_size(make_context, drop_job, aws, tmp_path):
+    settings = make_context().settings  # buckets created
     ref = JobRef("acme", "job-1")
     input_key = f"{ref.prefix}input.jsonl"
     lines = make_jsonl(3)

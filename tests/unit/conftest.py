@@ -66,7 +66,10 @@ def make_clock() -> Callable[..., FakeClock]:
 
 @pytest.fixture
 def make_settings() -> Callable[..., Settings]:
-    """``make_settings(DROPBATCH_CHUNK_LINES=3)`` → ``Settings.from_env`` on exactly that dict."""
+    """``make_settings(DROPBATCH_CHUNK_LINES=3)`` → ``Settings.from_env`` on exactly that dict.
+
+    The same signature as tests/conftest.py's (which points the settings at the moto server).
+    """
 
     def factory(**env: Any) -> Settings:
         return Settings.from_env(_env(env))
@@ -75,17 +78,21 @@ def make_settings() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def make_context() -> Callable[..., Context]:
-    """A Context over a MemoryObjectStore holding the three buckets, with a FakeClock.
+def make_context(make_settings: Callable[..., Settings]) -> Callable[..., Context]:
+    """A Context over a MemoryObjectStore, with a FakeClock.
 
-    ``make_context(clock=FakeClock(...), DROPBATCH_CHUNK_LINES=2)``; the clock is ``ctx.clock``.
+    ``make_context(settings=None, *, clock=None, bootstrap=True, **env)``, the same signature
+    as tests/conftest.py's: ``make_context(clock=FakeClock(...), DROPBATCH_CHUNK_LINES=2)``;
+    the clock is ``ctx.clock``; ``bootstrap`` creates the three buckets (else the store is empty).
     """
 
-    def factory(*, clock: FakeClock | None = None, **env: Any) -> Context:
-        settings = Settings.from_env(_env(env))
+    def factory(
+        settings: Settings | None = None, *, clock: FakeClock | None = None, bootstrap: bool = True, **env: Any
+    ) -> Context:
+        settings = settings or make_settings(**env)
         storage = settings.storage
-        store = MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket])
-        return Context(settings=settings, store=store, clock=clock or FakeClock())
+        buckets = [storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket] if bootstrap else []
+        return Context(settings=settings, store=MemoryObjectStore(buckets), clock=clock or FakeClock())
 
     return factory
 

@@ -10,9 +10,10 @@ import pytest
 
 from dropbatch.errors import ObjectNotFound
 from dropbatch.models import BatchStatus
+from dropbatch.queues import manifest_keys_in_message
 from dropbatch.storage.keys import ControlKeys, JobRef
 from watcher.admission import admit_manifest
-from watcher.service import Watcher, manifest_keys_in_message
+from watcher.service import Watcher
 
 
 def rejection(ctx, ref: JobRef) -> dict[str, Any]:

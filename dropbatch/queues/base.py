@@ -1,0 +1,54 @@
+"""What the watcher needs from an intake queue: deliveries of inbox manifest keys, acked when handled."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple, Protocol
+from urllib.parse import unquote_plus
+
+from dropbatch.storage.keys import is_manifest_name
+
+
+class Delivery(NamedTuple):
+    """One queue message: its receipt (to ack) and the inbox manifest keys it names."""
+
+    receipt: str
+    keys: list[str]
+
+
+class EventQueue(Protocol):
+    """An at-least-once queue of inbox events (SQS in production).
+
+    A delivery that is not acked comes back after the queue's visibility timeout,
+    so the watcher acks only once every key in it was handled.
+    """
+
+    def receive(self, wait_seconds: int) -> list[Delivery]:
+        """Up to a batch of deliveries, waiting at most ``wait_seconds`` for the first."""
+        ...
+
+    def ack(self, receipt: str) -> None:
+        """Delete a handled delivery so it is not redelivered."""
+        ...
+
+    def check(self) -> str | None:
+        """Readiness: None when the queue answers, else why not."""
+        ...
+
+
+def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
+    """Inbox manifest keys named by one message body (an S3 event notification)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return []
+    keys = []
+    for record in event.get("Records", []) if isinstance(event, dict) else []:
+        s3 = record.get("s3", {})
+        if s3.get("bucket", {}).get("name") != inbox_bucket:
+            continue
+        # S3 (and moto) URL-encode keys in events, '/' included.
+        key = unquote_plus(s3.get("object", {}).get("key", ""))
+        if is_manifest_name(key):
+            keys.append(key)
+    return keys
