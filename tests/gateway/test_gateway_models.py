@@ -20,7 +20,7 @@ MODELS = {"DROPBATCH_MODELS": "dropbatch-tiny=.dropbatch/models/dropbatch-tiny,"
 
 @pytest.fixture
 def several(make_settings, start_gateway, tenant_token, sdk):
-    settings = make_settings({**MODELS, "DROPBATCH_CHUNK_LINES": "4"})
+    settings = make_settings(**MODELS, DROPBATCH_CHUNK_LINES="4")
     live = start_gateway(settings, token_cache_seconds=0)
     return live, sdk(live, tenant_token(live.ctx, "acme").token)
 
