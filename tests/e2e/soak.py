@@ -111,11 +111,17 @@ def committed_chunks(ctx: Context, batch_id: str) -> int:
     return sum(1 for _ in ctx.store.list(ctx.settings.storage.control_bucket, ControlKeys.chunk_prefix(batch_id)))
 
 
+def default_model_only(settings: Settings) -> dict[str, str]:
+    """Env that makes a runner subprocess serve just the default model: one engine to start, not one per model."""
+    return {"DROPBATCH_MODELS": f"{settings.engine.model_name}={settings.engine.model}"}
+
+
 class RunnerProcess:
     """`dropbatch runner` in its own process group, so one killpg takes Ray and vLLM with it."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.env = {**os.environ, **settings.to_env(), "DROPBATCH_RUNNER_PORT": str(free_port())}
+        self.env = {**os.environ, **settings.to_env(), **default_model_only(settings),
+                    "DROPBATCH_RUNNER_PORT": str(free_port())}
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
         self.starts = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from soak import request_lines, submit
+from soak import default_model_only, request_lines, submit
 
 from dropbatch.emulator import free_port
 from dropbatch.models import BatchStatus
@@ -95,6 +95,7 @@ def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_c
     runner_env = {
         **env,
         **stack.settings.to_env(),
+        **default_model_only(stack.settings),  # 2 replicas of one model: 2 of the worker's 4 CPUs
         "DROPBATCH_RAY_ADDRESS": address,
         "DROPBATCH_ENGINE_REPLICAS": "2",
         "DROPBATCH_RUNNER_PORT": str(free_port()),

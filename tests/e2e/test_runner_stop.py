@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from soak import request_lines, submit
+from soak import default_model_only, request_lines, submit
 
 from dropbatch.emulator import free_port
 from dropbatch.models import BatchStatus
@@ -47,7 +47,7 @@ def test_sigterm_stops_a_busy_runner_within_10_seconds(stack, tmp_path):
     stack.ctx.tenants.create("e2e-stop", "enterprise")
     ref = submit(stack.ctx, "e2e-stop", "stop", request_lines(LINES, "stop"))
     port = str(free_port())
-    env = {**os.environ, **stack.settings.to_env(), "DROPBATCH_RUNNER_PORT": port}
+    env = {**os.environ, **stack.settings.to_env(), **default_model_only(stack.settings), "DROPBATCH_RUNNER_PORT": port}
     dropbatch = str(Path(sys.executable).parent / "dropbatch")
     log = tmp_path / "runner.log"
     with log.open("wb") as out:
