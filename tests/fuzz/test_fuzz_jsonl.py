@@ -71,7 +71,7 @@ WRONG_FIELDS: list[tuple[tuple[str, ...], Any, str]] = [
     *((("body", "top_p"), v, "invalid_body") for v in ([1], 1.1, "1")),
     *((("body", "stop"), v, "invalid_body") for v in ({"a": 1}, 5, ["a"] * 5)),
     (("body", "no_such_field"), 1, "unknown_parameter"),
-    (("body", "tools"), [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter"),
+    (("body", "audio"), {"voice": "alloy", "format": "wav"}, "unsupported_parameter"),
     *(((name,), MISSING, "missing_required_parameter") for name in ("custom_id", "method", "url", "body")),
 ]
 NON_OBJECTS = (b"[]", b"1", b'"a string"', b"null", b"true", b"[{}]", b"-0.5e3")
