@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from dropbatch.errors import LeaseLost, ObjectExists, ObjectNotFound, StaleWrite
+from dropbatch.models import BatchRecord
 from dropbatch.records import Clock, Records
 from dropbatch.storage.keys import ControlKeys
 
@@ -26,6 +27,17 @@ class QueueEntry(BaseModel):
     tenant: str
     deadline: int
     lines: int
+    model: str = ""  # entries written before it was kept count toward the default model
+
+    @classmethod
+    def of(cls, record: BatchRecord) -> QueueEntry:
+        return cls(
+            batch_id=record.id,
+            tenant=record.tenant,
+            deadline=record.expires_at or record.created_at,
+            lines=record.request_counts.total,
+            model=record.model or "",
+        )
 
 
 class LeaseBody(BaseModel):

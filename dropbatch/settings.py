@@ -116,7 +116,22 @@ class EngineSettings(_Frozen):
         None, description="Rows per call into the engine actor; unset sends a whole chunk at once."
     )
     replicas: int = Field(
-        1, ge=1, description="Warm engine replicas per model and task (data parallel; one per GPU in production)."
+        1,
+        ge=1,
+        description="Warm engine replicas per model and task, the least kept up (data parallel; one per GPU "
+        "in production).",
+    )
+    replicas_max: int | None = Field(
+        None,
+        ge=1,
+        description="Most engine replicas per model: more start while queued work exceeds "
+        "DROPBATCH_ENGINE_SCALE_LINES per replica (unset: DROPBATCH_ENGINE_REPLICAS, no scaling).",
+    )
+    scale_lines: int = Field(
+        20_000, ge=1, description="Queued request lines per engine replica before another replica starts."
+    )
+    scale_down_seconds: float = Field(
+        300.0, gt=0, description="A replica above the least is stopped after the queue needed it not for this long."
     )
     stall_seconds: float = Field(
         300.0,
@@ -162,6 +177,18 @@ class EngineSettings(_Frozen):
                     raise ValueError(f"{var}={data[field]!r} is not the first of DROPBATCH_MODELS ({value!r})")
             data = {**data, "model_name": name, "model": path}
         return data
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> EngineSettings:
+        if self.replicas_max is not None and self.replicas_max < self.replicas:
+            raise ValueError(
+                f"DROPBATCH_ENGINE_REPLICAS_MAX={self.replicas_max} is below DROPBATCH_ENGINE_REPLICAS={self.replicas}"
+            )
+        return self
+
+    @property
+    def most_replicas(self) -> int:
+        return self.replicas_max or self.replicas
 
     @property
     def served(self) -> dict[str, str]:
@@ -401,6 +428,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_CPU_KVCACHE_GIB": ("engine", "cpu_kvcache_gib", int, ()),
     "DROPBATCH_ENGINE_BATCH_SIZE": ("engine", "batch_size", _optional_int, ()),
     "DROPBATCH_ENGINE_REPLICAS": ("engine", "replicas", int, ()),
+    "DROPBATCH_ENGINE_REPLICAS_MAX": ("engine", "replicas_max", _optional_int, ()),
+    "DROPBATCH_ENGINE_SCALE_LINES": ("engine", "scale_lines", int, ()),
+    "DROPBATCH_ENGINE_SCALE_DOWN_SECONDS": ("engine", "scale_down_seconds", float, ()),
     "DROPBATCH_ENGINE_STALL_SECONDS": ("engine", "stall_seconds", float, ()),
     "DROPBATCH_ENGINE_REQUEST_TIMEOUT": ("engine", "request_timeout_seconds", float, ()),
     "DROPBATCH_DEFAULT_MAX_TOKENS": ("engine", "default_max_tokens", int, ()),

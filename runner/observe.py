@@ -20,8 +20,11 @@ def record_line(m: Metrics, record: BatchRecord, result: LineResult) -> None:
     m.lines_rate.add(1)
 
 
-def observe_queue(ctx: Context, m: Metrics) -> None:
-    """Refresh the queue and SLA gauges (one listing of the queue and of the leases) and memory."""
+def observe_queue(ctx: Context, m: Metrics) -> dict[str, int]:
+    """Refresh the queue and SLA gauges (one listing of the queue and of the leases) and memory.
+
+    Returns the request lines queued (or running) for each model, what engine scaling follows.
+    """
     now = ctx.clock()
     window = ctx.settings.limits.completion_window_seconds
     entries = list(ctx.queue.entries())
@@ -48,6 +51,11 @@ def observe_queue(ctx: Context, m: Metrics) -> None:
     gpu = gpu_memory_used()
     if gpu is not None:
         m.engine_memory.labels("gpu").set(gpu)
+    queued: dict[str, int] = {}
+    for entry in entries:
+        model = entry.model or ctx.settings.engine.model_name
+        queued[model] = queued.get(model, 0) + entry.lines
+    return queued
 
 
 def failure_code(line: dict) -> str:

@@ -263,8 +263,11 @@ class Runner:
                 return
 
     def observe_queue(self) -> None:
-        """Refresh the queue, SLA and engine-memory gauges."""
-        observe_queue(self.ctx, self.metrics)
+        """Refresh the queue, SLA and engine-memory gauges, and scale the engine to the queue."""
+        queued = observe_queue(self.ctx, self.metrics)
+        scale = getattr(self.engine, "scale", None)  # engines with replicas to grow (the warm engine)
+        if scale is not None:
+            scale(queued)
 
     def _publish_progress(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> bool:
         """Move request_counts on the records; returns True if the engine pass must end now.

@@ -278,24 +278,10 @@ def _write_rejection(ctx: Context, ref: JobRef, record: BatchRecord, code: str, 
 def _ensure_follow_up(ctx: Context, ref: JobRef, record: BatchRecord) -> None:
     """Redo the idempotent last step of an admission that may have been interrupted."""
     if record.status == BatchStatus.IN_PROGRESS:
-        ctx.queue.enqueue(
-            QueueEntry(
-                batch_id=record.id,
-                tenant=record.tenant,
-                deadline=record.expires_at or record.created_at,
-                lines=record.request_counts.total,
-            )
-        )
+        ctx.queue.enqueue(QueueEntry.of(record))
     elif record.status == BatchStatus.CANCELLING:
         if record.chunks:  # admitted: the runner writes batch_cancelled lines and closes it
-            ctx.queue.enqueue(
-                QueueEntry(
-                    batch_id=record.id,
-                    tenant=record.tenant,
-                    deadline=record.expires_at or record.created_at,
-                    lines=record.request_counts.total,
-                )
-            )
+            ctx.queue.enqueue(QueueEntry.of(record))
         else:  # never admitted: nothing ran and nothing was counted
             ctx.batches.update(
                 record.tenant,

@@ -8,6 +8,12 @@ through the running engines, each chunk to the engines of the model its lines
 name, so no batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
 threads at once: vLLM's continuous batching mixes their requests.
 
+The generate engines of a model scale between ``DROPBATCH_ENGINE_REPLICAS`` and
+``DROPBATCH_ENGINE_REPLICAS_MAX`` with the lines queued for it (``scale``, called by
+the runner as it watches the queue): a new replica loads beside the running ones
+and serves the runs that start after it is up; a replica the queue no longer needs
+is stopped once no run is in flight.
+
 A watchdog thread asks each actor for its progress every few seconds; an engine
 whose engine process died, or that holds requests in flight without finishing
 any for ``stall_seconds``, is killed and restarted by Ray (``max_restarts=-1``).
@@ -22,7 +28,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from dropbatch.settings import EngineSettings, Settings
 from runner.engine.limits import engine_limits, gpu_memory_bytes
 from runner.engine.lines import line_result
 from runner.engine.reap import SESSION_VAR, reap_engine_processes
+from runner.engine.scaling import ReplicaPlan
 from runner.engine.server import GENERATE, TASK_OF_URL, EngineServer, EngineSpec
 from runner.engine.stream import ChunkReader, EngineAsker, engine_name
 
@@ -119,6 +126,10 @@ class WarmEngine:
         self._device: str | None = None
         self._actors: dict[str, Any] = {}  # actor name → handle
         self._limits: dict[str, dict[str, int]] = {}  # model → planned vLLM limits
+        self._replicas: dict[tuple[str, str], int] = {}  # (model, task) → replicas up
+        self._plans: dict[str, ReplicaPlan] = {}  # model → how many generate replicas it needs
+        self._growing: set[str] = set()  # models whose extra replicas are loading
+        self._runs = 0  # runs in flight (replicas are stopped only when none is)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -177,19 +188,7 @@ class WarmEngine:
         with self._lock:
             actors, self._actors = dict(self._actors), {}
         if ray.is_initialized():
-            for name, handle in actors.items():
-                try:
-                    answered = ray.get(handle.stats.remote(), timeout=1)["finished"]
-                    log.info("engine stopping", extra={"engine": name, "answered": answered})
-                except (ray.exceptions.RayError, TimeoutError):
-                    pass
-            stops = [handle.shutdown.remote() for handle in actors.values()]
-            try:
-                ray.get(stops, timeout=4)
-            except Exception:  # noqa: BLE001 - stopping anyway; the reaper below catches what is left
-                log.warning("an engine did not stop cleanly; killing it")
-            for handle in actors.values():
-                ray.kill(handle, no_restart=True)
+            _stop_engines(actors)
             if self._started_ray:
                 ray.shutdown()
         self._started_ray = False
@@ -204,49 +203,108 @@ class WarmEngine:
 
     def engines(self, model: str, task: str) -> list[str]:
         """Names of the running engine actors for ``model``'s ``task``; starts them (and waits) on first use."""
+        with self._lock:
+            count = self._replicas.setdefault((model, task), self.settings.engine.replicas)
+            names = [engine_name(model, task, i) for i in range(count)]
+            missing = [name for name in names if name not in self._actors]
+            if missing:
+                self._actors.update(self._launch(model, task, missing))
+            return names
+
+    def _launch(self, model: str, task: str, names: Sequence[str]) -> dict[str, Any]:
+        """Start engine actors ``names`` for ``model``'s ``task`` and wait until each answers a probe."""
         import ray
 
         engine = self.settings.engine.for_model(model)
-        names = [engine_name(model, task, i) for i in range(engine.replicas)]
-        with self._lock:
-            missing = [name for name in names if name not in self._actors]
-            if not missing:
-                return names
-            spec = EngineSpec(
-                model=engine.model,
-                served_name=engine.model_name,
-                task=task,
-                cli_args=vllm_args(engine, self._limits.get(model)),
-                env=worker_env(engine, self._session),
-                request_timeout_s=engine.request_timeout_seconds,
-            )
-            options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 10_000}
-            if self._device == "gpu":
-                options["num_gpus"] = engine.tensor_parallel_size * engine.pipeline_parallel_size
-            else:
-                options["num_cpus"] = ENGINE_CPUS
-            actor_class = ray.remote(EngineServer)
-            started = time.monotonic()
-            for name in missing:
-                self._actors[name] = actor_class.options(name=name, **options).remote(spec)
-            for name in missing:
-                self._start(name)
-            log.info("engines ready", extra={"model": model, "task": task, "engines": missing,
-                                             "seconds": time.monotonic() - started})
-            return names
+        spec = EngineSpec(
+            model=engine.model,
+            served_name=engine.model_name,
+            task=task,
+            cli_args=vllm_args(engine, self._limits.get(model)),
+            env=worker_env(engine, self._session),
+            request_timeout_s=engine.request_timeout_seconds,
+        )
+        options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 10_000}
+        if self._device == "gpu":
+            options["num_gpus"] = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        else:
+            options["num_cpus"] = ENGINE_CPUS
+        actor_class = ray.remote(EngineServer)
+        started = time.monotonic()
+        actors = {name: actor_class.options(name=name, **options).remote(spec) for name in names}
+        try:
+            for name, handle in actors.items():
+                self._start(name, handle)
+        except BaseException:
+            _stop_engines(actors)
+            raise
+        log.info("engines ready", extra={"model": model, "task": task, "engines": list(names),
+                                         "seconds": time.monotonic() - started})
+        return actors
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, handle: Any) -> None:
         import ray
 
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                if ray.get(self._actors[name].probe.remote()):
+                if ray.get(handle.probe.remote()):
                     return
                 raise EngineError(f"engine {name} answered its probe with an error")
             except ray.exceptions.RayError as exc:
                 if attempt == START_ATTEMPTS:
                     raise EngineError(f"engine {name} did not start: {exc}") from exc
                 log.warning("engine start failed; trying again", extra={"engine": name, "error": str(exc)})
+
+    # -- scaling ----------------------------------------------------------------------
+
+    def scale(self, queued_lines: Mapping[str, int]) -> None:
+        """Grow or shrink each model's generate replicas for the lines queued for it."""
+        engine = self.settings.engine
+        if not self.ready or engine.most_replicas == engine.replicas:
+            return
+        for model in engine.served:
+            plan = self._plans.setdefault(
+                model, ReplicaPlan(engine.replicas, engine.most_replicas, engine.scale_lines, engine.scale_down_seconds)
+            )
+            with self._lock:
+                running = self._replicas.get((model, GENERATE), engine.replicas)
+                if model in self._growing:
+                    continue
+                want = plan.want(queued_lines.get(model, 0), running)
+                if want > running:
+                    self._growing.add(model)
+                    names = [engine_name(model, GENERATE, i) for i in range(running, want)]
+                    threading.Thread(target=self._grow, args=(model, names, want), name="engine-scale-up",
+                                     daemon=True).start()
+                    continue
+                if want == running or self._runs:
+                    continue  # shrink only between runs: a running one may have rows for any replica
+                self._replicas[(model, GENERATE)] = want
+                names = [engine_name(model, GENERATE, i) for i in range(want, running)]
+                retired = {name: self._actors.pop(name) for name in names if name in self._actors}
+            log.info("engine scaled down", extra={"model": model, "replicas": want, "engines": names})
+            _stop_engines(retired)
+
+    def _grow(self, model: str, names: list[str], want: int) -> None:
+        try:
+            actors = self._launch(model, GENERATE, names)
+        except Exception as exc:  # noqa: BLE001 - the replicas already up keep serving
+            log.error("engine scale-up failed", extra={"model": model, "engines": names, "error": str(exc)})
+            return
+        finally:
+            with self._lock:
+                self._growing.discard(model)
+        with self._lock:
+            if self._stop.is_set():
+                retired = actors
+            else:
+                self._actors.update(actors)
+                self._replicas[(model, GENERATE)] = want
+                retired = {}
+        if retired:
+            _stop_engines(retired)
+        else:
+            log.info("engine scaled up", extra={"model": model, "replicas": want, "engines": names})
 
     # -- supervision ------------------------------------------------------------------
 
@@ -277,17 +335,26 @@ class WarmEngine:
     def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
         if not chunks:
             return
-        import ray
-
         if not self.ready:
             raise EngineError("the engine is not started; use it as a context manager")
         wanted = {(c.model, TASK_OF_URL[c.endpoint]) for c in chunks}
-        engines = {(model, task): self.engines(model, task) for model, task in sorted(wanted)}
+        with self._lock:
+            self._runs += 1
+        try:
+            engines = {(model, task): self.engines(model, task) for model, task in sorted(wanted)}
+            yield from self._stream(chunks, engines)
+        finally:
+            with self._lock:
+                self._runs -= 1
+
+    def _stream(self, chunks: Sequence[WorkChunk], engines: dict[tuple[str, str], list[str]]) -> Iterator[LineResult]:
+        import ray
+
         by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
         ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
         ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS)
         # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory.
-        streams = min(STREAMS_PER_ENGINE * self.settings.engine.replicas, len(chunks))
+        streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
         ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
                             concurrency=streams)
         expected = sum(len(c.only) or c.lines for c in chunks)
@@ -302,4 +369,20 @@ class WarmEngine:
             raise EngineError(f"the engine returned {produced} of {expected} lines")
 
 
+def _stop_engines(actors: Mapping[str, Any]) -> None:
+    """Stop engine actors for good: log what each answered, shut vLLM down, kill the actors."""
+    import ray
 
+    for name, handle in actors.items():
+        try:
+            answered = ray.get(handle.stats.remote(), timeout=1)["finished"]
+            log.info("engine stopping", extra={"engine": name, "answered": answered})
+        except (ray.exceptions.RayError, TimeoutError):
+            pass
+    stops = [handle.shutdown.remote() for handle in actors.values()]
+    try:
+        ray.get(stops, timeout=4)
+    except Exception:  # noqa: BLE001 - stopping anyway; the caller's reaper catches what is left
+        log.warning("an engine did not stop cleanly; killing it")
+    for handle in actors.values():
+        ray.kill(handle, no_restart=True)

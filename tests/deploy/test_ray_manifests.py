@@ -49,7 +49,7 @@ def test_kuberay_cluster_runs_the_runner_on_the_head_and_engines_on_gpu_workers(
     # Tensor parallel stays inside one node; all replicas fit the GPUs of the workers.
     assert engine.tensor_parallel_size <= gpus_per_worker
     shards = engine.tensor_parallel_size * engine.pipeline_parallel_size
-    assert shards * engine.replicas <= gpus_per_worker * group["replicas"]
+    assert shards * engine.most_replicas <= gpus_per_worker * group["replicas"]
 
 
 def test_ray_up_cluster_has_a_gpu_free_head_and_the_runner_profile():

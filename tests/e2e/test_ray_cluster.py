@@ -1,9 +1,10 @@
 """The runner as a driver on a multi-node Ray cluster (deploy/ray), proven on one machine.
 
 `ray start --head` with zero CPUs plus a second `ray start --address` worker node
-with its own resources: every Ray Data task and both warm engine replicas
-(DROPBATCH_ENGINE_REPLICAS=2) can only be placed on the worker node. A `dropbatch runner` attached with DROPBATCH_RAY_ADDRESS
-then runs a real batch through it.
+with its own resources: every Ray Data task and every warm engine replica can only be
+placed on the worker node. A `dropbatch runner` attached with DROPBATCH_RAY_ADDRESS runs
+real batches through it, scaling from one engine replica to two and back
+(DROPBATCH_ENGINE_REPLICAS=1, DROPBATCH_ENGINE_REPLICAS_MAX=2).
 """
 
 from __future__ import annotations
@@ -84,45 +85,64 @@ def two_node_cluster():
         _kill_cluster(temp_dir)
 
 
-def test_a_batch_runs_on_the_worker_node_of_a_two_node_cluster(stack, two_node_cluster, tmp_path):
+def _wait_for_log(path: Path, text: str, runner: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in path.read_text():
+        assert runner.poll() is None, path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the runner log after {seconds:.0f} s"
+        time.sleep(1)
+
+
+def test_batches_run_on_the_worker_node_of_a_two_node_cluster_as_engines_scale(stack, two_node_cluster, tmp_path):
+    """The runner attaches to the cluster with one engine replica; queued work starts a second,
+    the next batch runs across both, and the second stops once the queue has not needed it."""
     address, status, env = two_node_cluster
     assert len(re.findall(r"^\s*1 node_", status, re.M)) == 2, f"expected a head and a worker node:\n{status}"
     assert "0.0/4.0 CPU" in status or "/4.0 CPU" in status, status  # the head has none: all CPUs are the worker's
     stack.ctx.tenants.create("e2e-cluster", "enterprise")
-    ref = submit(stack.ctx, "e2e-cluster", "cluster", request_lines(LINES, "cluster"))
+    first = submit(stack.ctx, "e2e-cluster", "cluster", request_lines(LINES, "cluster"))
     Watcher(stack.ctx).run_once()
 
     runner_env = {
         **env,
         **stack.settings.to_env(),
-        **default_model_only(stack.settings),  # 2 replicas of one model: 2 of the worker's 4 CPUs
+        **default_model_only(stack.settings),  # at most 2 replicas of one model: 2 of the worker's 4 CPUs
         "DROPBATCH_RAY_ADDRESS": address,
-        "DROPBATCH_ENGINE_REPLICAS": "2",
+        "DROPBATCH_ENGINE_REPLICAS": "1",
+        "DROPBATCH_ENGINE_REPLICAS_MAX": "2",
+        "DROPBATCH_ENGINE_SCALE_LINES": str(LINES // 2),  # the first batch alone asks for both replicas
+        "DROPBATCH_ENGINE_SCALE_DOWN_SECONDS": "20",
         "DROPBATCH_RUNNER_PORT": str(free_port()),
     }
     dropbatch = str(Path(sys.executable).parent / "dropbatch")
-    with (tmp_path / "runner.log").open("wb") as log:
+    log_path = tmp_path / "runner.log"
+    with log_path.open("wb") as log:
         runner = subprocess.Popen([dropbatch, "runner"], env=runner_env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
+        _wait_for_log(log_path, '"engine scaled up"', runner, 600)
+        second = submit(stack.ctx, "e2e-cluster", "cluster-2", request_lines(LINES, "cluster-2"))
+        Watcher(stack.ctx).run_once()
         deadline = time.monotonic() + 600
-        while not stack.ctx.batches.for_job(ref).status.is_terminal:
-            assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the batch did not finish on the cluster in 10 minutes"
+        while not all(stack.ctx.batches.for_job(ref).status.is_terminal for ref in (first, second)):
+            assert runner.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the batches did not finish on the cluster in 10 minutes"
             time.sleep(1)
+        _wait_for_log(log_path, '"engine scaled down"', runner, 120)
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         try:
             runner.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(runner.pid, signal.SIGKILL)
-    record = stack.ctx.batches.for_job(ref)
-    assert record.status == BatchStatus.COMPLETED
-    assert (record.request_counts.completed, record.request_counts.failed) == (LINES, 0)
-    out, _ = stack.ctx.store.get(stack.ctx.outbox, record.result.output_key)
-    ids = sorted(json.loads(line)["custom_id"] for line in out.splitlines())
-    assert ids == sorted(f"cluster-{i}" for i in range(LINES))
-    log_text = (tmp_path / "runner.log").read_text()
+    for ref, job in ((first, "cluster"), (second, "cluster-2")):
+        record = stack.ctx.batches.for_job(ref)
+        assert record.status == BatchStatus.COMPLETED
+        assert (record.request_counts.completed, record.request_counts.failed) == (LINES, 0)
+        out, _ = stack.ctx.store.get(stack.ctx.outbox, record.result.output_key)
+        ids = sorted(json.loads(line)["custom_id"] for line in out.splitlines())
+        assert ids == sorted(f"{job}-{i}" for i in range(LINES))
+    log_text = log_path.read_text()
     assert "Connecting to existing Ray cluster" in log_text, "the runner attached; it did not start its own Ray"
     answered = {}
     for line in log_text.splitlines():

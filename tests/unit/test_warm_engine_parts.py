@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_planner import TINY
 
 from dropbatch.engine.base import WorkChunk
+from dropbatch.errors import ConfigError
 from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
 from runner.engine import vllm_args, worker_env
 from runner.engine.limits import engine_limits
 from runner.engine.lines import line_result
+from runner.engine.scaling import ReplicaPlan
 from runner.engine.stream import request_rows
 
 
@@ -113,3 +116,36 @@ def test_tool_call_and_responses_ids_are_derived_not_drawn():
     row["body_json"] = json.dumps({"id": "resp_random", "created_at": 5, "object": "response"})
     answer = line_result(chunk(data, endpoint="/v1/responses"), row).line["response"]["body"]
     assert answer["id"].startswith("resp_") and answer["created_at"] == 1_700_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_replicas_grow_with_queued_lines_at_once_and_shrink_only_after_a_quiet_spell():
+    clock = FakeClock()
+    plan = ReplicaPlan(1, 3, 1000, 60.0, clock=clock)
+    assert plan.want(0, 1) == 1
+    assert plan.want(1001, 1) == 2  # more than one replica's share queued: grow now
+    assert plan.want(50_000, 2) == 3  # never past the most
+    assert plan.want(10, 3) == 3  # the queue drained: keep them for now
+    clock.now = 59.0
+    assert plan.want(10, 3) == 3
+    assert plan.want(2500, 3) == 3  # needed again: the quiet spell starts over
+    assert plan.want(10, 3) == 3
+    clock.now = 118.0
+    assert plan.want(10, 3) == 3
+    clock.now = 120.0
+    assert plan.want(10, 3) == 1  # quiet for 60 s: back to the least
+
+
+def test_replica_range_settings():
+    engine = Settings.from_env({"DROPBATCH_ENGINE_REPLICAS_MAX": "4"}).engine
+    assert (engine.replicas, engine.most_replicas) == (1, 4)
+    assert Settings.from_env({"DROPBATCH_ENGINE_REPLICAS": "2"}).engine.most_replicas == 2
+    with pytest.raises(ConfigError, match="DROPBATCH_ENGINE_REPLICAS_MAX=1 is below"):
+        Settings.from_env({"DROPBATCH_ENGINE_REPLICAS": "2", "DROPBATCH_ENGINE_REPLICAS_MAX": "1"})
