@@ -161,6 +161,9 @@ class WarmEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        # A run whose stage actors cannot be placed (every CPU taken) fails after the stall window
+        # and its chunks are retried, loudly, instead of waiting for resources forever (Ray's default).
+        context.wait_for_min_actors_s = int(engine.stall_seconds)
         self._device = self._resolve_device(ray.cluster_resources())
         gpu_memory = gpu_memory_bytes() if self._device == "gpu" else None
         self._limits = {
