@@ -23,6 +23,7 @@ engine that stays away longer than the stall window turns them into retryable 50
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -40,7 +41,7 @@ from runner.engine.limits import engine_limits, gpu_memory_bytes
 from runner.engine.lines import line_result
 from runner.engine.reap import SESSION_VAR, reap_engine_processes
 from runner.engine.scaling import ReplicaPlan
-from runner.engine.server import GENERATE, TASK_OF_URL, EngineServer, EngineSpec
+from runner.engine.server import COMPLETIONS, GENERATE, TASK_OF_URL, EngineServer, EngineSpec
 from runner.engine.stream import ChunkReader, EngineAsker, engine_name
 
 log = logging.getLogger("dropbatch.engine")
@@ -91,8 +92,6 @@ def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> t
     for flag, value in flags.items():
         if value is not None:
             args.append(flag if value else flag.replace("--enable-", "--no-enable-"))
-    import json
-
     values = {
         "--kv-cache-dtype": engine.kv_cache_dtype,
         "--max-num-seqs": limits.get("max_num_seqs", engine.max_num_seqs),
@@ -173,6 +172,7 @@ class WarmEngine:
         try:
             for model in engine.served:
                 self.engines(model, GENERATE)
+            self._warm_stages()
         except BaseException:
             self.__exit__()
             raise
@@ -196,6 +196,26 @@ class WarmEngine:
                 ray.shutdown()
         self._started_ray = False
         reap_engine_processes(self._session, orphans_only=False)
+
+    def _warm_stages(self) -> None:
+        """Send probe rows through both Ray Data stages, so the first batch does not wait for
+        Ray to start and import the stage workers (~20 s on a busy 2-core machine)."""
+        import ray
+
+        names = [name for name in self._actors if f"/{GENERATE}/" in name]
+        rows = [
+            {"batch_id": "warm", "chunk": i, "custom_id": f"warm-{i}", "url": COMPLETIONS, "engine": name,
+             "body_json": json.dumps({"model": name.split("/")[1], "prompt": "ping", "max_tokens": 1}),
+             "status": 0, "prompt_tokens": 0, "completion_tokens": 0}
+            for i, name in enumerate(names * STREAMS_PER_ENGINE)
+        ]
+        started = time.monotonic()
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.flat_map(_import_reader, num_cpus=STAGE_CPUS)
+        ds = ds.map_batches(EngineAsker(self.stall_seconds), num_cpus=STAGE_CPUS, concurrency=len(rows))
+        answered = sum(1 for row in ds.iter_rows() if int(row["status"]) == 200)
+        log.info("engine stages warm", extra={"rows": len(rows), "answered": answered,
+                                              "seconds": round(time.monotonic() - started, 2)})
 
     def _resolve_device(self, resources: dict[str, float]) -> str:
         wanted = self.settings.engine.device
@@ -389,3 +409,10 @@ def _stop_engines(actors: Mapping[str, Any]) -> None:
         log.warning("an engine did not stop cleanly; killing it")
     for handle in actors.values():
         ray.kill(handle, no_restart=True)
+
+
+def _import_reader(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The read stage's warm-up: import what ``ChunkReader`` needs to read S3."""
+    import dropbatch.storage.s3  # noqa: F401 - imported for its cost, once per worker
+
+    return [row]
