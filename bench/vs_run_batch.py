@@ -235,6 +235,74 @@ class PeakRss:
         self._thread.join()
 
 
+class CpuShare:
+    """CPU seconds spent by each kind of process under this one while a scenario runs.
+
+    The profile behind the steady-state ratio: on a CPU-only machine every CPU second
+    the serving path, Ray Data, the runner or the S3 server takes is one vLLM's
+    engine core does not get.
+    """
+
+    KINDS = (  # first match of the process title / command line wins
+        ("vLLM engine (EngineCore + Worker)", ("VLLM::",)),
+        ("engine actor (vLLM OpenAI serving)", ("EngineServer",)),
+        ("raw LLM.chat driver", ("from vllm import LLM",)),
+        ("Ray Data stages", ("ray::MapBatches", "ray::FlatMap", "ray::IDLE", "default_worker.py")),
+        ("Ray core (gcs, raylet, Ray Data's own actors)", ("gcs_server", "raylet", "ray::_", "ray/dashboard",
+                                                          "ray/_private", "log_monitor")),
+        ("S3 server (moto)", ("moto.server",)),
+        ("runner (driver)", ("runner",)),
+        ("watcher, gateway, up", ("watcher", "gateway", " up")),
+    )
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._first: dict[int, tuple[str, float]] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.wall = 0.0
+
+    def kind(self, proc) -> str:
+        try:
+            title = f"{proc.name()} {' '.join(proc.cmdline())}"
+        except Exception:  # noqa: BLE001 - gone or not ours
+            return "other"
+        for kind, marks in self.KINDS:
+            if any(mark in title for mark in marks):
+                return kind
+        return "other"
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            for proc in me.children(recursive=True):
+                try:
+                    times = proc.cpu_times()
+                    used = times.user + times.system
+                except psutil.Error:
+                    continue
+                if proc.pid not in self._first:
+                    self._first[proc.pid] = (self.kind(proc), used)
+                self._last[proc.pid] = used
+            if self._stop.wait(0.5):
+                return
+
+    def __enter__(self) -> CpuShare:
+        self._began = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.wall = time.perf_counter() - self._began
+        for pid, (kind, first) in self._first.items():
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + self._last[pid] - first
+
+
 # -- scenarios -------------------------------------------------------------------------
 
 
@@ -285,13 +353,17 @@ def many_jobs(stack: Stack, work: Path, results: dict, peer_runs: int) -> None:
 def steady(stack: Stack, work: Path, results: dict, n: int) -> None:
     lines = requests(n, "steady")
     began = time.perf_counter()
-    record = stack.wait(stack.submit("bench-steady", f"steady-{int(time.time())}", lines))
+    with CpuShare() as ours_cpu:
+        record = stack.wait(stack.submit("bench-steady", f"steady-{int(time.time())}", lines))
     seconds = time.perf_counter() - began
     tokens = record.usage.output_tokens if record.usage else 0
-    raw = raw_generation(write_jsonl(work / "steady.jsonl", lines), work)
+    with CpuShare() as raw_cpu:  # includes the raw run's model load: shares, not seconds, compare
+        raw = raw_generation(write_jsonl(work / "steady.jsonl", lines), work)
     ours, theirs = tokens / seconds, raw["generated_tokens"] / raw["seconds"]
     results["steady"] = {"requests": n, "dropbatch_tokens_per_s": ours, "raw_tokens_per_s": theirs,
-                         "ratio": ours / theirs, "dropbatch_s": seconds, "raw_generate_s": raw["seconds"]}
+                         "ratio": ours / theirs, "dropbatch_s": seconds, "raw_generate_s": raw["seconds"],
+                         "cpu_seconds": ours_cpu.seconds, "cpu_wall_s": ours_cpu.wall,
+                         "raw_cpu_seconds": raw_cpu.seconds, "raw_cpu_wall_s": raw_cpu.wall}
 
 
 def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) -> None:
@@ -331,6 +403,16 @@ def report(results: dict, out: Path) -> None:
         print(f"| peak RSS, runner + engine | {r['small_lines']}-line job {r['peak_small_mib']:.0f} MiB | "
               f"{r['large_jobs']} × {r['large_lines']}-line jobs {r['peak_large_mib']:.0f} MiB | "
               f"{r['growth'] * 100:+.1f}% | within 10% |")
+    if "steady" in results:
+        r = results["steady"]
+        print(f"\nWhere the CPU went during the steady-state run ({r['cpu_wall_s']:.0f} s wall, "
+              f"{os.cpu_count()} CPUs; raw LLM.chat run for comparison, its load included):")
+        print("| process | dropbatch CPU s | share | raw CPU s | share |\n|---|---|---|---|---|")
+        ours_total = sum(r["cpu_seconds"].values()) or 1.0
+        raw_total = sum(r["raw_cpu_seconds"].values()) or 1.0
+        for kind in sorted(set(r["cpu_seconds"]) | set(r["raw_cpu_seconds"]), key=lambda k: -r["cpu_seconds"].get(k, 0)):
+            mine, theirs = r["cpu_seconds"].get(kind, 0.0), r["raw_cpu_seconds"].get(kind, 0.0)
+            print(f"| {kind} | {mine:.0f} | {mine / ours_total:.0%} | {theirs:.0f} | {theirs / raw_total:.0%} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_run_batch.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nplot: {plot(results, out)}")
