@@ -103,7 +103,8 @@ for spec in "${JOBS[@]}"; do
     model="${spec%%:*}" endpoint="${spec#*:}"
     job="${endpoint##*/}-$STAMP"
     NAMES+=("$job")
-    input="$WORK/$job.jsonl"
+    mkdir -p "$WORK/$job"
+    input="$WORK/$job/input.jsonl"  # the manifest names inputs by file name: input.jsonl beside it
     dropbatch sample --n "$REQUESTS" --endpoint "$endpoint" --model "$model" -o "$input" >&2
     prefix="s3://$INBOX/$TENANT/$job"
     say "aws s3 cp $input $prefix/input.jsonl   ($model, $endpoint)"
@@ -111,9 +112,9 @@ for spec in "${JOBS[@]}"; do
     say "dropbatch manifest sign $input --tenant $TENANT --job $job --key-id $KEY_ID --model $model"
     DROPBATCH_SIGNING_SECRET="$(json_field "$WORK/key.json" secret)" \
         dropbatch manifest sign "$input" --tenant "$TENANT" --job "$job" --key-id "$KEY_ID" \
-        --endpoint "$endpoint" --model "$model" -o "$WORK/$job.manifest.json" >/dev/null
-    say "aws s3 cp $WORK/$job.manifest.json $prefix/manifest.json"
-    aws s3 cp --only-show-errors "$WORK/$job.manifest.json" "$prefix/manifest.json"
+        --endpoint "$endpoint" --model "$model" -o "$WORK/$job/manifest.json" >/dev/null
+    say "aws s3 cp $WORK/$job/manifest.json $prefix/manifest.json"
+    aws s3 cp --only-show-errors "$WORK/$job/manifest.json" "$prefix/manifest.json"
 done
 
 # -- 4. wait, with progress, and 5. results, verified -------------------------------------------
@@ -122,12 +123,12 @@ for job in "${NAMES[@]}"; do
     say "dropbatch status $TENANT/$job --wait"
     dropbatch status "$TENANT/$job" --wait --timeout "$BATCH_TIMEOUT" >/dev/null
     END="$(date +%s.%N)"
-    dropbatch status "$TENANT/$job" --json >"$WORK/$job.status.json"
-    say "dropbatch results $TENANT/$job --verify $WORK/$job.jsonl"
+    dropbatch status "$TENANT/$job" --json >"$WORK/$job/status.json"
+    say "dropbatch results $TENANT/$job --verify $WORK/$job/input.jsonl"
     verified=0
-    dropbatch results "$TENANT/$job" --verify "$WORK/$job.jsonl" >"$WORK/$job.results.jsonl" || verified=$?
+    dropbatch results "$TENANT/$job" --verify "$WORK/$job/input.jsonl" >"$WORK/$job/results.jsonl" || verified=$?
 
-    python - "$WORK/$job.status.json" "$START" "$END" "$WORK/$job.results.jsonl" <<'EOF'
+    python - "$WORK/$job/status.json" "$START" "$END" "$WORK/$job/results.jsonl" <<'EOF'
 import json, sys
 
 status = json.load(open(sys.argv[1]))
@@ -153,7 +154,7 @@ if status.get("in_progress_at") and status.get("completed_at"):
     print(f"  run time     {run} s from in_progress to completed{rate}")
 print(f"  wall time    {wall:.1f} s from the first upload to completion")
 EOF
-    state="$(json_field "$WORK/$job.status.json" status)"
+    state="$(json_field "$WORK/$job/status.json" status)"
     if [[ "$state" != "completed" || $verified -ne 0 ]]; then
         echo "demo FAILED: $job: status $state, verification exit code $verified" >&2
         failed=1
