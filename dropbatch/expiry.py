@@ -10,7 +10,9 @@ run by the watcher, then deletes what is left, due entries of
 - the bytes, unless something still needs them: an upload read by a batch that
   has not finished, or an outbox result another live File record (a repeated,
   cached batch of the same tenant) points at. Such an entry stays and is
-  tried again at the next sweep.
+  tried again at the next sweep. Finding those reads the tenant's batch records
+  created since the upload, or all of the tenant's file records for a result:
+  a cost paid once per expiring file, by the watcher, never by a request.
 
 Result bytes go with their whole result (``summary.json`` first, so the work
 stops counting as done and a repeated job runs again, then ``output.jsonl`` and
@@ -24,7 +26,7 @@ import logging
 from dropbatch.context import Context
 from dropbatch.errors import ObjectNotFound
 from dropbatch.models import BatchRecord, FileRecord
-from dropbatch.records import ExpiryEntry, indexed_id
+from dropbatch.records import ExpiryEntry, indexed_created_at, indexed_id
 from dropbatch.storage.keys import ControlKeys
 
 log = logging.getLogger("dropbatch.expiry")
@@ -43,7 +45,9 @@ def sweep_expired(ctx: Context) -> int:
         if entry is None:
             continue
         record = ctx.records.get(ControlKeys.file(entry.tenant, entry.file_id), FileRecord)
-        if record is not None and record.expires_at is not None and record.expires_at <= now:
+        if record is not None:
+            if record.expires_at is None or record.expires_at > now:
+                continue  # never the bytes of a file that is still live
             ctx.files.remove(record)
         if _still_needed(ctx, entry, now):
             continue
@@ -88,8 +92,10 @@ def _result_shared(ctx: Context, entry: ExpiryEntry, now: int) -> bool:
 
 
 def _upload_in_use(ctx: Context, entry: ExpiryEntry) -> bool:
-    """A batch that has not finished reads the upload's bytes."""
-    for index_key in ctx.records.list_keys(ControlKeys.batch_index_prefix(entry.tenant)):
+    """A batch that has not finished reads the upload's bytes (only batches created after it can)."""
+    for index_key in ctx.records.list_keys(ControlKeys.batch_index_prefix(entry.tenant)):  # newest first
+        if indexed_created_at(index_key) < entry.created_at:
+            break
         try:
             batch, _ = ctx.records.load(ControlKeys.batch(entry.tenant, indexed_id(index_key)), BatchRecord)
         except ObjectNotFound:

@@ -181,7 +181,9 @@ class FileStore:
 
     def create(self, record: FileRecord) -> None:
         if record.expires_at is not None:  # before the record: a crash in between leaves a harmless entry
-            due = ExpiryEntry(tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key)
+            due = ExpiryEntry(
+                tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
+            )
             self.records.put(ControlKeys.expiry(record.expires_at, record.tenant, record.id), due)
         self.records.create(ControlKeys.file(record.tenant, record.id), record)
         self.records.store.put(
@@ -242,6 +244,7 @@ class ExpiryEntry(BaseModel):
     file_id: str
     bucket: str
     key: str
+    created_at: int = 0
 
 
 def page_index(
@@ -278,6 +281,11 @@ def page_index(
 def indexed_id(index_key: str) -> str:
     """The id in an index key ``index/<kind>/<tenant>/<rank>_<id>``."""
     return index_key.rsplit("/", 1)[1].split("_", 1)[1]
+
+
+def indexed_created_at(index_key: str) -> int:
+    """The creation time in a newest-first index key (its rank is the time remaining to 10^11)."""
+    return 10**11 - int(index_key.rsplit("/", 1)[1].split("_", 1)[0])
 
 
 def audit(records: Records, event: str, *, now: float, **fields: object) -> None:
