@@ -220,6 +220,8 @@ RULES: dict[str, dict[str, Check]] = {
 }
 RULES[RESPONSES] = RESPONSES_RULES
 REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input"}
+_BUDGETS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
+_UNSERVED = frozenset(NOT_YET_SERVED)
 
 
 def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> None:
@@ -229,13 +231,13 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
         fail(f"body.{required}", f"is required for {endpoint}.", "missing_required_parameter")
     rules = RULES[endpoint]
     for name, value in body.items():
-        param = f"body.{name}"
+        param = "body." + name
         if name not in rules:
             fail(param, f"is not a parameter of {endpoint}.", "unknown_parameter")
         if value is None:
             continue
         rules[name](value, param)
-        if name in ("max_tokens", "max_completion_tokens", "max_output_tokens") and value > limits.max_tokens:
+        if name in _BUDGETS and value > limits.max_tokens:
             # a budget past the model's context can never be spent
             fail(param, f"must be at most the model's context length, {limits.max_tokens} tokens; it is {value}.")
     budget = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -245,7 +247,7 @@ def check_body(body: Mapping[str, Any], endpoint: str, limits: BodyLimits) -> No
         fail("body.top_logprobs", "needs body.logprobs set to true.")
     if endpoint == COMPLETIONS and body.get("best_of") is not None and body["best_of"] < (body.get("n") or 1):
         fail("body.best_of", "must be at least body.n.")
-    for name in sorted(set(body) & set(NOT_YET_SERVED)):
+    for name in sorted(_UNSERVED.intersection(body)):
         served(name, body[name], f"body.{name}")
     if endpoint in (CHAT, RESPONSES) and not limits.tool_calls:
         refuse_tools(body)

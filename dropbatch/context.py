@@ -34,7 +34,7 @@ class Context:
     def __post_init__(self) -> None:
         self.records = Records(self.store, self.settings.storage.control_bucket)
         self.batches = BatchStore(self.records)
-        self.files = FileStore(self.records)
+        self.files = FileStore(self.records, clock=self.clock)
         tiers = self.settings.limits.tier_quotas
         self.tenants = TenantRegistry(self.records, tiers=tiers, clock=self.clock)
         self.quotas = Quotas(self.records, limits=tiers, clock=self.clock)

@@ -74,17 +74,25 @@ _ROLE_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
 }
 
 
+_ROLE = one_of(*ROLES)
+# role → every field its message may carry (role included), and the ones it must carry; built once
+_MESSAGE_FIELDS = {role: ({"role": string, **known}, required) for role, (known, required) in _ROLE_FIELDS.items()}
+_SERVED_FIELDS = ("name", "tool_calls", "tool_call_id", "function_call", "audio")
+
+
 def check_message(value: Any, param: str) -> None:
     if not isinstance(value, dict):
         fail(param, f"must be a message object, not {kind(value)}.")
-    one_of(*ROLES)(value.get("role"), f"{param}.role")
-    known, required = _ROLE_FIELDS[value["role"]]
-    fields(value, param, {"role": string, **known}, required)
-    if value["role"] == "assistant" and value.get("content") is None and not (value.get("tool_calls") or value.get("function_call")):
+    role = value.get("role")
+    _ROLE(role, f"{param}.role")
+    known, required = _MESSAGE_FIELDS[role]
+    fields(value, param, known, required)
+    if role == "assistant" and value.get("content") is None and not (value.get("tool_calls") or value.get("function_call")):
         fail(f"{param}.content", "is required unless the assistant message has tool_calls.", "missing_required_parameter")
-    for name in ("name", "tool_calls", "tool_call_id", "function_call", "audio"):
-        if name in value:
-            served(f"messages[].{name}", value[name], f"{param}.{name}")
+    if len(value) > 2 or "content" not in value:  # role + content (most messages): nothing to refuse
+        for name in _SERVED_FIELDS:
+            if name in value:
+                served(f"messages[].{name}", value[name], f"{param}.{name}")
 
 
 def check_messages(value: Any, param: str) -> None:

@@ -132,6 +132,23 @@ class RetryConfig(BaseModel):
         return self.retry_delay * self.backoff_factor ** (attempt - 1)
 
 
+MIN_EXPIRY_SECONDS = 3600  # OpenAI's bounds for expires_after / output_expires_after
+MAX_EXPIRY_SECONDS = 2_592_000
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy for a file (``files.create``'s ``expires_after``,
+    ``batches.create``'s ``output_expires_after``): ``seconds`` after the file's creation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRY_SECONDS, le=MAX_EXPIRY_SECONDS)
+
+    def expires_at(self, created_at: int) -> int:
+        return created_at + self.seconds
+
+
 class InputObject(_Model):
     """One input object of a job, as its manifest binds it."""
 
@@ -178,6 +195,9 @@ class BatchRecord(Batch):
     result: ResultLocation | None = None
     cached: bool = Field(False, description="Completed from an existing outbox prefix; no engine run.")
     retry_config: RetryConfig | None = Field(None, description="Per-batch retry policy; settings apply if unset.")
+    output_expires_after: ExpiresAfter | None = Field(
+        None, description="When the output and error files expire (counted from their creation); never if unset."
+    )
     updated_at: int = 0
 
     def openai(self) -> dict[str, Any]:

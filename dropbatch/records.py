@@ -168,28 +168,49 @@ class BatchStore:
 
 
 class FileStore:
-    """File records of every tenant (uploads and batch results)."""
+    """File records of every tenant (uploads and batch results).
 
-    def __init__(self, records: Records) -> None:
+    A file past its ``expires_at`` is gone for every reader at once (404, not
+    listed); the watcher's expiry sweep (``dropbatch.expiry``) deletes its record
+    and bytes afterwards, through the ``index/expiry/`` entry written at create.
+    """
+
+    def __init__(self, records: Records, *, clock: Clock = time.time) -> None:
         self.records = records
+        self.clock = clock
 
     def create(self, record: FileRecord) -> None:
+        if record.expires_at is not None:  # before the record: a crash in between leaves a harmless entry
+            due = ExpiryEntry(
+                tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
+            )
+            self.records.put(ControlKeys.expiry(record.expires_at, record.tenant, record.id), due)
         self.records.create(ControlKeys.file(record.tenant, record.id), record)
         self.records.store.put(
             self.records.bucket, ControlKeys.file_index(record.tenant, record.created_at, record.id), b""
         )
 
+    def _live(self, record: FileRecord | None) -> FileRecord | None:
+        if record is None or (record.expires_at is not None and self.clock() >= record.expires_at):
+            return None
+        return record
+
     def get(self, tenant: str, file_id: str) -> FileRecord:
-        record = self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        record = self._live(self.records.get(ControlKeys.file(tenant, file_id), FileRecord))
         if record is None:
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return record
 
     def delete(self, tenant: str, file_id: str) -> FileRecord:
         record = self.get(tenant, file_id)
-        self.records.store.delete(self.records.bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
-        self.records.store.delete(self.records.bucket, ControlKeys.file(tenant, file_id))
+        self.remove(record)
         return record
+
+    def remove(self, record: FileRecord) -> None:
+        """Delete ``record`` and its index entry, expired or not (the bytes are the caller's)."""
+        store, bucket = self.records.store, self.records.bucket
+        store.delete(bucket, ControlKeys.file_index(record.tenant, record.created_at, record.id))
+        store.delete(bucket, ControlKeys.file(record.tenant, record.id))
 
     def list(
         self,
@@ -200,7 +221,7 @@ class FileStore:
         newest_first: bool = True,
         purpose: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
-        """A page of ``tenant``'s files in creation order, after the file id ``after``."""
+        """A page of ``tenant``'s live files in creation order, after the file id ``after``."""
         anchor = None
         if after is not None:
             record = self.get(tenant, after)
@@ -209,11 +230,21 @@ class FileStore:
             self.records,
             ControlKeys.file_index_prefix(tenant),
             anchor=anchor,
-            load=lambda file_id: self.records.get(ControlKeys.file(tenant, file_id), FileRecord),
+            load=lambda file_id: self._live(self.records.get(ControlKeys.file(tenant, file_id), FileRecord)),
             limit=limit,
             newest_first=newest_first,
             keep=(lambda record: record.purpose == purpose) if purpose is not None else None,
         )
+
+
+class ExpiryEntry(BaseModel):
+    """``index/expiry/<expires_at>/<tenant>/<file_id>.json``: which bytes to delete once the file expired."""
+
+    tenant: str
+    file_id: str
+    bucket: str
+    key: str
+    created_at: int = 0
 
 
 def page_index(
@@ -250,6 +281,11 @@ def page_index(
 def indexed_id(index_key: str) -> str:
     """The id in an index key ``index/<kind>/<tenant>/<rank>_<id>``."""
     return index_key.rsplit("/", 1)[1].split("_", 1)[1]
+
+
+def indexed_created_at(index_key: str) -> int:
+    """The creation time in a newest-first index key (its rank is the time remaining to 10^11)."""
+    return 10**11 - int(index_key.rsplit("/", 1)[1].split("_", 1)[0])
 
 
 def audit(records: Records, event: str, *, now: float, **fields: object) -> None:

@@ -62,10 +62,13 @@ def register_result_files(ctx: Context, record: BatchRecord, summary: Summary) -
             ids.append(None)
             continue
         file_id = output_file_id(record.id, kind)
+        created_at = ctx.now()
+        expiry = record.output_expires_after
         file = FileRecord(
             id=file_id,
             bytes=size,
-            created_at=ctx.now(),
+            created_at=created_at,
+            expires_at=expiry.expires_at(created_at) if expiry is not None else None,
             filename=f"{record.id}_{kind}.jsonl",
             purpose="batch_output",
             tenant=record.tenant,

@@ -8,7 +8,9 @@ objects; ``/content`` streams whichever bucket a record names.
 
 Deleting a file removes its record (it can no longer be read, listed or used
 for a new batch); the bytes of an upload stay in the inbox for batches already
-created from it, until the bucket's lifecycle rule removes them.
+created from it, until the bucket's lifecycle rule removes them. A file created
+with ``expires_after`` answers 404 once it expires, and the watcher's expiry
+sweep (``dropbatch.expiry``) deletes its record and bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -26,7 +29,7 @@ from starlette.routing import Route
 from dropbatch.context import Context
 from dropbatch.errors import InvalidRequest, PayloadTooLarge, UnprocessableRequest
 from dropbatch.ids import new_file_id
-from dropbatch.models import FileRecord
+from dropbatch.models import ExpiresAfter, FileRecord
 from dropbatch.storage.keys import uploaded_file_key
 from gateway.auth import Principal, tenant_route
 from gateway.params import (
@@ -104,13 +107,15 @@ def _expires_after(form, created_at: int) -> int | None:
     seconds = form.get("expires_after[seconds]")
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at" or not isinstance(seconds, str) or not seconds.isdigit():
+    try:
+        policy = ExpiresAfter.model_validate(
+            {"anchor": anchor, "seconds": int(seconds) if isinstance(seconds, str) and seconds.isdigit() else seconds}
+        )
+    except ValidationError:
         raise UnprocessableRequest(
             "expires_after needs anchor 'created_at' and seconds between 3600 and 2592000.", param="expires_after"
-        )
-    if not 3600 <= int(seconds) <= 2_592_000:
-        raise UnprocessableRequest("expires_after.seconds must be between 3600 and 2592000.", param="expires_after")
-    return created_at + int(seconds)
+        ) from None
+    return policy.expires_at(created_at)
 
 
 @tenant_route

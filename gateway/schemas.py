@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from dropbatch.jsonl import MAX_CUSTOM_ID_LENGTH
-from dropbatch.models import RetryConfig
+from dropbatch.models import ExpiresAfter, RetryConfig
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
@@ -44,8 +44,8 @@ class BatchCreate(_Body):
     endpoint: Endpoint
     completion_window: Literal["24h"]
     metadata: Metadata | None = None
-    output_expires_after: dict[str, Any] | None = Field(
-        None, description="Accepted; outputs follow the outbox lifecycle."
+    output_expires_after: ExpiresAfter | None = Field(
+        None, description="The output and error files expire this many seconds after they are created."
     )
     retry_config: RetryConfig | None = Field(None, description=RETRY_CONFIG_DESCRIPTION)
 

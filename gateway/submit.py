@@ -19,7 +19,15 @@ from dropbatch.auth.tenants import SigningKey
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExists
 from dropbatch.ids import batch_id_for
-from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord, InputObject, RetryConfig
+from dropbatch.models import (
+    BatchError,
+    BatchRecord,
+    BatchStatus,
+    ExpiresAfter,
+    FileRecord,
+    InputObject,
+    RetryConfig,
+)
 from dropbatch.records import audit
 from dropbatch.served import check_model, model_of_file
 from dropbatch.storage.keys import ControlKeys, JobRef
@@ -95,6 +103,7 @@ def submit_batch(
     endpoint: str,
     metadata: dict[str, str] | None,
     retry_config: RetryConfig | None = None,
+    output_expires_after: ExpiresAfter | None = None,
 ) -> BatchRecord:
     """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
     source = check_input_file(ctx, file)
@@ -136,6 +145,7 @@ def submit_batch(
         source="api",
         manifest_key=ref.manifest_key,
         retry_config=retry_config,
+        output_expires_after=output_expires_after,
         updated_at=now,
     )
     # Record before manifest: the watcher finds the record and keeps its input_file_id and metadata.

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The drop-box, end to end, the way a user does it (run by `make demo`):
-# start the local stack, create a tenant, upload a sample batch with `aws s3 cp`
-# (JSONL first, signed manifest last), wait with a progress display, then fetch
-# and verify the results and print a short summary.
+# start the local stack serving two models side by side (the two tiny models of
+# `make model`, unless DROPBATCH_MODELS or DROPBATCH_MODEL says otherwise), create a
+# tenant, upload one sample batch per model with `aws s3 cp` (JSONL first, signed
+# manifest last): chat completions on the first model, embeddings on the second.
+# Wait with a progress display, then fetch and verify the results and print a short
+# summary of each.
 #
-# Exits 0 only if the batch completed and every request got exactly one result
-# or error line. Knobs: DEMO_REQUESTS (default 200), DEMO_TIMEOUT (seconds to wait
-# for the batch, default 1800), DEMO_UP_TIMEOUT (seconds to wait for the stack,
-# default 600: the first run builds the tiny model).
+# Exits 0 only if every batch completed and every request got exactly one result
+# or error line. Knobs: DEMO_REQUESTS (default 200, per batch), DEMO_TIMEOUT (seconds
+# to wait for a batch, default 1800), DEMO_UP_TIMEOUT (seconds to wait for the stack,
+# default 600: the first run builds the tiny models).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +21,15 @@ REQUESTS="${DEMO_REQUESTS:-200}"
 BATCH_TIMEOUT="${DEMO_TIMEOUT:-1800}"
 UP_TIMEOUT="${DEMO_UP_TIMEOUT:-600}"
 STATE_HOME="${DROPBATCH_HOME:-.dropbatch}"
+if [[ -z "${DROPBATCH_MODELS:-}" && -z "${DROPBATCH_MODEL:-}" ]]; then
+    export DROPBATCH_MODELS="dropbatch-tiny=.dropbatch/models/dropbatch-tiny,dropbatch-tiny-embed=.dropbatch/models/dropbatch-tiny-embed"
+fi
+# model:endpoint per batch: the first served model answers chat, a second one embeddings
+IFS=',' read -r -a SERVED <<<"${DROPBATCH_MODELS:-${DROPBATCH_MODEL_NAME:-dropbatch-tiny}=}"
+JOBS=("${SERVED[0]%%=*}:/v1/chat/completions")
+if (( ${#SERVED[@]} > 1 )); then
+    JOBS+=("${SERVED[1]%%=*}:/v1/embeddings")
+fi
 STATE_FILE="$STATE_HOME/up.json"
 UP_LOG="$STATE_HOME/up.log"
 UP_PID=""
@@ -76,7 +88,6 @@ echo "S3 endpoint $S3_ENDPOINT, inbox s3://$INBOX" >&2
 
 # -- 2. a tenant and its signing key -----------------------------------------------------
 TENANT="demo-$(python -c 'import secrets; print(secrets.token_hex(3))')"
-JOB="chat-$(date -u +%Y%m%d-%H%M%S)"
 WORK="$STATE_HOME/demo/$TENANT"
 mkdir -p "$WORK"
 say "dropbatch tenant create $TENANT --tier premium"
@@ -84,32 +95,40 @@ say "dropbatch tenant create $TENANT --tier premium"
 KEY_ID="$(json_field "$WORK/key.json" key_id)"
 echo "tenant $TENANT, signing key $KEY_ID (secret in $WORK/key.json)" >&2
 
-# -- 3. the batch: JSONL first, signed manifest last ----------------------------------------
-INPUT="$WORK/input.jsonl"
-dropbatch sample --n "$REQUESTS" -o "$INPUT" >&2
-PREFIX="s3://$INBOX/$TENANT/$JOB"
+# -- 3. the batches: JSONL first, signed manifest last ---------------------------------------
+STAMP="$(date -u +%Y%m%d-%H%M%S)"
+NAMES=()
 START="$(date +%s.%N)"
-say "aws s3 cp $INPUT $PREFIX/input.jsonl"
-aws s3 cp --only-show-errors "$INPUT" "$PREFIX/input.jsonl"
-say "dropbatch manifest sign $INPUT --tenant $TENANT --job $JOB --key-id $KEY_ID"
-DROPBATCH_SIGNING_SECRET="$(json_field "$WORK/key.json" secret)" \
-    dropbatch manifest sign "$INPUT" --tenant "$TENANT" --job "$JOB" --key-id "$KEY_ID" \
-    --endpoint /v1/chat/completions -o "$WORK/manifest.json" >/dev/null
-say "aws s3 cp $WORK/manifest.json $PREFIX/manifest.json"
-aws s3 cp --only-show-errors "$WORK/manifest.json" "$PREFIX/manifest.json"
+for spec in "${JOBS[@]}"; do
+    model="${spec%%:*}" endpoint="${spec#*:}"
+    job="${endpoint##*/}-$STAMP"
+    NAMES+=("$job")
+    mkdir -p "$WORK/$job"
+    input="$WORK/$job/input.jsonl"  # the manifest names inputs by file name: input.jsonl beside it
+    dropbatch sample --n "$REQUESTS" --endpoint "$endpoint" --model "$model" -o "$input" >&2
+    prefix="s3://$INBOX/$TENANT/$job"
+    say "aws s3 cp $input $prefix/input.jsonl   ($model, $endpoint)"
+    aws s3 cp --only-show-errors "$input" "$prefix/input.jsonl"
+    say "dropbatch manifest sign $input --tenant $TENANT --job $job --key-id $KEY_ID --model $model"
+    DROPBATCH_SIGNING_SECRET="$(json_field "$WORK/key.json" secret)" \
+        dropbatch manifest sign "$input" --tenant "$TENANT" --job "$job" --key-id "$KEY_ID" \
+        --endpoint "$endpoint" --model "$model" -o "$WORK/$job/manifest.json" >/dev/null
+    say "aws s3 cp $WORK/$job/manifest.json $prefix/manifest.json"
+    aws s3 cp --only-show-errors "$WORK/$job/manifest.json" "$prefix/manifest.json"
+done
 
-# -- 4. wait, with progress ------------------------------------------------------------------
-say "dropbatch status $TENANT/$JOB --wait"
-dropbatch status "$TENANT/$JOB" --wait --timeout "$BATCH_TIMEOUT" >/dev/null
-END="$(date +%s.%N)"
-dropbatch status "$TENANT/$JOB" --json >"$WORK/status.json"
+# -- 4. wait, with progress, and 5. results, verified -------------------------------------------
+failed=0
+for job in "${NAMES[@]}"; do
+    say "dropbatch status $TENANT/$job --wait"
+    dropbatch status "$TENANT/$job" --wait --timeout "$BATCH_TIMEOUT" >/dev/null
+    END="$(date +%s.%N)"
+    dropbatch status "$TENANT/$job" --json >"$WORK/$job/status.json"
+    say "dropbatch results $TENANT/$job --verify $WORK/$job/input.jsonl"
+    verified=0
+    dropbatch results "$TENANT/$job" --verify "$WORK/$job/input.jsonl" >"$WORK/$job/results.jsonl" || verified=$?
 
-# -- 5. results, verified --------------------------------------------------------------------
-say "dropbatch results $TENANT/$JOB --verify $INPUT"
-verified=0
-dropbatch results "$TENANT/$JOB" --verify "$INPUT" >"$WORK/results.jsonl" || verified=$?
-
-python - "$WORK/status.json" "$START" "$END" "$WORK/results.jsonl" <<'EOF'
+    python - "$WORK/$job/status.json" "$START" "$END" "$WORK/$job/results.jsonl" <<'EOF'
 import json, sys
 
 status = json.load(open(sys.argv[1]))
@@ -118,6 +137,7 @@ counts, usage, result = status["request_counts"], status.get("usage") or {}, sta
 generated = usage.get("output_tokens", 0)
 print()
 print(f"batch {status['id']} ({status['tenant']}/{status['job']}): {status['status']}")
+print(f"  model        {status.get('model')}, {status['endpoint']}")
 if result:
     print(f"  output       {result['output_uri']}")
     print(f"  errors       {result['errors_uri']}")
@@ -130,14 +150,17 @@ print(f"  requests     {counts['completed']} completed, {counts['failed']} faile
 print(f"  tokens       {usage.get('input_tokens', 0)} prompt + {generated} generated")
 if status.get("in_progress_at") and status.get("completed_at"):
     run = status["completed_at"] - status["in_progress_at"]
-    rate = f"{generated / run:,.0f} generated tokens/s" if run > 0 else "under 1 s"
-    print(f"  run time     {run} s from in_progress to completed: {rate}")
-print(f"  wall time    {wall:.1f} s from the first upload to completion: {generated / wall:,.0f} generated tokens/s")
+    rate = f": {generated / run:,.0f} generated tokens/s" if run > 0 and generated else ""
+    print(f"  run time     {run} s from in_progress to completed{rate}")
+print(f"  wall time    {wall:.1f} s from the first upload to completion")
 EOF
-
-state="$(json_field "$WORK/status.json" status)"
-if [[ "$state" != "completed" || $verified -ne 0 ]]; then
-    echo "demo FAILED: status $state, verification exit code $verified" >&2
+    state="$(json_field "$WORK/$job/status.json" status)"
+    if [[ "$state" != "completed" || $verified -ne 0 ]]; then
+        echo "demo FAILED: $job: status $state, verification exit code $verified" >&2
+        failed=1
+    fi
+done
+if (( failed )); then
     exit 1
 fi
-echo "demo OK: every request got exactly one result or error line" >&2
+echo "demo OK: ${#NAMES[@]} batches on ${#NAMES[@]} models; every request got exactly one result or error line" >&2

@@ -301,3 +301,13 @@ def live_app(app: Any, *, start_seconds: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class ShiftedClock:
+    """Real time plus an offset the test moves forward, so order and expiry are defined without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset

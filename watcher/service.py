@@ -1,7 +1,8 @@
 """The watcher service: S3 events from SQS when configured, a listing sweep always.
 
 Both feed the same ``admit_manifest`` call; the sweep catches lost or delayed
-events (and is the only source when there is no queue).
+events (and is the only source when there is no queue). Every ``sweep_seconds``
+the watcher also deletes expired files (``dropbatch.expiry``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
+from dropbatch.expiry import sweep_expired
 from dropbatch.models import BatchStatus
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queues import EventQueue
@@ -30,6 +32,7 @@ class Watcher:
         self._seen: set[tuple[str, str]] = set()
         self._counted: set[str] = set()  # batch ids already counted in dropbatch_manifests_total
         self._last_sweep = 0.0
+        self._last_expiry_sweep: float | None = None
 
     def handle(self, key: str, etag: str | None = None) -> bool:
         """Admit the job whose manifest is ``key``; False if it must be retried later.
@@ -81,9 +84,20 @@ class Watcher:
                 handled += len(keys)
         return handled
 
+    def sweep_expired(self) -> int:
+        """Delete files past their ``expires_at`` (records and bytes); returns how many went."""
+        self._last_expiry_sweep = time.monotonic()
+        return sweep_expired(self.ctx)
+
+    def _expiry_due(self) -> bool:
+        last = self._last_expiry_sweep
+        return last is None or time.monotonic() - last >= self.ctx.settings.service.sweep_seconds
+
     def run_once(self) -> int:
-        """Burst mode: take every pending event, then sweep once. Tests drain with this."""
-        return self.drain_events(0) + self.sweep()
+        """Burst mode: take every pending event, sweep once, delete expired files. Tests drain with this."""
+        handled = self.drain_events(0) + self.sweep()
+        self.sweep_expired()
+        return handled
 
     def run(self, stop: threading.Event) -> None:
         service = self.ctx.settings.service
@@ -96,6 +110,9 @@ class Watcher:
                         self.sweep()
                 else:
                     self.sweep()
+                if self._expiry_due():
+                    self.sweep_expired()
+                if self.events is None:
                     stop.wait(service.poll_seconds)
             except DropbatchError as exc:
                 log.error("intake pass failed", extra={"error": str(exc)})

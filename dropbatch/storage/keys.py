@@ -186,6 +186,17 @@ class ControlKeys:
     def file_index_prefix(tenant: str) -> str:
         return f"index/files/{tenant}/"
 
+    EXPIRY_PREFIX = "index/expiry/"
+
+    @staticmethod
+    def expiry(expires_at: int, tenant: str, file_id: str) -> str:
+        """A file due to expire at ``expires_at``: the sweep lists these oldest first and stops at now."""
+        return f"index/expiry/{expires_at:012d}/{tenant}/{file_id}.json"
+
+    @staticmethod
+    def expiry_due_at(key: str) -> int:
+        return int(key.removeprefix("index/expiry/").split("/", 1)[0])
+
     QUEUE_PREFIX = "queue/"
 
     @staticmethod

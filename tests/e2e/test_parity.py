@@ -1,9 +1,10 @@
-"""Parity: the same request lines through dropbatch and through ``vllm run-batch`` give the same bodies.
+"""Parity: the same request lines through dropbatch and through vLLM's own front ends give the same bodies.
 
 Both answer with vLLM's own OpenAI serving code on the same model directory with the
 same engine flags (``runner.engine.vllm_args`` with the warm engine's planned limits),
-so a body may differ only in ``id`` and ``created``. run-batch serves chat and
-embeddings (not /v1/completions or /v1/responses), so those two URLs are compared.
+so a body may differ only in ids and timestamps. run-batch serves chat and embeddings;
+/v1/completions and /v1/responses, which it lacks, go to vLLM's own server
+(``vllm.entrypoints.openai.api_server``, one engine start) line by line over HTTP.
 Structured outputs are also checked on their own: every ``json_schema`` answer that
 finished (``finish_reason: stop``) parses and validates against its schema.
 """
@@ -13,8 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 
 import jsonschema
 import pytest
@@ -30,7 +36,11 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "dropbatch-tiny"
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+COMPLETIONS, RESPONSES = "/v1/completions", "/v1/responses"
 IGNORED = {"id", "created"}  # per-run values: dropbatch derives them from the content address
+# Responses objects carry ids and times on the response and on every output item.
+RESPONSE_IGNORED = {"id", "created_at", "completed_at", "call_id"}
+SERVER_START_SECONDS = 600
 
 ENUM = {"type": "object", "properties": {"label": {"type": "string", "enum": ["spam", "ham", "eggs"]}},
         "required": ["label"], "additionalProperties": False}
@@ -101,6 +111,97 @@ def embeddings_corpus() -> list[dict]:
             for name, body in inputs.items()]
 
 
+def completions_corpus() -> list[dict]:
+    prompts = {"text": "The quarterly report says", "unicode": "héllo wörld ✓ 日本語 🚀",
+               "several": ["first prompt", "a second, longer prompt"], "tokens": [17, 18, 19, 20]}
+    options = {"greedy": {"temperature": 0, "max_tokens": 12},
+               "sampled": {"temperature": 1, "seed": 7, "max_tokens": 12},
+               "stops": {"temperature": 0, "stop": ["e", "a long stop sequence that never shows up"], "max_tokens": 16},
+               "logprobs": {"temperature": 0, "logprobs": 3, "echo": True, "max_tokens": 6},
+               "n2": {"n": 2, "temperature": 1, "seed": 3, "max_tokens": 8},
+               "penalties": {"temperature": 0, "presence_penalty": 1.0, "frequency_penalty": 0.5,
+                             "logit_bias": {"17": 20}, "max_tokens": 8}}
+    lines = [{"custom_id": f"c-{p}-{o}", "body": {"prompt": prompt, **option}}
+             for (p, prompt), (o, option) in itertools.product(prompts.items(), options.items())]
+    lines.append({"custom_id": "c-too-long", "body": {"prompt": " ".join(f"w{i}" for i in range(600)),
+                                                      "max_tokens": 4}})  # past the context: vLLM's 400
+    return [{"custom_id": line["custom_id"], "method": "POST", "url": COMPLETIONS,
+             "body": {"model": MODEL, **line["body"]}} for line in lines]
+
+
+def responses_corpus() -> list[dict]:
+    schema = {"type": "json_schema", "name": "label", "schema": ENUM, "strict": True}
+    bodies = {"plain": {"input": "Classify: win a prize now"},
+              "messages": {"input": [{"role": "user", "content": [{"type": "input_text", "text": "héllo ✓"}]}],
+                           "instructions": "Answer briefly."},
+              "schema": {"input": "spam or ham?", "text": {"format": schema}},
+              "nucleus": {"input": "Go on", "top_p": 0.5, "metadata": {"k": "v"}},
+              "logprobs": {"input": "Go on", "top_logprobs": 2}}
+    return [{"custom_id": f"r-{name}", "method": "POST", "url": RESPONSES,
+             "body": {"model": MODEL, "temperature": 0, "max_output_tokens": 16, **body}}
+            for name, body in bodies.items()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def vllm_server(stack, tmp_path):
+    """vLLM's own OpenAI server on the same model and flags; yields its base URL."""
+    engine = stack.settings.engine
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR),
+            "--served-model-name", MODEL, "--runner", "generate", "--host", "127.0.0.1", "--port", str(port),
+            *vllm_args(engine, stack.engine.engine._limits[MODEL])]
+    log = (tmp_path / "vllm-server.log").open("w")
+    proc = subprocess.Popen(argv, env={**os.environ, **worker_env(engine, "parity")}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            assert proc.poll() is None, (tmp_path / "vllm-server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "vLLM's server did not start"
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def served_by(url: str, lines: list[dict]) -> dict[str, dict]:
+    """Each line posted to vLLM's server, shaped as a batch output line (the status and body it answered)."""
+    answers = {}
+    for line in lines:
+        request = urllib.request.Request(url + line["url"], data=json.dumps(line["body"]).encode(),
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                status, body = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, json.loads(exc.read())
+        answers[line["custom_id"]] = {"response": {"status_code": status, "body": body}}
+    return answers
+
+
+def without(value, keys: set[str]):
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
 def run_batch(stack, lines: list[dict], tmp_path, *, task: str) -> dict[str, dict]:
     """vLLM's own batch runner on the same model with the warm engine's flags."""
     engine = stack.settings.engine
@@ -121,8 +222,10 @@ def normal(answer: dict, *, peer: bool) -> tuple[int, object]:
     response = answer["response"]
     status = int(response["status_code"])
     if status != 200:
-        error = answer["error"] if peer else response["body"]
+        error = answer["error"] if peer and answer.get("error") else response["body"]
         return status, error["error"]["message"]
+    if response["body"].get("object") == "response":
+        return status, without(response["body"], RESPONSE_IGNORED)
     body = {k: v for k, v in json.loads(json.dumps(response["body"])).items() if k not in IGNORED}
     for choice in body.get("choices") or ():  # tool call ids: vLLM draws them, dropbatch derives them
         for call in (choice.get("message") or {}).get("tool_calls") or ():
@@ -149,12 +252,15 @@ def check_structured(lines: list[dict], got: dict[str, dict]) -> int:
     return stopped
 
 
-def test_dropbatch_and_run_batch_give_the_same_bodies(stack, tmp_path):
+def test_dropbatch_and_vllms_front_ends_give_the_same_bodies(stack, tmp_path):
     chat, embed = chat_corpus(), embeddings_corpus()
-    assert len(chat) + len(embed) >= 50
+    complete, respond = completions_corpus(), responses_corpus()
+    assert len(chat) + len(embed) + len(complete) + len(respond) >= 50
     stack.ctx.tenants.create("e2e-parity", "enterprise")
     refs = {"chat": submit(stack.ctx, "e2e-parity", "chat", chat),
-            "embed": submit(stack.ctx, "e2e-parity", "embed", embed, endpoint=EMBEDDINGS)}
+            "embed": submit(stack.ctx, "e2e-parity", "embed", embed, endpoint=EMBEDDINGS),
+            "complete": submit(stack.ctx, "e2e-parity", "complete", complete, endpoint=COMPLETIONS),
+            "respond": submit(stack.ctx, "e2e-parity", "respond", respond, endpoint=RESPONSES)}
     stack.drain()
     ours = {}
     for ref in refs.values():
@@ -162,7 +268,9 @@ def test_dropbatch_and_run_batch_give_the_same_bodies(stack, tmp_path):
         assert record.status == BatchStatus.COMPLETED, record.errors
         ours.update(outputs(stack, record))
     peer = {**run_batch(stack, chat, tmp_path, task="generate"), **run_batch(stack, embed, tmp_path, task="embed")}
-    assert set(ours) == set(peer) == {line["custom_id"] for line in chat + embed}
+    with vllm_server(stack, tmp_path) as url:
+        peer.update(served_by(url, complete + respond))
+    assert set(ours) == set(peer) == {line["custom_id"] for line in chat + embed + complete + respond}
     differing = {cid: (normal(ours[cid], peer=False), normal(peer[cid], peer=True))
                  for cid in ours if normal(ours[cid], peer=False) != normal(peer[cid], peer=True)}
     assert not differing, f"{sorted(differing)}: " + json.dumps(differing, indent=1, ensure_ascii=False)[:6000]
@@ -174,3 +282,7 @@ def test_dropbatch_and_run_batch_give_the_same_bodies(stack, tmp_path):
     assert ours["tools_required"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
     assert ours["e-base64"]["response"]["body"]["data"][0]["embedding"].__class__ is str
     assert check_structured(chat, ours) >= 5
+    assert normal(ours["c-too-long"], peer=False)[0] == 400
+    assert len(ours["c-several-n2"]["response"]["body"]["choices"]) == 4  # two prompts, two choices each
+    assert ours["c-text-logprobs"]["response"]["body"]["choices"][0]["logprobs"]["top_logprobs"]
+    assert {ours[f"r-{name}"]["response"]["body"]["object"] for name in ("plain", "schema")} == {"response"}

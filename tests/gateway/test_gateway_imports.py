@@ -1,4 +1,4 @@
-"""The gateway stays light: importing it (and the client) loads neither ray, vllm nor torch."""
+"""The gateway and watcher stay light: importing them (and the client) loads neither ray, vllm nor torch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 HEAVY = ("ray", "vllm", "torch")
 
 
-@pytest.mark.parametrize("module", ["gateway.app", "gateway", "dropbatch.client", "openai_batch_client"])
+@pytest.mark.parametrize(
+    "module", ["gateway.app", "gateway", "dropbatch.client", "openai_batch_client", "watcher.service", "watcher.admission"]
+)
 def test_import_loads_no_engine_libraries(module: str) -> None:
     code = (
         "import importlib, json, sys\n"

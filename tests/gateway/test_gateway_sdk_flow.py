@@ -13,7 +13,7 @@ from collections import Counter
 
 import openai
 import pytest
-from helpers import make_jsonl, read_jsonl
+from helpers import ShiftedClock, make_jsonl, read_jsonl
 
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.jsonl import is_success
@@ -110,16 +110,6 @@ def test_batches_list_pages_newest_first(settings, live, tenant_token, sdk) -> N
     assert [b.id for b in every] == paged
     stamps = [b.created_at for b in every]
     assert stamps == sorted(stamps, reverse=True)
-
-
-class ShiftedClock:
-    """Real time plus an offset the test moves forward, so creation order is defined without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 def test_files_list_orders_filters_and_pages(settings, make_context, start_gateway, tenant_token, sdk, drain) -> None:
