@@ -12,16 +12,15 @@ Nothing here starts vLLM or Ray; test_render_dashboard.py runs a real Prometheus
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import load_bench
 
 from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
@@ -144,10 +143,4 @@ def worked_services(tmp_path: Path) -> Worked:
 
 @pytest.fixture(scope="session")
 def render_dashboard() -> ModuleType:
-    path = REPO / "bench" / "render_dashboard.py"
-    spec = importlib.util.spec_from_file_location("render_dashboard", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("render_dashboard")
