@@ -34,6 +34,7 @@ import pytest
 from helpers import load_bench
 from soak import engine_processes, submit
 
+from dropbatch.errors import DropbatchError
 from dropbatch.models import BatchStatus
 from dropbatch.observability.health import Health, ServiceHttp
 from dropbatch.observability.metrics import Metrics
@@ -123,7 +124,10 @@ def observed(stack, prometheus, tmp_path_factory) -> Iterator[Observed]:
 
     def observe_forever() -> None:
         while not stop.wait(QUEUE_METRICS_EVERY):
-            observe_queue(stack.ctx, runner_metrics)
+            try:
+                observe_queue(stack.ctx, runner_metrics)
+            except DropbatchError:  # as the runner's thread: the next refresh tries again
+                continue
 
     with ExitStack() as resources:
         runner_http = ServiceHttp("127.0.0.1", 0, Health("runner"), runner_metrics).start()
