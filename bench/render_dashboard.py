@@ -1,146 +1,62 @@
-"""A picture of the Grafana dashboard from a real run, without Grafana.
+"""The Grafana dashboard as a picture, drawn from Prometheus, without Grafana.
 
-Scrapes the gateway's, watcher's and runner's ``/metrics`` every few seconds,
-keeps every scrape in ``bench/out/dashboard-samples.jsonl``, and renders the
-dashboard's main panels (deploy/grafana/dashboard.json) with matplotlib into
-``bench/out/dashboard.png``: tokens/s, requests completed/failed, the queue,
-seconds to deadline and projected overrun, engine memory, gateway latency,
-batches finished by status, manifests admitted/rejected.
+Every line is Prometheus's own answer (``/api/v1/query_range``) to the
+dashboard's own PromQL, read from deploy/grafana/dashboard.json with Grafana's
+``$__rate_interval`` and ``$__range`` filled in as Grafana would: nothing here
+computes a rate or a quantile, so the picture cannot drift from the dashboard.
+Every time-series panel is drawn into ``bench/out/dashboard.png``.
 
-Beside a real demo (terminal 1 starts the stack and drops a 2000-line batch):
+From a Prometheus that scraped a run (``--minutes``: the last minutes; or
+``--start``/``--end`` in unix seconds):
 
-    DEMO_REQUESTS=2000 make demo
-    .venv/bin/python bench/render_dashboard.py --duration 900    # terminal 2; Ctrl-C stops early
+    .venv/bin/python bench/render_dashboard.py --prometheus http://127.0.0.1:9090 --minutes 30
 
-The default URLs are the `dropbatch up` ports (gateway 8000, watcher 9101,
-runner 9102). A target that does not answer is recorded as down and drawn as a
-gap. ``--from-samples FILE`` re-renders a stored run without scraping.
+Or beside a run: Prometheus (the ``prometheus`` binary, Debian's package) is
+started on deploy/prometheus/prometheus.yml as shipped, with the targets given
+(the `dropbatch up` ports by default) and 5 s scrapes, for ``--duration``
+seconds (Ctrl-C draws early):
+
+    DEMO_REQUESTS=2000 make demo                                   # terminal 1
+    .venv/bin/python bench/render_dashboard.py --duration 900      # terminal 2
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import math
+import shutil
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-OUT = Path(__file__).resolve().parent / "out"
-DEFAULT_TARGETS = {
-    "gateway": "http://127.0.0.1:8000/metrics",
-    "watcher": "http://127.0.0.1:9101/metrics",
-    "runner": "http://127.0.0.1:9102/metrics",
-}
-# The dashboard leaves scrapes and probes out of the gateway's API latency.
-NOT_API_ROUTES = frozenset({"/metrics", "/health", "/ready"})
+from dropbatch.observability.prometheus import (  # noqa: E402
+    PrometheusServer,
+    api,
+    dashboard_targets,
+    legend,
+    local_config,
+    query_range,
+)
 
-
-# -- samples ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Series:
-    """One sample name and its labels, e.g. ``dropbatch_requests_completed_total{tenant="acme"}``."""
-
-    name: str
-    labels: tuple[tuple[str, str], ...] = ()
-
-    def key(self) -> str:
-        """A JSON key: label values may hold any character (route templates hold braces)."""
-        return json.dumps([self.name, dict(self.labels)], sort_keys=True)
-
-    @staticmethod
-    @functools.lru_cache(maxsize=65536)
-    def parse(key: str) -> Series:
-        name, labels = json.loads(key)
-        return Series(name, tuple(sorted(labels.items())))
-
-    def label(self, name: str) -> str:
-        return dict(self.labels).get(name, "")
-
-
-def parse_exposition(text: str) -> dict[str, float]:
-    """Prometheus text format → {series key: value}; ``_created`` timestamps are dropped."""
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue
-            values[Series(sample.name, tuple(sorted(sample.labels.items()))).key()] = float(sample.value)
-    return values
-
-
-@dataclass
-class Scrape:
-    """One scrape of one service: ``up`` False when it did not answer."""
-
-    t: float
-    service: str
-    up: bool
-    values: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps({"t": self.t, "service": self.service, "up": self.up, "values": self.values})
-
-    @classmethod
-    def from_json(cls, line: str) -> Scrape:
-        raw = json.loads(line)
-        return cls(t=raw["t"], service=raw["service"], up=raw["up"], values=raw["values"])
-
-
-def scrape(service: str, url: str, timeout: float = 3.0) -> Scrape:
-    now = time.time()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            text = response.read().decode("utf-8")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return Scrape(now, service, up=False)
-    return Scrape(now, service, up=True, values=parse_exposition(text))
-
-
-def sample(targets: dict[str, str], *, interval: float, duration: float | None, store: Path) -> list[Scrape]:
-    """Scrape every target each ``interval`` seconds until ``duration`` or Ctrl-C; append each to ``store``."""
-    scrapes: list[Scrape] = []
-    started = time.monotonic()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with store.open("a", encoding="utf-8") as out:
-        try:
-            while duration is None or time.monotonic() - started < duration:
-                tick = time.monotonic()
-                for service, url in targets.items():
-                    taken = scrape(service, url)
-                    scrapes.append(taken)
-                    out.write(taken.to_json() + "\n")
-                out.flush()
-                up = ", ".join(f"{s.service}={'up' if s.up else 'down'}" for s in scrapes[-len(targets) :])
-                print(f"{len(scrapes) // len(targets)} scrapes ({up})", file=sys.stderr)
-                time.sleep(max(0.0, interval - (time.monotonic() - tick)))
-        except KeyboardInterrupt:
-            print("stopped; rendering", file=sys.stderr)
-    return scrapes
-
-
-def load(path: Path) -> list[Scrape]:
-    return [Scrape.from_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# -- time series ------------------------------------------------------------------------
-
-
-Match = Callable[[Series], bool]
+OUT = REPO / "bench" / "out"
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
+SHIPPED = REPO / "deploy" / "prometheus" / "prometheus.yml"
+DEFAULT_TARGETS = {"gateway": "127.0.0.1:8000", "watcher": "127.0.0.1:9101", "runner": "127.0.0.1:9102"}
+SCRAPE_SECONDS = 5.0  # the Prometheus this script starts; the shipped config says 15 s
+MAX_POINTS = 300
+# Grafana's unit → (axis label, factor) for the picture.
+UNITS = {"bytes": ("GiB", 1 / 2**30), "percentunit": ("%", 100.0), "reqps": ("per second", 1.0), "s": ("seconds", 1.0)}
 
 
 @dataclass(frozen=True)
 class Line:
-    """A curve of one panel: x in seconds since the first scrape, y (NaN where unknown)."""
+    """A curve of one panel: x in seconds since the start of the range, y (NaN where Prometheus had none)."""
 
     label: str
     x: list[float]
@@ -151,277 +67,67 @@ class Line:
         return any(not math.isnan(v) for v in self.y)
 
 
-class Run:
-    """The scrapes of one run, queried the way the dashboard's PromQL does."""
-
-    def __init__(self, scrapes: Iterable[Scrape]) -> None:
-        self.scrapes = sorted(scrapes, key=lambda s: s.t)
-        self.t0 = self.scrapes[0].t if self.scrapes else 0.0
-
-    def of(self, service: str) -> list[Scrape]:
-        return [s for s in self.scrapes if s.service == service]
-
-    def groups(self, service: str, name: str, by: Sequence[str] = (), match: Match | None = None) -> list[str]:
-        """The distinct label-value groups of ``name`` (what ``sum by (...)`` would return)."""
-        found = set()
-        for s in self.of(service):
-            for key in s.values:
-                series = Series.parse(key)
-                if series.name == name and (match is None or match(series)):
-                    found.add(" ".join(series.label(b) for b in by))
-        return sorted(found)
-
-    def _values(
-        self,
-        service: str,
-        name: str,
-        by: Sequence[str],
-        group: str,
-        match: Match | None,
-        agg: Callable[[list[float]], float],
-    ) -> tuple[list[float], list[float], list[bool]]:
-        xs, ys, ups = [], [], []
-        for s in self.of(service):
-            picked = []
-            for key, value in s.values.items():
-                series = Series.parse(key)
-                if series.name != name or (match is not None and not match(series)):
-                    continue
-                if by and " ".join(series.label(b) for b in by) != group:
-                    continue
-                picked.append(value)
-            xs.append(s.t - self.t0)
-            ys.append(agg(picked) if picked else math.nan)
-            ups.append(s.up)
-        return xs, ys, ups
-
-    def gauge(
-        self,
-        service: str,
-        name: str,
-        *,
-        by: Sequence[str] = (),
-        group: str = "",
-        match: Match | None = None,
-        agg: Callable[[list[float]], float] = sum,
-    ) -> tuple[list[float], list[float]]:
-        """``agg`` over the matching series at each scrape (NaN when down or absent)."""
-        xs, ys, _ = self._values(service, name, by, group, match, agg)
-        return xs, ys
-
-    def rate(
-        self, service: str, name: str, *, by: Sequence[str] = (), group: str = "", match: Match | None = None
-    ) -> tuple[list[float], list[float]]:
-        """Per-second increase of a counter sum between consecutive scrapes, like ``rate()``.
-
-        A series that appears while its service answers counts from 0 (a labelled
-        counter is born at its first increment); a drop is a restart, counted from 0.
-        After a scrape the service did not answer, the rate is unknown (NaN).
-        """
-        xs, ys, ups = self._values(service, name, by, group, match, sum)
-        out_x, out_y = [], []
-        for i in range(1, len(xs)):
-            dt = xs[i] - xs[i - 1]
-            if dt <= 0:
-                continue
-            prev, cur = ys[i - 1], ys[i]
-            if math.isnan(cur):
-                delta = math.nan
-            elif math.isnan(prev):
-                delta = cur if ups[i - 1] else math.nan
-            else:
-                delta = cur - prev if cur >= prev else cur
-            out_x.append(xs[i])
-            out_y.append(delta / dt)
-        return out_x, out_y
-
-    def quantile(
-        self, service: str, name: str, q: float, *, window: int = 3, match: Match | None = None
-    ) -> tuple[list[float], list[float]]:
-        """``histogram_quantile(q, sum by (le) (increase(name_bucket[window scrapes])))``."""
-        scrapes = self.of(service)
-        cumulative: list[dict[float, float]] = []
-        for s in scrapes:
-            buckets: dict[float, float] = {}
-            for key, value in s.values.items():
-                series = Series.parse(key)
-                if series.name != name + "_bucket" or (match is not None and not match(series)):
-                    continue
-                le = float(series.label("le"))
-                buckets[le] = buckets.get(le, 0.0) + value
-            cumulative.append(buckets)
-        xs, ys = [], []
-        for i in range(window, len(scrapes)):
-            old, new = cumulative[i - window], cumulative[i]
-            delta = sorted((le, new[le] - old.get(le, 0.0)) for le in new)
-            xs.append(scrapes[i].t - self.t0)
-            ys.append(histogram_quantile(q, delta))
-        return xs, ys
-
-
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
-    """Prometheus's estimate: linear interpolation inside the bucket holding rank q·count.
-
-    ``buckets`` are (upper bound, cumulative count) sorted by bound, ending at +Inf.
-    NaN when there were no observations.
-    """
-    if not buckets or buckets[-1][1] <= 0:
-        return math.nan
-    total = buckets[-1][1]
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):
-                return lower  # Prometheus answers the highest finite bound
-            if count == below:
-                return le
-            return lower + (le - lower) * (rank - below) / (count - below)
-        lower, below = le, count
-    return lower
-
-
-# -- rendering --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
+@dataclass
 class Panel:
-    """One plot: ``lines`` on the left axis, ``right`` (another unit) dashed on a right axis."""
-
     title: str
     unit: str
-    lines: list[Line]
-    empty: str = "no data in this run"
-    right: list[Line] = field(default_factory=list)
-    right_unit: str = ""
-    from_zero: bool = False
+    lines: list[Line] = field(default_factory=list)
 
 
-def _line(label: str, xy: tuple[list[float], list[float]], scale: float = 1.0) -> Line:
-    xs, ys = xy
-    return Line(label, xs, [y * scale for y in ys])
+def rate_interval(step: float, scrape_seconds: float) -> str:
+    """Grafana's ``$__rate_interval``: max(step + scrape interval, 4 × scrape interval)."""
+    return f"{max(step + scrape_seconds, 4 * scrape_seconds):g}s"
 
 
-def _api(series: Series) -> bool:
-    return series.label("route") not in NOT_API_ROUTES
+def step_for(start: float, end: float) -> float:
+    return max(1.0, math.ceil((end - start) / MAX_POINTS))
 
 
-def panels(run: Run) -> list[Panel]:
-    """The dashboard's main panels, computed from the scrapes."""
-    gib = 1 / 2**30
-    memory = [
-        _line(kind or "engine", run.gauge("runner", "dropbatch_engine_memory_bytes", by=("kind",), group=kind), gib)
-        for kind in run.groups("runner", "dropbatch_engine_memory_bytes", ("kind",))
-    ]
-    queue_batches = [
-        _line(f"batches {state}", run.gauge("runner", "dropbatch_queue_batches", by=("state",), group=state, agg=max))
-        for state in run.groups("runner", "dropbatch_queue_batches", ("state",))
-    ]
-    finished = [
-        _line(status, run.gauge("runner", "dropbatch_batches_finished_total", by=("status",), group=status))
-        for status in run.groups("runner", "dropbatch_batches_finished_total", ("status",))
-    ]
-    manifests = [
-        _line(group, run.gauge("watcher", "dropbatch_manifests_total", by=("result", "reason"), group=group))
-        for group in run.groups("watcher", "dropbatch_manifests_total", ("result", "reason"))
-    ]
-    return [
-        Panel(
-            "Generated tokens /s",
-            "tokens/s",
-            [
-                _line("generated (rate)", run.rate("runner", "dropbatch_generated_tokens_total")),
-                _line("prompt (rate)", run.rate("runner", "dropbatch_prompt_tokens_total")),
-                _line("generated (runner, last minute)", run.gauge("runner", "dropbatch_generated_tokens_per_second")),
-            ],
-        ),
-        Panel(
-            "Requests /s",
-            "requests/s",
-            [
-                _line("completed", run.rate("runner", "dropbatch_requests_completed_total")),
-                _line("failed", run.rate("runner", "dropbatch_requests_failed_total")),
-            ],
-            from_zero=True,
-        ),
-        Panel(
-            "Queue",
-            "request lines",
-            [_line("request lines", run.gauge("runner", "dropbatch_queue_requests", agg=max))],
-            right=queue_batches,
-            right_unit="batches",
-            from_zero=True,
-        ),
-        Panel(
-            "Deadline and projected overrun",
-            "hours",
-            [
-                _line(
-                    "seconds to deadline", run.gauge("runner", "dropbatch_sla_seconds_to_deadline", agg=min), 1 / 3600
-                ),
-                _line(
-                    "projected overrun",
-                    run.gauge("runner", "dropbatch_sla_projected_overrun_seconds", agg=max),
-                    1 / 3600,
-                ),
-            ],
-        ),
-        Panel("Engine memory", "GiB", memory, from_zero=True),
-        Panel(
-            "Gateway HTTP latency",
-            "ms",
-            [
-                _line(
-                    f"p{int(q * 100)}",
-                    run.quantile("gateway", "dropbatch_http_request_duration_seconds", q, match=_api),
-                    1000,
-                )
-                for q in (0.5, 0.99)
-            ],
-            empty="no gateway API requests in this run",
-        ),
-        Panel("Batches finished (cumulative)", "batches", finished, from_zero=True),
-        Panel("Manifests (cumulative)", "manifests", manifests, from_zero=True),
-    ]
+def panels(url: str, start: float, end: float, *, scrape_seconds: float, dashboard: Path = DASHBOARD) -> list[Panel]:
+    """Every time-series panel of the dashboard, its lines from ``query_range`` over [start, end]."""
+    step = step_for(start, end)
+    by_title: dict[str, Panel] = {}
+    for target in dashboard_targets(dashboard):
+        if target.panel_type != "timeseries":
+            continue  # the stat row repeats the time series' queries as single numbers
+        label, factor = UNITS.get(target.unit, ("", 1.0))
+        panel = by_title.setdefault(target.panel, Panel(target.panel, label))
+        expr = target.promql(rate_interval=rate_interval(step, scrape_seconds), range_=f"{math.ceil(end - start)}s")
+        for series in query_range(url, expr, start, end, step):
+            xs = [float(t) - start for t, _ in series["values"]]
+            ys = [float(v) * factor for _, v in series["values"]]
+            panel.lines.append(Line(legend(target.legend, series["metric"]), xs, ys))
+    for panel in by_title.values():
+        peak = max((abs(v) for line in panel.lines for v in line.y if not math.isnan(v)), default=0.0)
+        if panel.unit == "seconds" and peak > 2 * 3600:
+            panel.unit = "hours"
+            panel.lines = [Line(line.label, line.x, [v / 3600 for v in line.y]) for line in panel.lines]
+    return list(by_title.values())
 
 
-def summary(run: Run) -> str:
-    last = {s.service: s for s in run.scrapes if s.up}
-    runner = last.get("runner")
-
+def summary(url: str, start: float, end: float) -> str:
     def total(name: str) -> float:
-        if runner is None:
-            return 0.0
-        return sum(v for k, v in runner.values.items() if Series.parse(k).name == name)
+        result = api(url, "query", query=f"sum({name})", time=f"{end:.3f}")["result"]
+        return float(result[0]["value"][1]) if result else 0.0
 
-    minutes = (run.scrapes[-1].t - run.t0) / 60 if run.scrapes else 0.0
-    rounds = max((len(run.of(service)) for service in {s.service for s in run.scrapes}), default=0)
     return (
-        f"{minutes:.1f} min, {rounds} scrapes per service; "
+        f"{(end - start) / 60:.1f} min; "
         f"{total('dropbatch_requests_completed_total'):,.0f} requests completed, "
         f"{total('dropbatch_requests_failed_total'):,.0f} failed, "
-        f"{total('dropbatch_generated_tokens_total'):,.0f} tokens generated"
+        f"{total('dropbatch_generated_tokens_total'):,.0f} tokens generated (runner counters since its start)"
     )
 
 
-def _top(lines: Sequence[Line]) -> float:
-    """An upper y limit with headroom for the legend (1 when every value is 0)."""
-    highest = max(v for line in lines for v in line.y if not math.isnan(v))
-    return highest * 1.25 if highest > 0 else 1.0
-
-
-def render(scrapes: Sequence[Scrape], out: Path, *, title: str = "dropbatch") -> Path:
-    """Draw the panels of ``scrapes`` into a PNG at ``out``; returns ``out``."""
+def render(grid: Sequence[Panel], out: Path, *, title: str = "dropbatch") -> Path:
+    """Draw ``grid`` into a PNG at ``out`` (Grafana's dark colours); returns ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and none needed
     import matplotlib.pyplot as plt
 
-    run = Run(scrapes)
-    grid = panels(run)
     cols = 4
-    rows = math.ceil(len(grid) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    rows = max(1, math.ceil(len(grid) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     fig.patch.set_facecolor("#111217")
     for ax, panel in zip(axes.flat, grid, strict=False):
         ax.set_facecolor("#181b1f")
@@ -433,75 +139,73 @@ def render(scrapes: Sequence[Scrape], out: Path, *, title: str = "dropbatch") ->
         ax.set_ylabel(panel.unit, color="#9fa7b3", fontsize=8)
         ax.set_xlabel("minutes", color="#9fa7b3", fontsize=8)
         drawn = [line for line in panel.lines if line.has_data]
-        handles = [ax.plot([x / 60 for x in line.x], line.y, label=line.label, linewidth=1.4)[0] for line in drawn]
-        right = [line for line in panel.right if line.has_data]
-        if right:
-            twin = ax.twinx()
-            twin.tick_params(colors="#9fa7b3", labelsize=8)
-            for spine in twin.spines.values():
-                spine.set_color("#2c3235")
-            twin.set_ylabel(panel.right_unit, color="#9fa7b3", fontsize=8)
-            colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"][len(drawn) :])
-            for line in right:
-                handles += twin.plot(
-                    [x / 60 for x in line.x],
-                    line.y,
-                    label=line.label,
-                    linewidth=1.2,
-                    linestyle="--",
-                    color=next(colors, None),
-                )
-            if panel.from_zero:
-                twin.set_ylim(bottom=0, top=_top(right))
-        if panel.from_zero and drawn:
-            ax.set_ylim(bottom=0, top=_top(drawn))
-        if handles:
-            ax.legend(
-                handles=handles,
-                fontsize=7,
-                loc="upper left",
-                facecolor="#181b1f",
-                edgecolor="#2c3235",
-                labelcolor="#d8d9da",
-            )
+        for line in drawn:
+            ax.plot([x / 60 for x in line.x], line.y, label=line.label, linewidth=1.4)
+        if drawn:
+            ax.legend(fontsize=7, loc="upper left", facecolor="#181b1f", edgecolor="#2c3235", labelcolor="#d8d9da")
         else:
-            ax.text(0.5, 0.5, panel.empty, ha="center", va="center", color="#9fa7b3", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="#9fa7b3", transform=ax.transAxes)
     for ax in list(axes.flat)[len(grid) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{title} — {summary(run)}", color="#d8d9da", fontsize=12, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(title, color="#d8d9da", fontsize=12, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, facecolor=fig.get_facecolor())
+    fig.savefig(out, dpi=90, facecolor=fig.get_facecolor())
     plt.close(fig)
     return out
 
 
-# -- command line -----------------------------------------------------------------------
+def draw(url: str, start: float, end: float, out: Path, *, scrape_seconds: float) -> Path:
+    """Query every panel over [start, end] from the Prometheus at ``url`` and render the PNG."""
+    grid = panels(url, start, end, scrape_seconds=scrape_seconds)
+    return render(grid, out, title=f"dropbatch — {summary(url, start, end)}")
+
+
+def sample(binary: str, targets: dict[str, str], duration: float | None, out: Path) -> Path:
+    """Run Prometheus on the shipped config against ``targets`` for ``duration`` s (or until Ctrl-C), then draw."""
+    jobs = {f"dropbatch-{service}": [address] for service, address in targets.items()}
+    scrape = f"{SCRAPE_SECONDS:g}s"
+    config, rules = local_config(SHIPPED, jobs, scrape_interval=scrape, evaluation_interval=scrape, for_duration=None)
+    workdir = Path(tempfile.mkdtemp(prefix="dropbatch-prometheus-"))
+    try:
+        with PrometheusServer(binary, workdir, config, rules) as server:
+            print(f"prometheus at {server.url}, scraping {', '.join(targets.values())}", file=sys.stderr)
+            start = time.time()
+            try:
+                while duration is None or time.time() - start < duration:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                print("stopped; drawing", file=sys.stderr)
+            end = time.time()
+            up = api(server.url, "query", query="up")["result"]
+            print("targets: " + ", ".join(f"{r['metric']['job']}={r['value'][1]}" for r in up), file=sys.stderr)
+            return draw(server.url, start, end, out, scrape_seconds=SCRAPE_SECONDS)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gateway", default=DEFAULT_TARGETS["gateway"], help="gateway /metrics URL ('' to skip)")
-    parser.add_argument("--watcher", default=DEFAULT_TARGETS["watcher"], help="watcher /metrics URL ('' to skip)")
-    parser.add_argument("--runner", default=DEFAULT_TARGETS["runner"], help="runner /metrics URL ('' to skip)")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between scrapes")
+    parser.add_argument("--prometheus", default=None, help="URL of a Prometheus that scraped a run (no sampling)")
+    parser.add_argument("--minutes", type=float, default=None, help="with --prometheus: the last N minutes")
+    parser.add_argument("--start", type=float, default=None, help="with --prometheus: range start, unix seconds")
+    parser.add_argument("--end", type=float, default=None, help="with --prometheus: range end (default: now)")
+    parser.add_argument("--scrape-interval", type=float, default=15.0, help="with --prometheus: its scrape interval, s")
+    for service, address in DEFAULT_TARGETS.items():
+        parser.add_argument(f"--{service}", default=address, help=f"{service} host:port to scrape ('' to skip)")
     parser.add_argument("--duration", type=float, default=None, help="seconds to sample (default: until Ctrl-C)")
+    parser.add_argument("--prometheus-binary", default=shutil.which("prometheus") or "prometheus")
     parser.add_argument("--out", type=Path, default=OUT, help="output directory")
-    parser.add_argument("--from-samples", type=Path, default=None, help="render a stored samples file, no scraping")
     args = parser.parse_args(argv)
 
-    if args.from_samples is not None:
-        scrapes = load(args.from_samples)
+    out = args.out / "dashboard.png"
+    if args.prometheus:
+        end = args.end if args.end is not None else time.time()
+        start = args.start if args.start is not None else end - 60 * (args.minutes or 15)
+        png = draw(args.prometheus.rstrip("/"), start, end, out, scrape_seconds=args.scrape_interval)
     else:
-        targets = {name: url for name in ("gateway", "watcher", "runner") if (url := getattr(args, name))}
-        store = args.out / "dashboard-samples.jsonl"
-        store.unlink(missing_ok=True)
-        scrapes = sample(targets, interval=args.interval, duration=args.duration, store=store)
-        print(f"samples: {store}", file=sys.stderr)
-    if not scrapes:
-        print("no scrapes to render", file=sys.stderr)
-        return 1
-    png = render(scrapes, args.out / "dashboard.png")
+        targets = {service: address for service in DEFAULT_TARGETS if (address := getattr(args, service))}
+        png = sample(args.prometheus_binary, targets, args.duration, out)
     print(png)
     return 0
 

@@ -22,8 +22,9 @@
     ├── Conflict                     (409: not allowed in the current state)
     ├── QuotaExceeded                (429 at admission: tier's hourly lines used up)
     ├── RateLimited                  (429 on the wire, with retry_after)
-    └── EngineError                  (the inference engine failed as a whole)
-        └── InputChanged             (an admitted input's bytes changed under the runner)
+    ├── EngineError                  (the inference engine failed as a whole)
+    │   └── InputChanged             (an admitted input's bytes changed under the runner)
+    └── PrometheusUnavailable        (the local Prometheus of the tests and bench did not answer)
 
 Every class carries an OpenAI-style ``code`` and the HTTP status the gateway maps it
 to, so the gateway and the watcher translate with one table, not per call site.
@@ -228,3 +229,9 @@ class InputChanged(EngineError):
     """Raised when an input object's bytes no longer match the sha256 recorded at admission."""
 
     code = "input_changed"
+
+
+class PrometheusUnavailable(DropbatchError):
+    """Raised when a Prometheus server (the tests' and bench's, never a service's) does not start or answer."""
+
+    code = "prometheus_unavailable"

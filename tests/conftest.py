@@ -10,6 +10,8 @@
     (the same two factories, with the same signatures, as tests/unit/conftest.py's in-memory ones)
     aws             the real `aws` CLI (helpers.AwsCli) against the server
     drop_job        helpers.DropBox(...).drop: JSONL by `aws s3 cp` first, signed manifest last
+    prometheus      session: path of Debian's `prometheus` server binary (apt-get install prometheus)
+    promtool        session: path of its `promtool`
 
 A real service that cannot start skips the test locally and fails it under CI=true.
 Plain helpers (make_jsonl, make_tenant, Tamper, ...) live in tests/helpers.py.
@@ -18,6 +20,7 @@ Plain helpers (make_jsonl, make_tenant, Tamper, ...) live in tests/helpers.py.
 from __future__ import annotations
 
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -70,6 +73,23 @@ def _empty(endpoint: str) -> None:
     sqs = boto3.client("sqs", **kwargs)
     for url in sqs.list_queues().get("QueueUrls", []):
         sqs.delete_queue(QueueUrl=url)
+
+
+def _from_debian_prometheus(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        unavailable(f"{binary} is not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> str:
+    return _from_debian_prometheus("prometheus")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return _from_debian_prometheus("promtool")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Import them as ``from helpers import ...`` (``tests/`` is on ``sys.path`` throug
 from __future__ import annotations
 
 import enum
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -311,3 +313,15 @@ class ShiftedClock:
 
     def __call__(self) -> float:
         return time.time() + self.offset
+
+
+def load_bench(name: str) -> ModuleType:
+    """A script of bench/ (``load_bench("render_dashboard")``) imported as a module."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -87,6 +87,7 @@ class Stack:
     endpoint: str
     clock: OffsetClock
     metrics: Metrics = field(default_factory=lambda: Metrics("runner"))
+    watcher_metrics: Metrics = field(default_factory=lambda: Metrics("watcher"))
     _gateway_url: str | None = None
     servers: ExitStack = field(default_factory=ExitStack)
 
@@ -115,7 +116,7 @@ class Stack:
         from runner.service import Runner
         from watcher.service import Watcher
 
-        Watcher(self.ctx).run_once()
+        Watcher(self.ctx, metrics=self.watcher_metrics).run_once()
         runner = Runner(self.ctx, self.engine, metrics=self.metrics, progress_seconds=progress_seconds)
         passes = 0
         retried = False
@@ -131,7 +132,7 @@ class Stack:
             if not touched and not any(True for _ in self.ctx.queue.entries()):
                 break
             passes += 1
-            Watcher(self.ctx).run_once()
+            Watcher(self.ctx, metrics=self.watcher_metrics).run_once()
         return passes
 
     @property

@@ -107,6 +107,22 @@ def submit(ctx: Context, tenant: str, job: str, lines: list[dict], *, endpoint: 
     return ref
 
 
+def engine_processes(session: str) -> list:
+    """The vLLM processes (engine core and/or worker; titles vary by version) of one warm-engine session."""
+    import psutil
+
+    from runner.engine.reap import SESSION_VAR
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("VLLM::") and proc.environ().get(SESSION_VAR) == session:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def committed_chunks(ctx: Context, batch_id: str) -> int:
     return sum(1 for _ in ctx.store.list(ctx.settings.storage.control_bucket, ControlKeys.chunk_prefix(batch_id)))
 

@@ -12,10 +12,9 @@ import signal
 
 import psutil
 import pytest
-from soak import request_lines, submit
+from soak import engine_processes, request_lines, submit
 
 from dropbatch.models import BatchStatus
-from runner.engine.reap import SESSION_VAR
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +25,11 @@ LINES = 600
 def kill_engine(session: str) -> int:
     """SIGKILL this engine's vLLM processes (engine core and/or worker; titles vary by version)."""
     killed = 0
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in engine_processes(session):
         try:
-            if (proc.info["cmdline"] or [""])[0].startswith("VLLM::") and proc.environ().get(SESSION_VAR) == session:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        except psutil.NoSuchProcess:
             continue
     return killed
 

@@ -12,13 +12,11 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 import ray
-from soak import submit
+from soak import engine_processes, submit
 
 from dropbatch.models import BatchStatus
-from runner.engine.reap import SESSION_VAR
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.e2e
@@ -91,17 +89,6 @@ def test_bodies_whose_optional_fields_vary_all_come_back_as_asked(stack, seed):
     assert engine_starts(stack) == before, "the warm engine served the batch without starting again"
 
 
-def _engine_cores(session: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if (proc.info["cmdline"] or [""])[0].startswith("VLLM::") and proc.environ().get(SESSION_VAR) == session:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def test_a_stalled_engine_is_restarted_and_its_lines_retried(stack):
     """SIGSTOP the engine's processes mid-run: the watchdog restarts it; every line still comes back once."""
     engine = stack.engine.engine
@@ -122,7 +109,7 @@ def test_a_stalled_engine_is_restarted_and_its_lines_retried(stack):
         handle = next(iter(engine._actors.values()))
         while not done.is_set():
             if ray.get(handle.stats.remote())["inflight"] > 0:
-                for proc in _engine_cores(engine._session):
+                for proc in engine_processes(engine._session):
                     proc.send_signal(signal.SIGSTOP)
                     stopped.append(proc.pid)
                 return

@@ -1,29 +1,26 @@
 """Fixtures for the observability suite: promtool, the exported metric names, services that did real work.
 
-    promtool            path of the `promtool` binary (skips locally, fails under CI=true)
     run_promtool        ``run_promtool("check", "rules", path, stdin=b"")`` → CompletedProcess
+                        (the ``promtool`` and ``prometheus`` fixtures are tests/conftest.py's)
     exported_names      every sample name a dropbatch service exports, plus Prometheus's ``up``
     worked_services     a watcher and a runner (EchoEngine) that admitted and ran real jobs
                         over the memory store; their Metrics and the Context
     render_dashboard    bench/render_dashboard.py, imported as a module
 
-Nothing here starts vLLM or Ray; the only server is a ServiceHttp on 127.0.0.1.
+Nothing here starts vLLM or Ray; test_render_dashboard.py runs a real Prometheus on loopback.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import unavailable
+from helpers import load_bench
 
 from dropbatch.context import Context
 from dropbatch.engine.echo import EchoEngine
@@ -41,14 +38,6 @@ MODEL = "dropbatch-tiny"
 CHAT = "/v1/chat/completions"
 
 
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        unavailable("promtool is not installed (Debian: apt-get install prometheus)")
-    return path
 
 
 @pytest.fixture
@@ -154,10 +143,4 @@ def worked_services(tmp_path: Path) -> Worked:
 
 @pytest.fixture(scope="session")
 def render_dashboard() -> ModuleType:
-    path = REPO / "bench" / "render_dashboard.py"
-    spec = importlib.util.spec_from_file_location("render_dashboard", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("render_dashboard")

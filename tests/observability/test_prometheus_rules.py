@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+
+from dropbatch.errors import ConfigError
+from dropbatch.observability.prometheus import dashboard_targets, local_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 PROMETHEUS = DEPLOY / "prometheus"
-# Grafana's own variables, given values so the PromQL parses as Prometheus would see it.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "6h"}
 
 
 def _ok(result) -> str:
@@ -68,17 +69,43 @@ def test_selected_jobs_are_the_scrape_configs_jobs():
 
 
 def test_every_dashboard_query_is_valid_promql(run_promtool, tmp_path):
-    """promtool parses each dashboard expression as a recording rule."""
-    dashboard = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
-    rules = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            rules.append({"record": f"dashboard:panel_{panel['id']}:{target['refId'].lower()}", "expr": expr})
-    assert rules
+    """promtool parses each dashboard expression (Grafana's variables filled in) as a recording rule."""
+    targets = dashboard_targets(DEPLOY / "grafana" / "dashboard.json")
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": target.promql(rate_interval="1m", range_="6h")}
+        for i, target in enumerate(targets)
+    ]
+    assert len(rules) == 37
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     output = _ok(run_promtool("check", "rules", str(path)))
     assert f"SUCCESS: {len(rules)} rules found" in output
+
+
+def test_the_local_copy_changes_only_targets_intervals_and_durations(run_promtool, tmp_path):
+    """What the e2e test and bench/render_dashboard.py run: the shipped expressions, shorter waits."""
+    shipped_config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = {"dropbatch-runner": ["127.0.0.1:19102"], "dropbatch-gateway": ["127.0.0.1:18000"]}
+    config, rules = local_config(PROMETHEUS / "prometheus.yml", targets, scrape_interval="1s", for_duration="2s")
+    assert config["global"] == {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["dropbatch-gateway", "dropbatch-runner"]
+    for job in config["scrape_configs"]:
+        (shipped,) = [j for j in shipped_config["scrape_configs"] if j["job_name"] == job["job_name"]]
+        assert {**job, "static_configs": shipped["static_configs"]} == shipped
+        assert job["static_configs"] == [{"targets": targets[job["job_name"]]}]
+    pairs = [
+        (a, b)
+        for group_a, group_b in zip(_groups(), rules["groups"], strict=True)
+        for a, b in zip(group_a["rules"], group_b["rules"], strict=True)
+    ]
+    assert len(pairs) == 8
+    for a, b in pairs:
+        assert {k: v for k, v in a.items() if k != "for"} == {k: v for k, v in b.items() if k != "for"}
+        assert b["for"] == ("0m" if a["for"] == "0m" else "2s")
+    _, as_shipped = local_config(PROMETHEUS / "prometheus.yml", targets, for_duration=None)
+    assert [r["for"] for g in as_shipped["groups"] for r in g["rules"]] == [a["for"] for a, _ in pairs]
+    with pytest.raises(ConfigError, match="dropbatch-typo"):
+        local_config(PROMETHEUS / "prometheus.yml", {"dropbatch-typo": ["127.0.0.1:1"]})
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    assert "SUCCESS: 1 rule files found" in _ok(run_promtool("check", "config", str(tmp_path / "prometheus.yml")))
