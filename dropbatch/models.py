@@ -178,6 +178,10 @@ class BatchRecord(Batch):
     result: ResultLocation | None = None
     cached: bool = Field(False, description="Completed from an existing outbox prefix; no engine run.")
     retry_config: RetryConfig | None = Field(None, description="Per-batch retry policy; settings apply if unset.")
+    duplicate_lines: int = Field(0, description="Lines answered by copying an identical deterministic line's result.")
+    warnings: list[BatchError] = Field(
+        default_factory=list, description="Admitted anyway, e.g. projected to miss its window (deadline_at_risk)."
+    )
     updated_at: int = 0
 
     def openai(self) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from dropbatch.storage.keys import ControlKeys
 class QueueEntry(BaseModel):
     batch_id: str
     tenant: str
-    deadline: int
+    deadline: int  # created_at + the batch's completion window
     lines: int
+    created_at: int
 
 
 class LeaseBody(BaseModel):

@@ -30,7 +30,8 @@ from gateway.submit import submit_batch
 def create(ctx: Context, tenant: str, body: BatchCreate) -> BatchRecord:
     file = ctx.files.get(tenant, body.input_file_id)  # another tenant's file is "no such file"
     return submit_batch(
-        ctx, tenant, file, endpoint=body.endpoint, metadata=body.metadata, retry_config=body.retry_config
+        ctx, tenant, file, endpoint=body.endpoint, metadata=body.metadata, retry_config=body.retry_config,
+        completion_window=body.completion_window,
     )
 
 
