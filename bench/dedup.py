@@ -64,12 +64,32 @@ def submit(ctx, key, job: str, lines: list[dict]):
     return ref
 
 
-def run(ctx, engine, key, job: str, lines: list[dict]) -> dict:
+class CountingEngine:
+    """The warm engine, counting the result lines it answers (what the engine really ran)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.answered = 0
+
+    def __enter__(self) -> CountingEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, chunks):
+        for result in self.engine.run(chunks):
+            self.answered += 1
+            yield result
+
+
+def run(ctx, engine: CountingEngine, key, job: str, lines: list[dict]) -> dict:
     """Admit with ``ctx``'s settings, run to completion, check the outputs; the figures."""
     from runner.service import Runner
     from watcher.service import Watcher
 
     ref = submit(ctx, key, job, lines)
+    answered = engine.answered
     began = time.perf_counter()
     Watcher(ctx).run_once()
     admitted = time.perf_counter()
@@ -94,7 +114,7 @@ def run(ctx, engine, key, job: str, lines: list[dict]) -> dict:
     generated = record.usage.output_tokens if record.usage else 0
     return {
         "lines": len(lines),
-        "engine_lines": len(lines) - record.duplicate_lines,
+        "engine_lines": engine.answered - answered,
         "duplicate_lines": record.duplicate_lines,
         "admission_s": admitted - began,
         "seconds": seconds,
@@ -164,7 +184,8 @@ def main() -> None:
         on.tenants.create(TENANT, "enterprise")
         key = on.tenants.create_signing_key(TENANT)
         results: dict = {"share": args.duplicates, "max_tokens": args.max_tokens}
-        with build_engine(settings) as engine:
+        with build_engine(settings) as warm:
+            engine = CountingEngine(warm)
             run(on, engine, key, "warm-up", batch_lines(8, 0.0, "warm", args.max_tokens))  # engine start, not timed
             results["off"] = run(off, engine, key, "dedup-off", batch_lines(args.lines, args.duplicates, "off",
                                                                             args.max_tokens))

@@ -113,7 +113,6 @@ def finalize(ctx: Context, record: BatchRecord, *, final: BatchStatus = BatchSta
     closed = close_batch(ctx, record, summary, final=final)
     for info in list(ctx.store.list(ctx.settings.storage.control_bucket, ControlKeys.chunk_prefix(record.id))):
         ctx.store.delete(ctx.settings.storage.control_bucket, info.key)
-    ctx.store.delete(ctx.settings.storage.control_bucket, ControlKeys.duplicates(record.id))
     log.info(
         "batch finished",
         extra={
