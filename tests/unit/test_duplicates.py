@@ -9,7 +9,7 @@ import pytest
 
 from dropbatch.duplicates import DuplicateFinder, copy_result, is_deterministic
 from dropbatch.engine.echo import EchoEngine
-from dropbatch.errors import ObjectNotFound
+from dropbatch.errors import EngineError, ObjectNotFound
 from dropbatch.ids import completion_id, request_line_id, response_request_id, tool_call_id
 from dropbatch.jsonl import error_line, result_line
 from dropbatch.models import BatchStatus
@@ -204,3 +204,48 @@ def test_expiry_answers_copies_of_finished_originals_and_expires_the_rest(admit)
     assert {"req-0", "req-1", "req-3", "req-7"} <= set(lines) and len(expired) >= 5
     for i, o in COPIES.items():  # a copy is answered exactly when its original is
         assert (f"req-{i}" in lines) == (f"req-{o}" in lines)
+
+
+def test_resumed_runner_counts_copies_from_the_checkpoints(admit) -> None:
+    ctx, admitted = admit()
+    inner = EchoEngine(ctx.store, ctx.settings)
+
+    class Dying:
+        runs = inner.runs
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, chunks):
+            for i, result in enumerate(inner.run(chunks)):
+                if i == 4:  # chunk 0's originals (req-0..2) are answered and checkpointed
+                    raise EngineError("engine died")
+                yield result
+
+    with pytest.raises(EngineError):
+        Runner(ctx, Dying(), owner="runner-a").run_once()
+    checkpoint = ctx.store.head(ctx.records.bucket, ControlKeys.chunk_result(admitted.id, 0))
+    # req-0, req-1 and req-2 each settle their copy too (req-3, req-7, req-11), wherever it sits
+    assert (checkpoint.metadata["completed"], checkpoint.metadata["failed"]) == ("6", "0")
+
+    ctx.clock.advance(ctx.settings.service.lease_seconds + 1)
+    second = EchoEngine(ctx.store, ctx.settings)
+    seen: list[int] = []
+    runner = Runner(ctx, second, owner="runner-b", progress_seconds=0)
+    publish = runner._publish_progress
+
+    def watch(group, keeper):  # the counts the record shows while the batch runs
+        stop = publish(group, keeper)
+        seen.append(ctx.batches.get("acme", admitted.id).request_counts.completed)
+        return stop
+
+    runner._publish_progress = watch
+    assert runner.run_once() == 1
+    assert second.runs == [7]  # chunks 1-3: 3 + 3 + 1 originals
+    assert seen[0] >= 6 and seen == sorted(seen) and max(seen) <= 13
+    record = ctx.batches.get("acme", admitted.id)
+    assert (record.status, record.request_counts.completed) == (BatchStatus.COMPLETED, 13)
+    assert sorted(outputs(ctx, record)) == sorted(f"req-{i}" for i in range(13))
