@@ -26,7 +26,7 @@ class QueueEntry(BaseModel):
     tenant: str
     deadline: int  # created_at + the batch's completion window
     lines: int
-    created_at: int
+    created_at: int | None = None  # None: written before it was kept (a 24h batch: deadline - 24 h)
 
 
 class LeaseBody(BaseModel):

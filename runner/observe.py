@@ -21,11 +21,11 @@ def record_line(m: Metrics, record: BatchRecord, result: LineResult) -> None:
     m.lines_rate.add(1)
 
 
-def observe_queue(ctx: Context, m: Metrics, owner: str) -> None:
+def observe_queue(ctx: Context, m: Metrics, owner: str | None = None) -> None:
     """Refresh the queue and SLA gauges (one listing of the queue and of the leases) and memory.
 
-    Also publishes this runner's recent request lines per second for the watcher's
-    SLA-aware admission (``dropbatch.deadlines``).
+    With the runner's ``owner`` id, also publishes its recent request lines per second
+    for the watcher's SLA-aware admission (``dropbatch.deadlines``).
     """
     now = ctx.clock()
     window = max(ctx.settings.limits.completion_windows.values())
@@ -34,11 +34,14 @@ def observe_queue(ctx: Context, m: Metrics, owner: str) -> None:
     m.queue_batches.labels("running").set(sum(1 for e in entries if e.batch_id in leased))
     m.queue_batches.labels("queued").set(sum(1 for e in entries if e.batch_id not in leased))
     m.queue_requests.set(sum(e.lines for e in entries))
-    m.oldest_queued_age.set(max((now - e.created_at for e in entries), default=0))
+    legacy = ctx.settings.limits.completion_windows["24h"]  # entries from before created_at was kept
+    created = [e.created_at if e.created_at is not None else e.deadline - legacy for e in entries]
+    m.oldest_queued_age.set(max((now - at for at in created), default=0))
     m.most_urgent_deadline.set(min((e.deadline - now for e in entries), default=window))
     m.tokens_per_second.set(m.tokens_rate_now())
     rate = m.lines_rate.per_second()
-    publish_throughput(ctx.records, owner, rate, now)
+    if owner is not None:
+        publish_throughput(ctx.records, owner, rate, now)
     if entries and rate <= 0:
         m.projected_overrun.set(float("nan"))  # no rate yet (engine starting or stalled): no projection
     elif entries:

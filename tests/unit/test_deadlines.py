@@ -178,3 +178,14 @@ def test_a_resubmitted_sampled_batch_runs_again(make_context, make_tenant, make_
     Runner(ctx, engine).run_once()
     assert engine.runs == [3, 3]
     assert ctx.batches.get("acme", again.id).status == BatchStatus.COMPLETED
+
+
+def test_queue_entries_from_before_created_at_was_kept_age_as_24h_batches(make_context):
+    ctx = make_context()
+    now = int(ctx.clock())
+    ctx.queue.enqueue(QueueEntry(batch_id="batch_old", tenant="t", deadline=now + 86_400 - 500, lines=3))
+    m = Metrics("runner")
+    m.lines_rate.add(50)
+    observe_queue(ctx, m)  # without an owner: gauges only, no throughput published
+    assert m.oldest_queued_age._value.get() == 500
+    assert list(ctx.records.list_keys(ControlKeys.THROUGHPUT_PREFIX)) == []

@@ -151,7 +151,7 @@ def test_batch_get_update_and_job_pointer(make_context) -> None:
 
 
 def entry(batch_id: str, deadline: int, lines: int = 1) -> QueueEntry:
-    return QueueEntry(batch_id=batch_id, tenant="acme", deadline=deadline, lines=lines, created_at=deadline - 86_400)
+    return QueueEntry(batch_id=batch_id, tenant="acme", deadline=deadline, lines=lines)
 
 
 def test_queue_is_earliest_deadline_first_and_idempotent(make_context) -> None:
