@@ -106,6 +106,24 @@ def duplicated_body(i: int, body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "temperature": 0}
 
 
+class Interrupted:
+    """EchoEngine calling ``before(i)`` ahead of result ``i``: it may raise (the engine dies) or move the clock."""
+
+    def __init__(self, inner: EchoEngine, before) -> None:
+        self.inner, self.before, self.runs = inner, before, inner.runs
+
+    def __enter__(self) -> Interrupted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, chunks):
+        for i, result in enumerate(self.inner.run(chunks)):
+            self.before(i)
+            yield result
+
+
 @pytest.fixture
 def admit(make_context, make_tenant, make_jsonl, drop_job):
     def factory(n: int = 13, body=duplicated_body, **env: Any):
@@ -177,24 +195,11 @@ def test_copies_of_a_failed_original_fail_the_same_way(admit) -> None:
 
 def test_expiry_answers_copies_of_finished_originals_and_expires_the_rest(admit) -> None:
     ctx, admitted = admit()
-    inner = EchoEngine(ctx.store, ctx.settings)
+    def window_ends(i: int) -> None:
+        if i == 2:  # req-0 and req-1 answered, then the window ends
+            ctx.clock.advance(86_400)
 
-    class Expiring:
-        runs = inner.runs
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def run(self, chunks):
-            for i, result in enumerate(inner.run(chunks)):
-                if i == 2:  # req-0 and req-1 answered, then the window ends
-                    ctx.clock.advance(86_400)
-                yield result
-
-    Runner(ctx, Expiring(), progress_seconds=0).run_once()
+    Runner(ctx, Interrupted(EchoEngine(ctx.store, ctx.settings), window_ends), progress_seconds=0).run_once()
     record = ctx.batches.get("acme", admitted.id)
     assert record.status == BatchStatus.EXPIRED
     lines = outputs(ctx, record)
@@ -208,25 +213,12 @@ def test_expiry_answers_copies_of_finished_originals_and_expires_the_rest(admit)
 
 def test_resumed_runner_counts_copies_from_the_checkpoints(admit) -> None:
     ctx, admitted = admit()
-    inner = EchoEngine(ctx.store, ctx.settings)
-
-    class Dying:
-        runs = inner.runs
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def run(self, chunks):
-            for i, result in enumerate(inner.run(chunks)):
-                if i == 4:  # chunk 0's originals (req-0..2) are answered and checkpointed
-                    raise EngineError("engine died")
-                yield result
+    def engine_dies(i: int) -> None:
+        if i == 4:  # chunk 0's originals (req-0..2) are answered and checkpointed
+            raise EngineError("engine died")
 
     with pytest.raises(EngineError):
-        Runner(ctx, Dying(), owner="runner-a").run_once()
+        Runner(ctx, Interrupted(EchoEngine(ctx.store, ctx.settings), engine_dies), owner="runner-a").run_once()
     checkpoint = ctx.store.head(ctx.records.bucket, ControlKeys.chunk_result(admitted.id, 0))
     # req-0, req-1 and req-2 each settle their copy too (req-3, req-7, req-11), wherever it sits
     assert (checkpoint.metadata["completed"], checkpoint.metadata["failed"]) == ("6", "0")
