@@ -12,6 +12,7 @@
     ├── InvalidRequest               (400: the caller sent something malformed)
     │   ├── ManifestRejected         (a drop-box manifest that must not run)
     │   ├── UnservableRequest        (a request line asking for what the engine cannot do)
+    │   ├── DeadlineUnreachable      (a batch projected to finish after its completion window)
     │   ├── UnprocessableRequest     (422: readable, but fields fail the schema)
     │   └── PayloadTooLarge          (413: an upload over the size limit)
     ├── AuthenticationFailed         (401)
@@ -135,6 +136,12 @@ class ManifestRejected(InvalidRequest):
 
 class UnservableRequest(InvalidRequest):
     """Raised when a valid-looking request line asks for something the engine cannot do."""
+
+
+class DeadlineUnreachable(InvalidRequest):
+    """Raised when a batch, behind the queued work at the measured throughput, would finish after its window."""
+
+    code = "deadline_unreachable"
 
 
 class UnprocessableRequest(InvalidRequest):

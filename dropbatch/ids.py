@@ -57,11 +57,15 @@ def content_address(
     model: str,
     endpoint: str,
     engine_fingerprint: Mapping[str, Any],
+    sampled_batch_id: str | None = None,
 ) -> str:
     """The sha256 that names an output prefix: input bytes + model + endpoint + engine parameters.
 
     Two jobs with the same address are the same work; the second is answered from
-    the first's outbox prefix without running the engine.
+    the first's outbox prefix without running the engine. That holds only when the
+    answers are a function of the bytes: a batch with any sampled line (temperature
+    above 0 and no seed) passes its batch id as ``sampled_batch_id``, so its address
+    is its own and a resubmission runs again.
     """
     document = {
         "inputs": list(input_sha256s),
@@ -69,4 +73,6 @@ def content_address(
         "endpoint": endpoint,
         "engine": dict(engine_fingerprint),
     }
+    if sampled_batch_id is not None:
+        document["sampled_batch"] = sampled_batch_id
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

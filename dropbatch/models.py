@@ -198,6 +198,10 @@ class BatchRecord(Batch):
     output_expires_after: ExpiresAfter | None = Field(
         None, description="When the output and error files expire (counted from their creation); never if unset."
     )
+    duplicate_lines: int = Field(0, description="Lines answered by copying an identical deterministic line's result.")
+    warnings: list[BatchError] = Field(
+        default_factory=list, description="Admitted anyway, e.g. projected to miss its window (deadline_at_risk)."
+    )
     updated_at: int = 0
 
     def openai(self) -> dict[str, Any]:

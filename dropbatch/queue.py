@@ -25,9 +25,10 @@ from dropbatch.storage.keys import ControlKeys
 class QueueEntry(BaseModel):
     batch_id: str
     tenant: str
-    deadline: int
+    deadline: int  # created_at + the batch's completion window
     lines: int
     model: str = ""  # entries written before it was kept count toward the default model
+    created_at: int | None = None  # None: written before it was kept (a 24h batch: deadline - 24 h)
 
     @classmethod
     def of(cls, record: BatchRecord) -> QueueEntry:
@@ -37,6 +38,7 @@ class QueueEntry(BaseModel):
             deadline=record.expires_at or record.created_at,
             lines=record.request_counts.total,
             model=record.model or "",
+            created_at=record.created_at,
         )
 
 

@@ -9,7 +9,7 @@ from dropbatch.errors import ObjectExists, ObjectNotFound
 from dropbatch.ids import output_file_id
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RequestCounts, ResultLocation, Usage
 from dropbatch.records import audit
-from dropbatch.storage.keys import OutputPrefix
+from dropbatch.storage.keys import ControlKeys, OutputPrefix
 
 
 class Summary(BaseModel):
@@ -121,6 +121,8 @@ def close_batch(
         batch.cached = cached
 
     closed = ctx.batches.update(record.tenant, record.id, finish)
+    if record.duplicate_lines:  # the duplicates map is written out now (or was never needed)
+        ctx.store.delete(ctx.settings.storage.control_bucket, ControlKeys.duplicates(record.id))
     audit(
         ctx.records,
         "batch.closed",

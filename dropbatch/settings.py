@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dropbatch.errors import ConfigError
 
 DEFAULT_TIER_QUOTAS = {"free": 100, "basic": 500, "premium": 2000, "enterprise": 10000}
+DEFAULT_COMPLETION_WINDOWS = {"24h": 86_400, "1h": 3_600}
 
 
 class _Frozen(BaseModel):
@@ -212,8 +213,24 @@ class LimitSettings(_Frozen):
     max_line_bytes: int = Field(
         4 * 1024 * 1024, description="A longer line is rejected without being held in memory."
     )
-    completion_window_seconds: int = Field(
-        86_400, description="The '24h' window; tests shorten it to seconds."
+    completion_windows: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_COMPLETION_WINDOWS),
+        description="Seconds of each completion_window a batch may ask for ('24h' is OpenAI's, '1h' the "
+        "priority window); tests shorten them to seconds.",
+    )
+    priority_window_tiers: tuple[str, ...] = Field(
+        ("premium", "enterprise"), description="Tiers whose batches may ask for the '1h' completion window."
+    )
+    sla_admission: Literal["reject", "warn", "off"] = Field(
+        "reject",
+        description="A batch projected (recent throughput, queued work ahead) to miss its window: reject it "
+        "(deadline_unreachable), admit it with a warning in its record, or do not project.",
+    )
+    throughput_max_age_seconds: int = Field(
+        300, description="A runner throughput sample older than this is not used to project (runner idle or gone)."
+    )
+    dedup: bool = Field(
+        True, description="Compute identical deterministic requests of a batch once and copy the result."
     )
     chunk_lines: int = Field(
         500, description="Lines per chunk: the unit of streaming, checkpointing and progress."
@@ -335,8 +352,10 @@ class Settings(_Frozen):
             elif isinstance(value, dict):
                 if not value and field == "models":
                     continue
-                pairs = field in ("tier_quotas", "models")
+                pairs = field in ("tier_quotas", "models", "completion_windows")
                 env[var] = ",".join(f"{k}={v}" for k, v in value.items()) if pairs else json.dumps(value)
+            elif isinstance(value, tuple):
+                env[var] = ",".join(value)
             else:
                 env[var] = str(value)
         return env
@@ -397,6 +416,20 @@ def _quotas(raw: str) -> dict[str, int]:
     return quotas
 
 
+def _windows(raw: str) -> dict[str, int]:
+    windows = dict(DEFAULT_COMPLETION_WINDOWS)
+    for item in raw.split(","):
+        name, _, seconds = item.partition("=")
+        if name.strip() not in DEFAULT_COMPLETION_WINDOWS or not seconds.strip():
+            raise ValueError(f"expected window=seconds with a window of {', '.join(DEFAULT_COMPLETION_WINDOWS)}")
+        windows[name.strip()] = int(seconds)
+    return windows
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
 # variable: (group, field, parser, fallback variables read when the first is unset)
 ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_S3_ENDPOINT": ("storage", "endpoint_url", str, ("AWS_ENDPOINT_URL",)),
@@ -441,7 +474,11 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_MAX_FILE_LINES": ("limits", "max_file_lines", int, ()),
     "DROPBATCH_MAX_FILE_BYTES": ("limits", "max_file_bytes", int, ()),
     "DROPBATCH_MAX_LINE_BYTES": ("limits", "max_line_bytes", int, ()),
-    "DROPBATCH_COMPLETION_WINDOW_SECONDS": ("limits", "completion_window_seconds", int, ()),
+    "DROPBATCH_COMPLETION_WINDOWS": ("limits", "completion_windows", _windows, ()),
+    "DROPBATCH_PRIORITY_WINDOW_TIERS": ("limits", "priority_window_tiers", _names, ()),
+    "DROPBATCH_SLA_ADMISSION": ("limits", "sla_admission", str, ()),
+    "DROPBATCH_THROUGHPUT_MAX_AGE_SECONDS": ("limits", "throughput_max_age_seconds", int, ()),
+    "DROPBATCH_DEDUP": ("limits", "dedup", _bool, ()),
     "DROPBATCH_CHUNK_LINES": ("limits", "chunk_lines", int, ()),
     "DROPBATCH_COALESCE_MAX_LINES": ("limits", "coalesce_max_lines", int, ()),
     "DROPBATCH_TIER_QUOTAS": ("limits", "tier_quotas", _quotas, ()),

@@ -37,6 +37,7 @@ def create(ctx: Context, tenant: str, body: BatchCreate) -> BatchRecord:
         metadata=body.metadata,
         retry_config=body.retry_config,
         output_expires_after=body.output_expires_after,
+        completion_window=body.completion_window,
     )
 
 

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from dropbatch.bodies import EMBEDDINGS, body_limits
 from dropbatch.context import Context
+from dropbatch.deadlines import DEFAULT_WINDOW
 from dropbatch.errors import (
     Conflict,
     InvalidRequest,
@@ -125,9 +126,13 @@ def submit_lines(
     metadata: dict[str, str] | None,
     filename: str,
     retry_config: RetryConfig | None = None,
+    completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
     file = store_upload(ctx, tenant, (encode(line) for line in lines), filename=filename)
-    return submit_batch(ctx, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config)
+    return submit_batch(
+        ctx, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config,
+        completion_window=completion_window,
+    )
 
 
 async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any]) -> Response:
@@ -143,6 +148,7 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
         metadata=body.metadata,
         filename="inline-input.jsonl",
         retry_config=body.retry_config,
+        completion_window=body.completion_window,
     )
     return JSONResponse({**record.openai(), "warnings": warnings})
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from dropbatch.deadlines import CompletionWindow
 from dropbatch.jsonl import MAX_CUSTOM_ID_LENGTH
 from dropbatch.models import ExpiresAfter, RetryConfig
 
@@ -42,7 +43,7 @@ class BatchCreate(_Body):
 
     input_file_id: ObjectId
     endpoint: Endpoint
-    completion_window: Literal["24h"]
+    completion_window: CompletionWindow
     metadata: Metadata | None = None
     output_expires_after: ExpiresAfter | None = Field(
         None, description="The output and error files expire this many seconds after they are created."
@@ -66,7 +67,7 @@ class InlineBatchCreate(_Generation):
 
     input: list[InlineItem] = Field(min_length=1)
     metadata: Metadata | None = None
-    completion_window: Literal["24h"] = "24h"
+    completion_window: CompletionWindow = "24h"
     retry_config: RetryConfig | None = Field(None, description=RETRY_CONFIG_DESCRIPTION)
 
 

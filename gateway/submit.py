@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from dropbatch.auth.tenants import SigningKey
 from dropbatch.context import Context
+from dropbatch.deadlines import DEFAULT_WINDOW, check_window, window_seconds
 from dropbatch.errors import DropbatchError, InvalidRequest, NotFound, ObjectExists
 from dropbatch.ids import batch_id_for
 from dropbatch.models import (
@@ -104,8 +105,11 @@ def submit_batch(
     metadata: dict[str, str] | None,
     retry_config: RetryConfig | None = None,
     output_expires_after: ExpiresAfter | None = None,
+    completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
     """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
+    if completion_window != DEFAULT_WINDOW:
+        check_window(ctx.settings.limits, completion_window, ctx.tenants.get(tenant).tier)
     source = check_input_file(ctx, file)
     model = batch_model(ctx, file)
     key = signing_key_for(ctx, tenant)
@@ -120,6 +124,7 @@ def submit_batch(
             inputs=[source],
             endpoint=endpoint,
             model=model,
+            completion_window=completion_window,
             metadata=metadata or {},
             created_at=now,
             nonce=nonce,
@@ -137,7 +142,8 @@ def submit_batch(
         input_file_id=file.id,
         status=BatchStatus.VALIDATING,
         created_at=now,
-        expires_at=now + ctx.settings.limits.completion_window_seconds,
+        completion_window=completion_window,
+        expires_at=now + window_seconds(ctx.settings.limits, completion_window),
         metadata=metadata,
         model=manifest.model,
         tenant=tenant,

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from dropbatch.deadlines import DEFAULT_WINDOW
 from dropbatch.models import InputObject
 from manifests.schema import Manifest
 
@@ -34,6 +35,7 @@ def build_manifest(
     metadata: dict[str, str] | None = None,
     input_keys: Sequence[str] | None = None,
     nonce: str | None = None,
+    completion_window: str = DEFAULT_WINDOW,
 ) -> Manifest:
     """An unsigned manifest binding ``files`` as ``<tenant>/<job>/<file name>`` (or ``input_keys``)."""
     keys = list(input_keys) if input_keys is not None else [f"{tenant}/{job}/{Path(f).name}" for f in files]
@@ -49,6 +51,7 @@ def build_manifest(
         endpoint=endpoint,
         model=model,
         metadata=metadata or {},
+        completion_window=completion_window,
         created_at=created_at,
         nonce=nonce or secrets.token_urlsafe(18),
     )

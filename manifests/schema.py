@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dropbatch.deadlines import CompletionWindow
 from dropbatch.errors import InvalidRequest
 from dropbatch.models import ENDPOINTS, InputObject, RetryConfig
 from dropbatch.storage.keys import MANIFEST_NAME, REJECTION_NAME, check_name
@@ -71,8 +73,8 @@ class Manifest(BaseModel):
     @field_validator("completion_window")
     @classmethod
     def _window(cls, value: str) -> str:
-        if value != "24h":
-            raise ValueError("completion_window must be '24h'")
+        if value not in get_args(CompletionWindow):
+            raise ValueError(f"completion_window must be one of {', '.join(get_args(CompletionWindow))}")
         return value
 
     @field_validator("metadata")

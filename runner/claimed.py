@@ -5,6 +5,7 @@ Pure state, no I/O: the runner feeds it results and writes what it says is compl
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -38,10 +39,16 @@ class Claimed:
     policy: RetryConfig = field(default_factory=RetryConfig)
     attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
     pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
+    copies: Counter[str] = field(default_factory=Counter)  # original custom_id → lines copying its answer
+
+    def weight(self, custom_id: str) -> int:
+        """Lines one engine answer settles: the line and its copies."""
+        return 1 + self.copies[custom_id]
 
     @property
     def lines_left(self) -> int:
-        return sum(c.lines for c in self.remaining.values())
+        """Engine work left (copies of duplicate lines are not engine work)."""
+        return sum(c.answers for c in self.remaining.values())
 
     @property
     def active(self) -> bool:
@@ -63,22 +70,22 @@ class Claimed:
                 return Taken.RETRY
         buffer[result.custom_id] = result.line
         if result.ok:
-            self.inflight.completed += 1
+            self.inflight.completed += self.weight(result.custom_id)
         else:
-            self.inflight.failed += 1
+            self.inflight.failed += self.weight(result.custom_id)
         return Taken.KEPT
 
     def complete_chunk(self, index: int) -> list[dict] | None:
         """The chunk's lines once every one is answered (then counted as committed), else None."""
         chunk, buffer = self.remaining.get(index), self.buffers.get(index, {})
-        if chunk is None or len(buffer) < chunk.lines:
+        if chunk is None or len(buffer) < chunk.answers:
             return None
         lines = list(buffer.values())
-        ok = sum(1 for line in lines if is_success(line))
+        ok, failed = settled_counts(lines, self.copies)
         self.committed.completed += ok
-        self.committed.failed += len(lines) - ok
+        self.committed.failed += failed
         self.inflight.completed -= ok
-        self.inflight.failed -= len(lines) - ok
+        self.inflight.failed -= failed
         del self.buffers[index]
         del self.remaining[index]
         return lines
@@ -108,3 +115,15 @@ def is_retryable(line: dict) -> bool:
     """A server-side engine failure (5xx): worth another attempt. Client errors (4xx) are final."""
     response = line.get("response")
     return response is not None and response["status_code"] >= 500
+
+
+def settled_counts(lines: list[dict], copies: Counter[str]) -> tuple[int, int]:
+    """(completed, failed) request lines these result lines settle, copies of duplicates included."""
+    ok = failed = 0
+    for line in lines:
+        n = 1 + copies[line["custom_id"]]
+        if is_success(line):
+            ok += n
+        else:
+            failed += n
+    return ok, failed

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 from dropbatch.context import Context
+from dropbatch.duplicates import Duplicates, copy_result, load_duplicates
 from dropbatch.engine.base import WorkChunk
 from dropbatch.engine.rows import read_chunk
 from dropbatch.errors import EngineError, ObjectExists, ObjectNotFound
@@ -21,6 +23,7 @@ from dropbatch.jsonl import CANCELLED_MESSAGE, EXPIRED_MESSAGE, encode, error_li
 from dropbatch.models import BatchRecord, BatchStatus, RequestCounts, Usage
 from dropbatch.results import Summary, close_batch, read_summary
 from dropbatch.storage.keys import ControlKeys, OutputPrefix
+from runner.claimed import settled_counts
 
 log = logging.getLogger("dropbatch.runner")
 
@@ -30,8 +33,9 @@ _UNFINISHED = {
 }
 
 
-def work_chunks(ctx: Context, record: BatchRecord) -> list[WorkChunk]:
-    """The record's chunk plan as engine work items."""
+def work_chunks(ctx: Context, record: BatchRecord, duplicates: Duplicates | None = None) -> list[WorkChunk]:
+    """The record's chunk plan as engine work items; with ``duplicates``, a chunk holding copies asks only its originals."""
+    found = duplicates.chunks if duplicates is not None else {}
     return [
         WorkChunk(
             batch_id=record.id,
@@ -49,9 +53,15 @@ def work_chunks(ctx: Context, record: BatchRecord) -> list[WorkChunk]:
             created=record.in_progress_at or record.created_at,
             prompt_chars=c.prompt_chars,
             max_tokens=c.max_tokens,
+            only=tuple(found[c.index].keep) if c.index in found else (),
         )
         for c in record.chunks
     ]
+
+
+def batch_duplicates(ctx: Context, record: BatchRecord) -> Duplicates:
+    """The duplicate lines admission found in ``record`` (none when dedup is off or there are none)."""
+    return load_duplicates(ctx.records, record.id, record.duplicate_lines)
 
 
 def finished_chunks(ctx: Context, batch_id: str) -> dict[int, RequestCounts]:
@@ -67,9 +77,14 @@ def finished_chunks(ctx: Context, batch_id: str) -> dict[int, RequestCounts]:
     return done
 
 
-def write_chunk_result(ctx: Context, batch_id: str, chunk: int, lines: list[dict], *, total: int) -> bool:
-    """Checkpoint one chunk's result lines; False if another runner already did (theirs stands)."""
-    completed = sum(1 for line in lines if is_success(line))
+def write_chunk_result(
+    ctx: Context, batch_id: str, chunk: int, lines: list[dict], *, total: int, copies: Counter[str] | None = None
+) -> bool:
+    """Checkpoint one chunk's result lines; False if another runner already did (theirs stands).
+
+    The counts in its metadata include the copies of duplicates each line answers.
+    """
+    completed, failed = settled_counts(lines, copies or Counter())
     try:
         ctx.store.put(
             ctx.settings.storage.control_bucket,
@@ -77,7 +92,7 @@ def write_chunk_result(ctx: Context, batch_id: str, chunk: int, lines: list[dict
             b"".join(encode(line) for line in lines),
             if_none_match=True,
             content_type="application/jsonl",
-            metadata={"total": str(total), "completed": str(completed), "failed": str(len(lines) - completed)},
+            metadata={"total": str(total), "completed": str(completed), "failed": str(failed)},
         )
     except ObjectExists:
         return False
@@ -114,10 +129,15 @@ def finalize(ctx: Context, record: BatchRecord, *, final: BatchStatus = BatchSta
 def _write_outputs(ctx: Context, record: BatchRecord, prefix: OutputPrefix, final: BatchStatus) -> Summary:
     counts = RequestCounts(total=record.request_counts.total)
     usage = Usage()
+    duplicates = batch_duplicates(ctx, record)
+    chunks = work_chunks(ctx, record, duplicates)
+    wanted = set(duplicates.copy_counts())
 
     def lines(want_success: bool) -> Iterator[bytes]:
-        for chunk in work_chunks(ctx, record):
-            for line in _chunk_lines(ctx, record, chunk, final):
+        originals: dict[str, dict] = {}  # result lines of originals with copies (they come first)
+        for chunk in chunks:
+            copies = duplicates.chunks[chunk.chunk].copies if chunk.chunk in duplicates.chunks else {}
+            for line in _chunk_lines(ctx, record, chunk, final, copies, originals, wanted):
                 if is_success(line) != want_success:
                     continue
                 if want_success:
@@ -170,8 +190,21 @@ def _upload_once(ctx: Context, key: str, chunks: Iterator[bytes]) -> int:
         return ctx.store.head(ctx.outbox, key).size
 
 
-def _chunk_lines(ctx: Context, record: BatchRecord, chunk: WorkChunk, final: BatchStatus) -> Iterator[dict]:
-    """A chunk's result lines; for unfinished chunks of an expired/cancelled batch, error lines."""
+def _chunk_lines(
+    ctx: Context,
+    record: BatchRecord,
+    chunk: WorkChunk,
+    final: BatchStatus,
+    copies: dict[str, str],
+    originals: dict[str, dict],
+    wanted: set[str],
+) -> Iterator[dict]:
+    """A chunk's result lines, then its copies of duplicates; for unfinished lines of an expired/cancelled batch, error lines.
+
+    ``copies`` maps this chunk's copy custom_ids to their originals; ``originals``
+    collects the result lines of the ``wanted`` originals as they pass (an original
+    always comes before its copies).
+    """
     try:
         data, _ = ctx.store.get(ctx.settings.storage.control_bucket, ControlKeys.chunk_result(record.id, chunk.chunk))
     except ObjectNotFound:
@@ -180,7 +213,13 @@ def _chunk_lines(ctx: Context, record: BatchRecord, chunk: WorkChunk, final: Bat
     for raw in data.splitlines():
         line = json.loads(raw)
         done.add(line["custom_id"])
+        if line["custom_id"] in wanted:
+            originals[line["custom_id"]] = line
         yield line
+    for custom_id, original in copies.items():
+        if original in originals:
+            done.add(custom_id)
+            yield copy_result(originals[original], custom_id, record.content_sha256 or "")
     if len(done) >= chunk.lines:
         return
     if final not in _UNFINISHED:

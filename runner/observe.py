@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dropbatch.context import Context
+from dropbatch.deadlines import publish_throughput
 from dropbatch.engine.base import LineResult
 from dropbatch.models import BatchRecord
 from dropbatch.observability.metrics import Metrics
@@ -20,22 +21,28 @@ def record_line(m: Metrics, record: BatchRecord, result: LineResult) -> None:
     m.lines_rate.add(1)
 
 
-def observe_queue(ctx: Context, m: Metrics) -> dict[str, int]:
+def observe_queue(ctx: Context, m: Metrics, owner: str | None = None) -> dict[str, int]:
     """Refresh the queue and SLA gauges (one listing of the queue and of the leases) and memory.
 
-    Returns the request lines queued (or running) for each model, what engine scaling follows.
+    With the runner's ``owner`` id, also publishes its recent request lines per second
+    for the watcher's SLA-aware admission (``dropbatch.deadlines``). Returns the request
+    lines queued (or running) for each model, what engine scaling follows.
     """
     now = ctx.clock()
-    window = ctx.settings.limits.completion_window_seconds
+    window = max(ctx.settings.limits.completion_windows.values())
     entries = list(ctx.queue.entries())
     leased = {key.rsplit("/", 1)[1].removesuffix(".json") for key in ctx.records.list_keys(ControlKeys.LEASE_PREFIX)}
     m.queue_batches.labels("running").set(sum(1 for e in entries if e.batch_id in leased))
     m.queue_batches.labels("queued").set(sum(1 for e in entries if e.batch_id not in leased))
     m.queue_requests.set(sum(e.lines for e in entries))
-    m.oldest_queued_age.set(max((now - (e.deadline - window) for e in entries), default=0))
+    legacy = ctx.settings.limits.completion_windows["24h"]  # entries from before created_at was kept
+    created = [e.created_at if e.created_at is not None else e.deadline - legacy for e in entries]
+    m.oldest_queued_age.set(max((now - at for at in created), default=0))
     m.most_urgent_deadline.set(min((e.deadline - now for e in entries), default=window))
     m.tokens_per_second.set(m.tokens_rate_now())
     rate = m.lines_rate.per_second()
+    if owner is not None:
+        publish_throughput(ctx.records, owner, rate, now)
     if entries and rate <= 0:
         m.projected_overrun.set(float("nan"))  # no rate yet (engine starting or stalled): no projection
     elif entries:

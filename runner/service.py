@@ -23,7 +23,7 @@ from dropbatch.queue import Lease, QueueEntry, runner_identity
 from dropbatch.results import close_batch, read_summary
 from dropbatch.storage.keys import OutputPrefix
 from runner.claimed import Claimed, Taken
-from runner.finalize import finalize, finished_chunks, work_chunks, write_chunk_result
+from runner.finalize import batch_duplicates, finalize, finished_chunks, work_chunks, write_chunk_result
 from runner.leases import LeaseKeeper
 from runner.observe import observe_queue, record_line
 
@@ -102,9 +102,10 @@ class Runner:
             completed=sum(c.completed for c in done.values()),
             failed=sum(c.failed for c in done.values()),
         )
-        remaining = {c.chunk: c for c in work_chunks(ctx, record) if c.chunk not in done}
+        duplicates = batch_duplicates(ctx, record)
+        remaining = {c.chunk: c for c in work_chunks(ctx, record, duplicates) if c.chunk not in done}
         policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
-        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy)
+        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy, copies=duplicates.copy_counts())
         group.append(claimed)
         return claimed
 
@@ -128,6 +129,7 @@ class Runner:
             summary = read_summary(ctx, OutputPrefix(record.tenant, record.content_sha256 or ""))
             if summary is not None and not summary.partial:
                 close_batch(ctx, record, summary, cached=True)
+                ctx.quotas.release(record.tenant, record.id)  # answered from the outbox: nothing ran
                 self.metrics.batches_finished.labels(BatchStatus.COMPLETED.value).inc()
                 self._done(entry, lease)
                 return True
@@ -248,7 +250,9 @@ class Runner:
         self._observe(claimed.record, result)
         lines = claimed.complete_chunk(result.chunk)
         if lines is not None:
-            write_chunk_result(self.ctx, claimed.record.id, result.chunk, lines, total=len(lines))
+            write_chunk_result(
+                self.ctx, claimed.record.id, result.chunk, lines, total=len(lines), copies=claimed.copies
+            )
 
     def _observe(self, record: BatchRecord, result: LineResult) -> None:
         record_line(self.metrics, record, result)
@@ -264,7 +268,7 @@ class Runner:
 
     def observe_queue(self) -> None:
         """Refresh the queue, SLA and engine-memory gauges, and scale the engine to the queue."""
-        queued = observe_queue(self.ctx, self.metrics)
+        queued = observe_queue(self.ctx, self.metrics, self.owner)
         scale = getattr(self.engine, "scale", None)  # engines with replicas to grow (the warm engine)
         if scale is not None:
             scale(queued)
@@ -310,7 +314,8 @@ class Runner:
         if claimed.stop_as is not None:
             # Keep the lines that did finish: checkpoint partial chunks, then close early.
             for index, lines in claimed.buffers.items():
-                write_chunk_result(ctx, claimed.record.id, index, list(lines.values()), total=claimed.remaining[index].lines)
+                write_chunk_result(ctx, claimed.record.id, index, list(lines.values()),
+                                   total=claimed.remaining[index].lines, copies=claimed.copies)
             record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
             closed = finalize(ctx, record, final=claimed.stop_as)
             self.metrics.batches_finished.labels(closed.status.value).inc()

@@ -5,8 +5,9 @@ watcher crash between any two steps all converge on the same record:
 
     manifest bytes ─▶ batch id (hash of tenant, job, manifest bytes)
     record created (If-None-Match) ─▶ verify ─▶ nonce claimed (names this batch)
-    ─▶ inputs hashed + lines validated + chunks planned ─▶ quota reserved (by batch id)
-    ─▶ answered from the outbox if the same work exists, else in_progress + queued.
+    ─▶ inputs hashed + lines validated + duplicates found + chunks planned
+    ─▶ answered from the outbox if the same work exists (no quota used), else
+    ─▶ deadline projected ─▶ quota reserved (by batch id) ─▶ in_progress + queued.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 
 from dropbatch.bodies import body_limits
 from dropbatch.context import Context
+from dropbatch.deadlines import DEFAULT_WINDOW, check_window, window_seconds
+from dropbatch.duplicates import save_duplicates
 from dropbatch.engine.requests import engine_fingerprint
 from dropbatch.errors import (
     Conflict,
@@ -37,6 +40,7 @@ from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix
 from manifests import Manifest, loads, verify_signature
 from watcher.rejections import refuse_if_job_is_live, write_rejection
 from watcher.scan import scan_inputs
+from watcher.sla import deadline_warning
 
 log = logging.getLogger("dropbatch.watcher")
 
@@ -92,13 +96,15 @@ def _open_record(
     if refuse_if_job_is_live(ctx, ref, batch_id, manifest_sha256):
         return None
     now = ctx.now()
+    window = manifest.completion_window if manifest else DEFAULT_WINDOW
     record = BatchRecord(
         id=batch_id,
         endpoint=manifest.endpoint if manifest else "",
         input_file_id="",
         status=BatchStatus.VALIDATING,
         created_at=now,
-        expires_at=now + ctx.settings.limits.completion_window_seconds,
+        completion_window=window,
+        expires_at=now + window_seconds(ctx.settings.limits, window),
         metadata=manifest.metadata if manifest else None,
         model=manifest.model if manifest else None,
         tenant=ref.tenant,
@@ -120,6 +126,8 @@ def _open_record(
 def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -> BatchRecord:
     _verify(ctx, ref, record, manifest)
     limits = ctx.settings.limits
+    tenant = ctx.tenants.get(ref.tenant)
+    check_window(limits, manifest.completion_window, tenant.tier)
     scan = scan_inputs(
         ctx.store,
         ctx.inbox,
@@ -129,6 +137,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         limits=limits,
         default_max_tokens=ctx.settings.engine.default_max_tokens,
         body_limits=body_limits(ctx.settings),
+        dedup=limits.dedup,
     )
     if scan.errors:
         if scan.error_count > len(scan.errors):
@@ -136,14 +145,13 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
                 BatchError(code="too_many_errors", message=f"{scan.error_count - len(scan.errors)} more errors not listed.")
             )
         return _fail(ctx, ref, record, "invalid_input", "The input file failed validation.", scan.errors)
-    tenant = ctx.tenants.get(ref.tenant)
-    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.requests, lines=scan.lines)
 
     sha256 = content_address(
         input_sha256s=[item.sha256 for item in manifest.inputs],
         model=manifest.model,
         endpoint=manifest.endpoint,
         engine_fingerprint=engine_fingerprint(ctx.settings.engine.for_model(manifest.model)),
+        sampled_batch_id=record.id if scan.sampled else None,
     )
     prefix = OutputPrefix(ref.tenant, sha256)
     input_file_id = record.input_file_id or _register_input_file(ctx, ref, manifest)
@@ -153,6 +161,8 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         batch.model = manifest.model
         batch.metadata = manifest.metadata or batch.metadata
         batch.input_file_id = batch.input_file_id or input_file_id
+        batch.completion_window = manifest.completion_window
+        batch.expires_at = batch.created_at + window_seconds(limits, manifest.completion_window)
         batch.inputs = list(manifest.inputs)
         batch.input_etags = scan.etags
         batch.retry_config = manifest.retry_config or batch.retry_config
@@ -160,18 +170,27 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         batch.content_sha256 = sha256
         batch.result = result_location(ctx, prefix)
         batch.request_counts.total = scan.lines
+        batch.duplicate_lines = scan.duplicates.count
 
     record = ctx.batches.update(ref.tenant, record.id, plan)
     summary = read_summary(ctx, prefix)
     if summary is not None and not summary.partial:
+        # The same work is done: nothing runs, so nothing counts against the hour's quota.
+        ctx.quotas.release(ref.tenant, record.id)  # a reservation an interrupted earlier attempt made
         log.info("answered from the outbox", extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job})
         return close_batch(ctx, record, summary, cached=True)
 
+    warning = deadline_warning(ctx, record, scan.lines)
+    ctx.quotas.reserve(ref.tenant, tenant.tier, record.id, scan.requests, lines=scan.lines)
+    if scan.duplicates.count:
+        save_duplicates(ctx.records, record.id, scan.duplicates)
     moved = False
 
     def start(batch: BatchRecord) -> None:
         nonlocal moved
         moved = batch.status == BatchStatus.VALIDATING  # False when a racing watcher got there first
+        if moved and warning is not None:
+            batch.warnings = [*batch.warnings, warning]
         batch.transition(BatchStatus.IN_PROGRESS, ctx.now())
 
     record = ctx.batches.update(ref.tenant, record.id, start)
@@ -180,7 +199,8 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         audit(ctx.records, "batch.admitted", now=ctx.clock(), tenant=ref.tenant, batch_id=record.id, lines=scan.lines)
     log.info(
         "admitted",
-        extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "lines": scan.lines, "chunks": len(scan.chunks)},
+        extra={"tenant": ref.tenant, "batch_id": record.id, "job": ref.job, "lines": scan.lines,
+               "chunks": len(scan.chunks), "duplicates": scan.duplicates.count},
     )
     return record
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dropbatch.bodies import BodyLimits
+from dropbatch.duplicates import DuplicateFinder, Duplicates
 from dropbatch.errors import InvalidRequest, ManifestRejected, ObjectNotFound
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.models import BatchError, Chunk, InputObject
@@ -30,6 +31,8 @@ class ScanResult:
     etags: list[str] = field(default_factory=list)
     errors: list[BatchError] = field(default_factory=list)
     error_count: int = 0
+    duplicates: Duplicates = field(default_factory=Duplicates)
+    sampled: bool = False  # some line is sampled (temperature > 0, no seed): its answers are not reproducible
 
     def add_error(self, error: BatchError) -> None:
         self.error_count += 1
@@ -157,6 +160,7 @@ def scan_inputs(
     limits: LimitSettings,
     default_max_tokens: int = 256,
     body_limits: BodyLimits | None = None,
+    dedup: bool = True,
 ) -> ScanResult:
     """Check every input against the manifest and every line against OpenAI's rules.
 
@@ -170,6 +174,7 @@ def scan_inputs(
         )
     result = ScanResult()
     seen: set[str] = set()
+    finder = DuplicateFinder(endpoint, enabled=dedup)
     for index, item in enumerate(inputs):
         hasher = hashlib.sha256()
         cutter = _ChunkCutter(index, limits, result.chunks)
@@ -213,6 +218,7 @@ def scan_inputs(
                     )
                 )
             seen.add(request.custom_id)
+            finder.add(len(result.chunks), request.custom_id, request.body)
             # Bound memory: once too many lines, keep hashing but stop remembering ids.
             if len(seen) > limits.max_file_lines:
                 seen.clear()
@@ -227,4 +233,7 @@ def scan_inputs(
             )
     if result.lines == 0:
         result.add_error(BatchError(code="empty_file", message="The input has no request lines."))
+    result.sampled = finder.sampled
+    if not result.errors:
+        result.duplicates = finder.result()
     return result

@@ -14,7 +14,7 @@ import time
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.expiry import sweep_expired
-from dropbatch.models import BatchStatus
+from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.observability.metrics import Metrics
 from dropbatch.queues import EventQueue
 from dropbatch.storage.keys import is_manifest_name, job_of_manifest_key
@@ -57,7 +57,7 @@ class Watcher:
                 reason = record.errors.data[0].code if record.errors and record.errors.data else "rejected"
                 self.metrics.manifests.labels("rejected", reason).inc()
             else:
-                self.metrics.manifests.labels("admitted", "cached" if record.cached else "queued").inc()
+                self.metrics.manifests.labels("admitted", _admitted_reason(record)).inc()
         if etag is not None:
             self._seen.add((key, etag))
         return True
@@ -117,3 +117,12 @@ class Watcher:
             except DropbatchError as exc:
                 log.error("intake pass failed", extra={"error": str(exc)})
                 stop.wait(service.poll_seconds)
+
+
+def _admitted_reason(record: BatchRecord) -> str:
+    """cached (answered from the outbox), deadline_at_risk (admitted with that warning) or queued."""
+    if record.cached:
+        return "cached"
+    if any(w.code == "deadline_at_risk" for w in record.warnings):
+        return "deadline_at_risk"
+    return "queued"

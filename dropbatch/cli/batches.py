@@ -49,6 +49,8 @@ def status_payload(ctx: Context, record: BatchRecord) -> dict[str, Any]:
         "job": record.job,
         "result": result,
         "cached": record.cached,
+        "duplicate_lines": record.duplicate_lines,
+        "warnings": [w.model_dump() for w in record.warnings],
         "rejection": rejection,
         # Newer manifests for this job refused (job_in_progress) while this batch was live.
         "refused_manifests": [
@@ -67,7 +69,10 @@ def status_text(payload: dict[str, Any]) -> str:
         f"{payload['tenant']}/{payload['job']}  {payload['id']}  {payload['status']}"
         + ("  (answered from an earlier identical job; the engine did not run)" if payload["cached"] else ""),
         f"  endpoint   {payload['endpoint'] or '-'}   model {payload['model'] or '-'}",
-        f"  requests   {counts['total']} total, {counts['completed']} completed, {counts['failed']} failed",
+        f"  requests   {counts['total']} total, {counts['completed']} completed, {counts['failed']} failed"
+        + (f" ({payload['duplicate_lines']} identical to an earlier line, answered by copy)"
+           if payload.get("duplicate_lines") else ""),
+        f"  window     {payload['completion_window']}, expires {_when(payload.get('expires_at'))}",
     ]
     stamps = [(name, payload.get(f"{name}_at")) for name in ("created", "in_progress", "finalizing", "completed", "failed")]
     lines.append("  times      " + ", ".join(f"{name} {_when(ts)}" for name, ts in stamps if ts))
@@ -77,6 +82,8 @@ def status_text(payload: dict[str, Any]) -> str:
     for error in (payload.get("errors") or {}).get("data", []):
         where = f" (line {error['line']})" if error.get("line") else ""
         lines.append(f"  error      {error['code']}: {error['message']}{where}")
+    for warning in payload.get("warnings") or []:
+        lines.append(f"  warning    {warning['code']}: {warning['message']}")
     if payload["rejection"]:
         lines.append(f"  rejection  {payload['rejection']}")
     if refused := payload.get("refused_manifests"):

@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from dropbatch.cli.common import Command, Group, State, emit, s3_uri
+from dropbatch.deadlines import DEFAULT_WINDOW, CompletionWindow
 from dropbatch.errors import ConfigError, Conflict, InvalidRequest, ObjectNotFound
 from dropbatch.ids import batch_id_for
 from dropbatch.models import ENDPOINTS
@@ -80,6 +81,13 @@ def manifest_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key-id", required=True, help="Your signing key id (key_…)."),
         click.option("--metadata", multiple=True, callback=_metadata, metavar="KEY=VALUE", help="Batch metadata; repeatable."),
         click.option(
+            "--completion-window",
+            type=click.Choice(get_args(CompletionWindow)),
+            default=DEFAULT_WINDOW,
+            show_default=True,
+            help="24h (OpenAI's) or 1h, the priority window (tiers in DROPBATCH_PRIORITY_WINDOW_TIERS).",
+        ),
+        click.option(
             "--secret-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help=f"File holding the signing secret [default: ${SECRET_VAR}].",
@@ -101,6 +109,7 @@ def signed_manifest(
     key_id: str,
     metadata: dict[str, str],
     secret_file: Path | None,
+    completion_window: str = DEFAULT_WINDOW,
 ) -> Manifest:
     secret = signing_secret(state.environ, secret_file)
     check_name(tenant, "tenant")
@@ -115,6 +124,7 @@ def signed_manifest(
             model=model or state.settings.engine.model_name,
             created_at=int(time.time()),
             metadata=metadata,
+            completion_window=completion_window,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -30,7 +30,12 @@ class WorkChunk:
     created: int
     prompt_chars: int = 0
     max_tokens: int = 0
-    only: tuple[str, ...] = ()  # when set, just these custom_ids (a retry pass)
+    only: tuple[str, ...] = ()  # when set, just these custom_ids (a retry pass, or the originals of duplicates)
+
+    @property
+    def answers(self) -> int:
+        """How many result lines the engine gives back for this chunk."""
+        return len(self.only) or self.lines
 
 
 @dataclass(frozen=True)

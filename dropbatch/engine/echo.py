@@ -37,7 +37,7 @@ class EchoEngine:
         return None
 
     def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
-        self.runs.append(sum(len(c.only) or c.lines for c in chunks))
+        self.runs.append(sum(c.answers for c in chunks))
         assembler = LineAssembler({(c.batch_id, c.chunk): c for c in chunks})
         limit = self.settings.engine.max_model_len or 1_000_000
         for chunk in chunks:

@@ -219,6 +219,18 @@ class ControlKeys:
         return f"work/{batch_id}/chunks/"
 
     @staticmethod
+    def duplicates(batch_id: str) -> str:
+        """The batch's duplicate lines (chunk → dup custom_id → original custom_id), written at admission."""
+        return f"work/{batch_id}/duplicates.json"
+
+    THROUGHPUT_PREFIX = "throughput/"
+
+    @staticmethod
+    def throughput(owner: str) -> str:
+        """One runner's recently measured request lines per second (for SLA-aware admission)."""
+        return f"throughput/{owner}.json"
+
+    @staticmethod
     def quota(tenant: str) -> str:
         return f"quota/{tenant}.json"
 

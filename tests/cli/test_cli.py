@@ -44,7 +44,7 @@ def test_manifest_sign_writes_the_canonical_signed_manifest(tmp_path: Path) -> N
     out = tmp_path / "manifest.json"
     result = invoke(
         ["manifest", "sign", str(data), "--tenant", "acme", "--job", "j1", "--key-id", "key_abc",
-         "--metadata", "team=search", "--metadata", "run=7", "-o", str(out), "--json"],
+         "--metadata", "team=search", "--metadata", "run=7", "--completion-window", "1h", "-o", str(out), "--json"],
         env={"DROPBATCH_SIGNING_SECRET": SECRET, "DROPBATCH_MODEL_NAME": "served-name"},
     )
     assert result.exit_code == 0, result.stderr
@@ -56,6 +56,7 @@ def test_manifest_sign_writes_the_canonical_signed_manifest(tmp_path: Path) -> N
     assert manifest.model == "served-name"  # the default comes from DROPBATCH_MODEL_NAME
     assert manifest.endpoint == "/v1/chat/completions"
     assert manifest.metadata == {"team": "search", "run": "7"}
+    assert manifest.completion_window == "1h"
     payload = json.loads(result.stdout)
     assert payload["manifest_sha256"] == hashlib.sha256(raw).hexdigest()
     assert payload["manifest_uri"] == "s3://dropbatch-inbox/acme/j1/manifest.json"

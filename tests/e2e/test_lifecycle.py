@@ -128,7 +128,7 @@ def test_cancel_mid_run(stack, signing_key, tmp_path):
 def test_expiry_mid_run(stack, signing_key, tmp_path):
     ref = drop(stack, tmp_path, signing_key, "expire-me")
     expired_before = sample(stack, "dropbatch_batches_finished_total", status="expired")
-    window = stack.settings.limits.completion_window_seconds
+    window = stack.settings.limits.completion_windows["24h"]
     stack.engine.after(ACT_AFTER, lambda: stack.clock.advance(window + 1))
     try:
         stack.drain(progress_seconds=0)  # Ray hands rows over in blocks: look after every result

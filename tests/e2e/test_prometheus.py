@@ -212,7 +212,7 @@ def test_no_progress_fires_while_the_engine_is_stalled_and_clears_when_it_resume
 def test_batches_expired_fires_after_a_batch_expires(stack, observed):
     assert observed.state("DropbatchBatchesExpired") == "inactive"
     ref = submit(stack.ctx, TENANT, "expiring", chat_lines(300, "expiring", max_tokens=64))
-    window = stack.settings.limits.completion_window_seconds
+    window = stack.settings.limits.completion_windows["24h"]
     stack.engine.after(60, lambda: stack.clock.advance(window + 1))
     try:
         stack.drain(progress_seconds=0)  # Ray hands rows over in blocks: look after every result

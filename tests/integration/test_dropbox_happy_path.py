@@ -85,7 +85,8 @@ def test_dropbox_happy_path_with_echo_engine_stand_in(settings, make_context, dr
 def test_identical_resubmission_is_answered_from_the_outbox(settings, make_context, drop_job):
     ctx = make_context(settings)
     _, key = make_tenant(ctx, "acme")
-    lines = make_jsonl(10)
+    # Deterministic (temperature 0): a batch with a sampled line is not answered from the outbox.
+    lines = [{**line, "body": {**line["body"], "temperature": 0}} for line in make_jsonl(10)]
     first = drop_job(ctx, key, lines, job="first")
     Watcher(ctx).run_once()
     engine = EchoEngine(ctx.store, settings)
@@ -102,5 +103,6 @@ def test_identical_resubmission_is_answered_from_the_outbox(settings, make_conte
     assert cached.content_sha256 == done.content_sha256
     assert cached.result == done.result
     assert cached.request_counts == done.request_counts
+    assert ctx.quotas.usage("acme", "basic")[0] == len(lines)  # the cache hit used no quota
     assert Runner(ctx, engine).run_once() == 0
     assert engine.runs == [len(lines)]

@@ -228,9 +228,13 @@ def test_mixed_endpoints_in_one_pass(make_context, submit) -> None:
         assert ctx.batches.get("acme", batch_id).status == BatchStatus.COMPLETED
 
 
+def deterministic(i: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "temperature": 0}
+
+
 def test_identical_work_is_answered_from_the_outbox(make_context, submit, make_jsonl) -> None:
     ctx = make_context()
-    data = make_jsonl(4)
+    data = make_jsonl(4, body=deterministic)
     first = submit(ctx, "j1", 0, data=data)
     engine = EchoEngine(ctx.store, ctx.settings)
     Runner(ctx, engine).run_once()
@@ -252,7 +256,7 @@ def test_identical_work_is_answered_from_the_outbox(make_context, submit, make_j
 
 def test_identical_work_queued_together_runs_once(make_context, submit, make_jsonl) -> None:
     ctx = make_context()
-    data = make_jsonl(3)
+    data = make_jsonl(3, body=deterministic)
     first, second = submit(ctx, "j1", 0, data=data), submit(ctx, "j2", 0, data=data)
     engine = EchoEngine(ctx.store, ctx.settings)
     runner_ = Runner(ctx, engine)

@@ -22,7 +22,8 @@ def test_defaults(make_settings) -> None:
     assert s.engine.model_name == "dropbatch-tiny"
     assert s.limits.max_file_lines == 50_000 and s.limits.max_file_bytes == 200 * 1024 * 1024
     assert s.limits.tier_quotas == {"free": 100, "basic": 500, "premium": 2000, "enterprise": 10000}
-    assert s.limits.completion_window_seconds == 24 * 3600
+    assert s.limits.completion_windows == {"24h": 24 * 3600, "1h": 3600}
+    assert s.limits.priority_window_tiers == ("premium", "enterprise") and s.limits.sla_admission == "reject"
 
 
 def test_every_variable_maps_to_a_real_field() -> None:
