@@ -104,9 +104,15 @@ class AwsCli:
 
 
 def make_line(
-    custom_id: str, endpoint: str = CHAT, model: str = MODEL, *, text: str = "hello world", max_tokens: int = 8
+    custom_id: str,
+    endpoint: str = CHAT,
+    model: str = MODEL,
+    *,
+    text: str = "hello world",
+    max_tokens: int = 8,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """One OpenAI batch request line for ``endpoint``."""
+    """One OpenAI batch request line for ``endpoint`` (sampled unless ``temperature`` is 0, as OpenAI's default is 1)."""
     if endpoint == CHAT:
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
     elif endpoint == COMPLETIONS:
@@ -115,6 +121,8 @@ def make_line(
         body = {"model": model, "input": text}
     else:
         raise ValueError(f"unknown endpoint {endpoint!r}")
+    if temperature is not None and endpoint != EMBEDDINGS:
+        body["temperature"] = temperature
     return {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body}
 
 
@@ -128,6 +136,7 @@ def make_jsonl(
     long_ids: Iterable[int] = (),
     long_words: int = 200,
     max_tokens: int = 8,
+    temperature: float | None = None,
 ) -> list[dict[str, Any]]:
     """``n`` request lines ``<prefix>-<i>``; lines in ``long_ids`` get ``long_words``-word prompts."""
     long = set(long_ids)
@@ -138,6 +147,7 @@ def make_jsonl(
             model,
             text=" ".join(f"w{i}x{j}" for j in range(long_words if i in long else words)),
             max_tokens=max_tokens,
+            temperature=temperature,
         )
         for i in range(n)
     ]

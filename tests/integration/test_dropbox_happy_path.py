@@ -86,7 +86,7 @@ def test_identical_resubmission_is_answered_from_the_outbox(settings, make_conte
     ctx = make_context(settings)
     _, key = make_tenant(ctx, "acme")
     # Deterministic (temperature 0): a batch with a sampled line is not answered from the outbox.
-    lines = [{**line, "body": {**line["body"], "temperature": 0}} for line in make_jsonl(10)]
+    lines = make_jsonl(10, temperature=0)
     first = drop_job(ctx, key, lines, job="first")
     Watcher(ctx).run_once()
     engine = EchoEngine(ctx.store, settings)
