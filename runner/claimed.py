@@ -38,6 +38,8 @@ class Claimed:
     policy: RetryConfig = field(default_factory=RetryConfig)
     attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
     pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
+    settled: bool = False  # finished and closed while the rest of its group still runs
+    tier: str = ""  # the tenant's tier when claimed: its share of the engine (runner/schedule.py)
 
     @property
     def lines_left(self) -> int:

@@ -72,7 +72,7 @@ def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
 def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> tuple[str, ...]:
     """vLLM server flags from the engine settings and planned ``limits`` (else vLLM's defaults)."""
     limits = limits or {}
-    args = ["--dtype", engine.dtype, "--disable-log-stats"]
+    args = ["--dtype", engine.dtype, "--disable-log-stats", "--scheduling-policy", engine.scheduling_policy]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
     if engine.enforce_eager:
