@@ -95,6 +95,11 @@ class EngineSettings(_Frozen):
         description="Reuse KV cache across prompts sharing a prefix (system prompts, few-shot blocks); the "
         "runner feeds lines sharing a prefix together. Off only to measure without it; 'auto' leaves vLLM's default.",
     )
+    order_by_prefix: bool = Field(
+        True,
+        description="Send each chunk's lines to vLLM sorted by their prompt, so lines sharing a prefix run "
+        "together; off only to measure the gain.",
+    )
     scheduling_policy: Literal["priority", "fcfs"] = Field(
         "priority",
         description="vLLM's scheduler order. 'priority': the runner stamps each request (deadline at risk "
@@ -438,6 +443,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_ENABLE_CHUNKED_PREFILL": ("engine", "enable_chunked_prefill", _bool, ()),
     "DROPBATCH_ENABLE_PREFIX_CACHING": ("engine", "enable_prefix_caching", _optional_bool, ()),
     "DROPBATCH_SCHEDULING_POLICY": ("engine", "scheduling_policy", str, ()),
+    "DROPBATCH_ORDER_BY_PREFIX": ("engine", "order_by_prefix", _bool, ()),
     "DROPBATCH_SPECULATIVE_CONFIG": ("engine", "speculative_config", _json_object, ()),
     "DROPBATCH_KV_CACHE_DTYPE": ("engine", "kv_cache_dtype", str, ()),
     "DROPBATCH_TENSOR_PARALLEL_SIZE": ("engine", "tensor_parallel_size", int, ()),

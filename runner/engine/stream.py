@@ -48,14 +48,15 @@ class ChunkReader:
 
         names = self.engines[(chunk.model, TASK_OF_URL[chunk.endpoint])]
         engine = names[chunk.chunk % len(names)]
-        return list(request_rows(chunk, read_chunk(chunk, self._store), engine, self.settings.limits.max_line_bytes))
+        return request_rows(chunk, read_chunk(chunk, self._store), engine, self.settings.limits.max_line_bytes,
+                            by_prefix=self.settings.engine.order_by_prefix)
 
 
-def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int,
-                 now: float | None = None) -> list[dict[str, Any]]:
+def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int, *,
+                 by_prefix: bool = True, now: float | None = None) -> list[dict[str, Any]]:
     """One row per line of ``data`` (only the retried ones when ``chunk.only`` is set).
 
-    Lines go to the engine sorted by their prompt, so requests that share a prefix (a
+    Lines go to the engine sorted by their prompt (``by_prefix``), so requests that share a prefix (a
     system prompt, a few-shot block) run together and reuse its KV cache; each carries
     its vLLM priority in that order (``runner/schedule.py``). Results are matched by
     custom_id, so the output order does not change.
@@ -75,8 +76,8 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int
         if only and request.custom_id not in only:
             continue
         row["custom_id"] = request.custom_id
-        asked.append((prefix_key(request.body), row, request.body))
-    asked.sort(key=lambda item: item[0])
+        asked.append((prefix_key(request.body) if by_prefix else "", row, request.body))
+    asked.sort(key=lambda item: item[0])  # stable: unsorted keeps the file's order
     now = time.time() if now is None else now
     for index, (_key, row, body) in enumerate(asked):
         priority = line_priority(chunk, index, now)

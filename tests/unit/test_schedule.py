@@ -126,6 +126,8 @@ def test_lines_are_sent_grouped_by_prefix_with_priorities_in_that_order():
     plain = request_rows(chunk(data), data, "engine-0", max_line_bytes=1 << 20, now=0)
     assert [r["custom_id"] for r in plain] == ["r1", "r3", "r5", "r0", "r2", "r4"]  # the shared system prompt together
     assert all("priority" not in json.loads(r["body_json"]) for r in plain)  # unstamped: vLLM's default
+    as_filed = request_rows(chunk(data), data, "engine-0", max_line_bytes=1 << 20, by_prefix=False, now=0)
+    assert [r["custom_id"] for r in as_filed] == [f"r{i}" for i in range(6)]
     stamped = request_rows(chunk(data, priority=7, priority_step=3, urgent_at=100.0, urgent_priority=-5), data,
                            "engine-0", max_line_bytes=1 << 20, now=0)
     assert [json.loads(r["body_json"])["priority"] for r in stamped] == [7, 10, 13, 16, 19, 22]
