@@ -22,14 +22,13 @@ share of the lines. Prints a table, writes ``fairness.json`` and ``fairness.png`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_run_batch import MODEL_DIR, REPO, Stack, requests  # noqa: E402
+from vs_run_batch import MODEL_DIR, REPO, Stack, requests, save_report  # noqa: E402
 
 QUOTAS = "free=10000000,basic=10000000,premium=10000000,enterprise=10000000"
 
@@ -87,15 +86,10 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
               f"{r['a_alone_lines_per_s']:.0f} lines/s | {r['a_with_b_lines_per_s']:.0f} lines/s | "
               f"{r['a_drop'] * 100:+.1f}% (B's share {r['b_share'] * 100:.2f}%) |")
     print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fairness.json").write_text(json.dumps(results, indent=2) + "\n")
-    path = plot(results, out)
-    if docs:
-        (REPO / "docs" / "fairness.png").write_bytes(path.read_bytes())
-    print(f"plot: {path}")
+    save_report("fairness", results, figure(results), out, docs)
 
 
-def plot(results: list[dict], out: Path) -> Path:
+def figure(results: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,10 +109,7 @@ def plot(results: list[dict], out: Path) -> Path:
     right.set_xticks(list(x), names)
     right.set_title(f"A's {results[0]['a_lines']}-line job: lines/s")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "fairness.png"
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ tokens per second. Prints a table, writes ``prefix_cache.json`` and ``prefix_cac
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_run_batch import MODEL, MODEL_DIR, REPO, Stack, requests  # noqa: E402
+from vs_run_batch import MODEL, MODEL_DIR, REPO, Stack, requests, save_report  # noqa: E402
 
 VARIANTS = {  # name: (prefix caching, ordered by prefix)
     "ordered+cache": (True, True),
@@ -94,15 +93,10 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
     per_line = results[0]["prompt_tokens"] / results[0]["lines"]
     print(f"\n{results[0]['lines']} lines, {SHARED_FRACTION:.0%} sharing one system prompt, "
           f"{per_line:.0f} prompt tokens per line, max_tokens {MAX_TOKENS}.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prefix_cache.json").write_text(json.dumps(results, indent=2) + "\n")
-    path = plot(results, out)
-    if docs:
-        (REPO / "docs" / "prefix_cache.png").write_bytes(path.read_bytes())
-    print(f"plot: {path}")
+    save_report("prefix_cache", results, figure(results), out, docs)
 
 
-def plot(results: list[dict], out: Path) -> Path:
+def figure(results: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,10 +107,7 @@ def plot(results: list[dict], out: Path) -> Path:
     ax.bar([r["variant"] for r in results], [r["tokens_per_s"] for r in results], color=colors)
     ax.set_title(f"{results[0]['lines']} lines, 90% shared system prompt: tokens/s")
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    path = out / "prefix_cache.png"
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def main() -> None:

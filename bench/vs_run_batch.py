@@ -309,6 +309,20 @@ def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) ->
 # -- report ----------------------------------------------------------------------------
 
 
+def save_report(name: str, results, fig, out: Path, docs: bool) -> Path:
+    """``<out>/<name>.json`` and ``.png`` (the plot also to ``docs/`` when asked); the plot's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    fig.tight_layout()
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    if docs:
+        (REPO / "docs" / f"{name}.png").write_bytes(path.read_bytes())
+    print(f"plot: {path}")
+    return path
+
+
+
 def report(results: dict, out: Path) -> None:
     print("\n| scenario | dropbatch | peer | dropbatch vs peer | goal |\n|---|---|---|---|---|")
     if "one_2000" in results:

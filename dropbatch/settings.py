@@ -399,26 +399,27 @@ def _models(raw: str) -> dict[str, str]:
     return models
 
 
-def _weights(raw: str) -> dict[str, float]:
-    weights = dict(DEFAULT_TIER_WEIGHTS)
+def _per_tier(raw: str, defaults: Mapping[str, Any], convert: Any) -> dict[str, Any]:
+    """``tier=value,tier=value`` over ``defaults`` (a tier not named keeps its default)."""
+    values = dict(defaults)
     for item in raw.split(","):
-        name, _, weight = item.partition("=")
-        if not name.strip() or not weight.strip():
-            raise ValueError("expected tier=weight,tier=weight")
-        if float(weight) <= 0:
-            raise ValueError(f"the weight of {name.strip()!r} must be positive")
-        weights[name.strip()] = float(weight)
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip():
+            raise ValueError("expected tier=value,tier=value")
+        values[name.strip()] = convert(value)
+    return values
+
+
+def _weights(raw: str) -> dict[str, float]:
+    weights = _per_tier(raw, DEFAULT_TIER_WEIGHTS, float)
+    for name, weight in weights.items():
+        if weight <= 0:
+            raise ValueError(f"the weight of {name!r} must be positive")
     return weights
 
 
 def _quotas(raw: str) -> dict[str, int]:
-    quotas = dict(DEFAULT_TIER_QUOTAS)
-    for item in raw.split(","):
-        name, _, limit = item.partition("=")
-        if not name.strip() or not limit.strip():
-            raise ValueError("expected tier=limit,tier=limit")
-        quotas[name.strip()] = int(limit)
-    return quotas
+    return _per_tier(raw, DEFAULT_TIER_QUOTAS, int)
 
 
 # variable: (group, field, parser, fallback variables read when the first is unset)
