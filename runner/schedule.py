@@ -59,7 +59,7 @@ class FairShare:
         self.clock = clock
         self.global_time = 0
         self.tenant_time: dict[str, int] = {}
-        self._finished: deque[tuple[float, int]] = deque()  # (when, lines) over the throughput window
+        self._finished: deque[float] = deque()  # when each line of the throughput window finished
         self._started: float | None = None  # when the first pass was stamped: the engine is measured from then
         self._lock = threading.Lock()  # groups stamp and report from their own threads
 
@@ -73,17 +73,15 @@ class FairShare:
             return self._throughput(self.clock())
 
     def _throughput(self, now: float) -> float | None:
-        while self._finished and self._finished[0][0] < now - THROUGHPUT_WINDOW_SECONDS:
+        while self._finished and self._finished[0] < now - THROUGHPUT_WINDOW_SECONDS:
             self._finished.popleft()
         if not self._finished:
             return None
-        lines = sum(n for _, n in self._finished)
         since = max(now - THROUGHPUT_WINDOW_SECONDS, self._started if self._started is not None else now)
-        return lines / max(now - since, 1.0)
+        return len(self._finished) / max(now - since, 1.0)
 
-    def _urgent_at(self, demand: Demand) -> float:
+    def _urgent_at(self, demand: Demand, rate: float | None) -> float:
         """When ``demand``'s batch becomes at risk: its deadline less the margin and its projected run time."""
-        rate = self._throughput(self.clock())
         needed = demand.lines_left / rate if rate else 0.0
         return demand.deadline - self.margin_seconds - needed
 
@@ -97,13 +95,14 @@ class FairShare:
         with self._lock:
             if self._started is None:
                 self._started = self.clock()
+            rate = self._throughput(self.clock())
             for chunk in chunks:
                 demand = demands[chunk.batch_id]
                 step = self.step(demand.tier)
                 start = max(self.tenant_time.get(demand.tenant, 0), self.global_time)
                 lines = len(chunk.only) or chunk.lines
                 self.tenant_time[demand.tenant] = start + lines * step
-                stamped.append(replace(chunk, priority=start, priority_step=step, urgent_at=self._urgent_at(demand),
+                stamped.append(replace(chunk, priority=start, priority_step=step, urgent_at=self._urgent_at(demand, rate),
                                        urgent_priority=URGENT + demand.deadline))
         now = self.clock()
         return sorted(stamped, key=lambda c: line_priority(c, 0, now) or 0)
@@ -111,6 +110,6 @@ class FairShare:
     def served(self, chunk: WorkChunk, done: int) -> None:
         """``chunk`` has had ``done`` lines answered: the engine has served up to there; one more line finished."""
         with self._lock:
-            self._finished.append((self.clock(), 1))
+            self._finished.append(self.clock())
             if chunk.priority_step > 0:
                 self.global_time = max(self.global_time, chunk.priority + max(done - 1, 0) * chunk.priority_step)
