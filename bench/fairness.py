@@ -33,12 +33,20 @@ from vs_run_batch import MODEL_DIR, REPO, Stack, requests, save_report  # noqa: 
 QUOTAS = "free=10000000,basic=10000000,premium=10000000,enterprise=10000000"
 
 
-def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> float:
-    began = time.perf_counter()
+def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict]:
+    """Upload → done seconds, and where they went."""
+    began, uploaded = time.perf_counter(), time.time()
     record = stack.wait(stack.submit(tenant, job, lines))
     if record.request_counts.completed != len(lines):
         raise SystemExit(f"{job}: {record.status.value}, {record.request_counts}")
-    return time.perf_counter() - began
+    return time.perf_counter() - began, stages(record, uploaded)
+
+
+def stages(record, uploaded: float) -> dict:
+    """Where a job's time went, from its record's own stamps (whole seconds)."""
+    return {"intake_s": record.created_at - uploaded,
+            "admission_s": (record.in_progress_at or record.created_at) - record.created_at,
+            "queue_and_run_s": (record.completed_at or 0) - (record.in_progress_at or record.created_at)}
 
 
 def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
@@ -46,7 +54,7 @@ def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
     began = time.perf_counter()
     a_ref = stack.submit(f"{run}-a", f"{run}-a-both", requests(a_lines, f"{run}-a-both"))
     time.sleep(1.0)  # "right after": A is admitted and running when B arrives
-    b_began = time.perf_counter()
+    b_began, b_uploaded = time.perf_counter(), time.time()
     b_ref = stack.submit(f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
     b_record = stack.wait(b_ref)
     b_seconds = time.perf_counter() - b_began
@@ -55,7 +63,7 @@ def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
     for record, n in ((a_record, a_lines), (b_record, b_lines)):
         if record.request_counts.completed != n:
             raise SystemExit(f"{record.id}: {record.status.value}, {record.request_counts}")
-    return {"b_latency_s": b_seconds, "a_seconds": a_seconds}
+    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_stages": stages(b_record, b_uploaded)}
 
 
 def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) -> dict:
@@ -65,8 +73,8 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) 
                    "DROPBATCH_MAX_FILE_LINES": str(max(a_lines, 50_000))})
     try:
         timed(stack, f"{run}-w", f"{run}-warm", requests(8, f"{run}-warm"))  # the first job pays Ray Data's warm-up
-        idle = timed(stack, f"{run}-b", f"{run}-b-idle", requests(b_lines, f"{run}-b-idle"))
-        alone = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
+        idle, idle_stages = timed(stack, f"{run}-b", f"{run}-b-idle", requests(b_lines, f"{run}-b-idle"))
+        alone, _ = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
         both = contended(stack, run, a_lines, b_lines)
     finally:
         stack.close()
@@ -75,6 +83,7 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) 
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
         "a_alone_lines_per_s": a_lines / alone, "a_with_b_lines_per_s": a_lines / both["a_seconds"],
         "a_drop": 1 - alone / both["a_seconds"], "b_share": b_lines / (a_lines + b_lines),
+        "b_idle_stages": idle_stages, "b_behind_a_stages": both["b_stages"],
     }
 
 
@@ -85,7 +94,13 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
         print(f"| {r['policy']} | {r['b_idle_s']:.1f} s | {r['b_behind_a_s']:.1f} s | {r['b_slowdown']:.2f}× | "
               f"{r['a_alone_lines_per_s']:.0f} lines/s | {r['a_with_b_lines_per_s']:.0f} lines/s | "
               f"{r['a_drop'] * 100:+.1f}% (B's share {r['b_share'] * 100:.2f}%) |")
-    print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise.")
+    print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise. "
+          "Where B's time went (record stamps, whole seconds):")
+    for r in results:
+        for when in ("idle", "behind_a"):
+            st = r[f"b_{when}_stages"]
+            print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: upload → record {st['intake_s']:.1f} s, "
+                  f"admission {st['admission_s']} s, in_progress → completed {st['queue_and_run_s']} s")
     save_report("fairness", results, figure(results), out, docs)
 
 
