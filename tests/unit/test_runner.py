@@ -462,6 +462,52 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
     assert not runner.is_alive()
 
 
+def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_context, submit) -> None:
+    """Two slots, one busy with a big batch: a small batch queued behind another big one still starts at once."""
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
+                       DROPBATCH_COALESCE_MAX_LINES=6, DROPBATCH_SMALL_BATCH_LINES=4)
+    big = submit(ctx, "big", 6, words=3, max_tokens=2)
+    started, gate = threading.Event(), threading.Event()
+    held: set[str] = set()
+
+    def hold(i: int) -> None:
+        started.set()
+        assert gate.wait(timeout=30), "the test never opened the gate"
+
+    class Gated(Wrapped):
+        def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+            if len(chunks) > 1:  # a big batch's run: held until the gate opens
+                held.update(c.batch_id for c in chunks)
+                yield from Wrapped(self.inner, hold).run(chunks)
+            else:
+                yield from self.inner.run(chunks)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
+                              args=(stop,))
+    runner.start()
+    try:
+        assert started.wait(timeout=10)
+        second = submit(ctx, "big-2", 6, words=3, max_tokens=2)  # ahead of the small one in the queue
+        small = submit(ctx, "small", 1, words=3, max_tokens=2)
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", small.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", small.id).status == BatchStatus.COMPLETED
+        assert second.id not in held, "the big batch was left for a later claim"
+        gate.set()
+        deadline = time.monotonic() + 10
+        while any(ctx.batches.get("acme", b.id).status != BatchStatus.COMPLETED for b in (big, second)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {ctx.batches.get("acme", b.id).status for b in (big, second)} == {BatchStatus.COMPLETED}
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
 class Recording(EchoEngine):
     """EchoEngine that keeps the chunks of every run, as the runner stamped them."""
 
