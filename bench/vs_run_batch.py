@@ -120,7 +120,7 @@ def raw_generation(path: Path, workdir: Path) -> dict:
 class Stack:
     """`dropbatch up` in a temporary home; jobs go in through the S3 API as the drop-box contract says."""
 
-    def __init__(self, home: Path, endpoint: str) -> None:
+    def __init__(self, home: Path, endpoint: str, extra_env: dict[str, str] | None = None) -> None:
         from dropbatch.emulator import free_port
 
         self.home = home
@@ -129,7 +129,7 @@ class Stack:
         ports = {name: str(free_port()) for name in ("GATEWAY", "WATCHER", "RUNNER")}
         self.env = {**env, "DROPBATCH_HOME": str(home), "DROPBATCH_MODEL": str(MODEL_DIR),
                     "DROPBATCH_S3_ENDPOINT": endpoint, "DROPBATCH_TIER_QUOTAS": "enterprise=10000000",
-                    **{f"DROPBATCH_{name}_PORT": port for name, port in ports.items()}}
+                    **{f"DROPBATCH_{name}_PORT": port for name, port in ports.items()}, **(extra_env or {})}
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "dropbatch"), "up"], env=self.env,
                                      stdout=(home / "up.out").open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -161,13 +161,13 @@ class Stack:
     def runner_pid(self) -> int:
         return json.loads((self.home / "up.json").read_text())["services"]["runner"]
 
-    def submit(self, tenant: str, job: str, lines: list[dict]):
+    def submit(self, tenant: str, job: str, lines: list[dict], tier: str = "enterprise"):
         from dropbatch.models import InputObject
         from dropbatch.storage.keys import JobRef
         from manifests import Manifest, dumps, sign
 
         if tenant not in self.tenants:
-            self.ctx.tenants.create(tenant, "enterprise")
+            self.ctx.tenants.create(tenant, tier)
             self.tenants[tenant] = self.ctx.tenants.create_signing_key(tenant)
         key = self.tenants[tenant]
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
@@ -379,6 +379,20 @@ def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) ->
 
 
 # -- report ----------------------------------------------------------------------------
+
+
+def save_report(name: str, results, fig, out: Path, docs: bool) -> Path:
+    """``<out>/<name>.json`` and ``.png`` (the plot also to ``docs/`` when asked); the plot's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    fig.tight_layout()
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    if docs:
+        (REPO / "docs" / f"{name}.png").write_bytes(path.read_bytes())
+    print(f"plot: {path}")
+    return path
+
 
 
 def report(results: dict, out: Path) -> None:

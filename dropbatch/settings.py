@@ -19,6 +19,7 @@ from dropbatch.errors import ConfigError
 
 DEFAULT_TIER_QUOTAS = {"free": 100, "basic": 500, "premium": 2000, "enterprise": 10000}
 DEFAULT_COMPLETION_WINDOWS = {"24h": 86_400, "1h": 3_600}
+DEFAULT_TIER_WEIGHTS = {"free": 1.0, "basic": 2.0, "premium": 4.0, "enterprise": 8.0}
 
 
 class _Frozen(BaseModel):
@@ -91,7 +92,20 @@ class EngineSettings(_Frozen):
         None, description="Interleave long prefills with decodes; better latency under mixed load."
     )
     enable_prefix_caching: bool | None = Field(
-        None, description="Reuse KV cache across prompts sharing a prefix (system prompts)."
+        True,
+        description="Reuse KV cache across prompts sharing a prefix (system prompts, few-shot blocks); the "
+        "runner feeds lines sharing a prefix together. Off only to measure without it; 'auto' leaves vLLM's default.",
+    )
+    order_by_prefix: bool = Field(
+        True,
+        description="Send each chunk's lines to vLLM sorted by their prompt, so lines sharing a prefix run "
+        "together; off only to measure the gain.",
+    )
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        "priority",
+        description="vLLM's scheduler order. 'priority': the runner stamps each request (deadline at risk "
+        "first, else fair share by tier weight); 'fcfs': first come, first served (one tenant's big batch "
+        "delays every other tenant's lines).",
     )
     speculative_config: dict[str, Any] | None = Field(
         None, description="vLLM speculative decoding config (JSON), e.g. a draft model or ngram."
@@ -242,6 +256,23 @@ class LimitSettings(_Frozen):
         default_factory=lambda: dict(DEFAULT_TIER_QUOTAS),
         description="Request lines per rolling hour, by tier.",
     )
+    tier_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TIER_WEIGHTS),
+        description="Engine share by tier while tenants compete: a tier of weight 4 gets 4 requests served "
+        "for each one of a tier of weight 1 (an unlisted tier weighs 1).",
+    )
+    deadline_margin_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="A batch whose projected finish (its lines left at the measured throughput) is within "
+        "this long of its deadline is at risk: its requests go before every fair-share request.",
+    )
+    small_batch_lines: int = Field(
+        2_000,
+        ge=1,
+        description="The last free group slot of a runner only takes batches of at most this many lines, so a "
+        "small job starts at once even while big ones fill the other slots.",
+    )
 
 
 class RetrySettings(_Frozen):
@@ -342,7 +373,7 @@ class Settings(_Frozen):
         for var, (group, field, parse, _fallbacks) in ENV_VARS.items():
             value = getattr(getattr(self, group), field)
             if value is None:
-                if parse is _optional_int:
+                if parse in (_optional_int, _optional_bool):
                     env[var] = "auto"
                 elif parse is _optional_name:
                     env[var] = "none"
@@ -352,8 +383,8 @@ class Settings(_Frozen):
             elif isinstance(value, dict):
                 if not value and field == "models":
                     continue
-                pairs = field in ("tier_quotas", "models", "completion_windows")
-                env[var] = ",".join(f"{k}={v}" for k, v in value.items()) if pairs else json.dumps(value)
+                pairs = field in ("tier_quotas", "tier_weights", "models", "completion_windows")
+                env[var] = ",".join(f"{k}={_plain(v)}" for k, v in value.items()) if pairs else json.dumps(value)
             elif isinstance(value, tuple):
                 env[var] = ",".join(value)
             else:
@@ -370,6 +401,10 @@ _GROUP_TYPES = {
 }
 
 
+def _plain(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -377,6 +412,10 @@ def _bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError("expected true/false")
+
+
+def _optional_bool(raw: str) -> bool | None:
+    return None if raw.strip().lower() == "auto" else _bool(raw)
 
 
 def _optional_int(raw: str) -> int | None:
@@ -406,23 +445,33 @@ def _models(raw: str) -> dict[str, str]:
     return models
 
 
-def _quotas(raw: str) -> dict[str, int]:
-    quotas = dict(DEFAULT_TIER_QUOTAS)
+def _per_tier(raw: str, defaults: Mapping[str, Any], convert: Any) -> dict[str, Any]:
+    """``tier=value,tier=value`` over ``defaults`` (a tier not named keeps its default)."""
+    values = dict(defaults)
     for item in raw.split(","):
-        name, _, limit = item.partition("=")
-        if not name.strip() or not limit.strip():
-            raise ValueError("expected tier=limit,tier=limit")
-        quotas[name.strip()] = int(limit)
-    return quotas
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip():
+            raise ValueError("expected tier=value,tier=value")
+        values[name.strip()] = convert(value)
+    return values
+
+
+def _weights(raw: str) -> dict[str, float]:
+    weights = _per_tier(raw, DEFAULT_TIER_WEIGHTS, float)
+    for name, weight in weights.items():
+        if weight <= 0:
+            raise ValueError(f"the weight of {name!r} must be positive")
+    return weights
+
+
+def _quotas(raw: str) -> dict[str, int]:
+    return _per_tier(raw, DEFAULT_TIER_QUOTAS, int)
 
 
 def _windows(raw: str) -> dict[str, int]:
-    windows = dict(DEFAULT_COMPLETION_WINDOWS)
-    for item in raw.split(","):
-        name, _, seconds = item.partition("=")
-        if name.strip() not in DEFAULT_COMPLETION_WINDOWS or not seconds.strip():
-            raise ValueError(f"expected window=seconds with a window of {', '.join(DEFAULT_COMPLETION_WINDOWS)}")
-        windows[name.strip()] = int(seconds)
+    windows = _per_tier(raw, DEFAULT_COMPLETION_WINDOWS, int)
+    if set(windows) != set(DEFAULT_COMPLETION_WINDOWS):
+        raise ValueError(f"expected window=seconds with a window of {', '.join(DEFAULT_COMPLETION_WINDOWS)}")
     return windows
 
 
@@ -450,7 +499,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_MAX_MODEL_LEN": ("engine", "max_model_len", _optional_int, ()),
     "DROPBATCH_ENFORCE_EAGER": ("engine", "enforce_eager", _bool, ()),
     "DROPBATCH_ENABLE_CHUNKED_PREFILL": ("engine", "enable_chunked_prefill", _bool, ()),
-    "DROPBATCH_ENABLE_PREFIX_CACHING": ("engine", "enable_prefix_caching", _bool, ()),
+    "DROPBATCH_ENABLE_PREFIX_CACHING": ("engine", "enable_prefix_caching", _optional_bool, ()),
+    "DROPBATCH_SCHEDULING_POLICY": ("engine", "scheduling_policy", str, ()),
+    "DROPBATCH_ORDER_BY_PREFIX": ("engine", "order_by_prefix", _bool, ()),
     "DROPBATCH_SPECULATIVE_CONFIG": ("engine", "speculative_config", _json_object, ()),
     "DROPBATCH_KV_CACHE_DTYPE": ("engine", "kv_cache_dtype", str, ()),
     "DROPBATCH_TENSOR_PARALLEL_SIZE": ("engine", "tensor_parallel_size", int, ()),
@@ -482,6 +533,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_CHUNK_LINES": ("limits", "chunk_lines", int, ()),
     "DROPBATCH_COALESCE_MAX_LINES": ("limits", "coalesce_max_lines", int, ()),
     "DROPBATCH_TIER_QUOTAS": ("limits", "tier_quotas", _quotas, ()),
+    "DROPBATCH_TIER_WEIGHTS": ("limits", "tier_weights", _weights, ()),
+    "DROPBATCH_DEADLINE_MARGIN_SECONDS": ("limits", "deadline_margin_seconds", float, ()),
+    "DROPBATCH_SMALL_BATCH_LINES": ("limits", "small_batch_lines", int, ()),
     "DROPBATCH_MAX_RETRIES": ("retry", "max_retries", int, ()),
     "DROPBATCH_RETRY_DELAY": ("retry", "retry_delay", float, ()),
     "DROPBATCH_BACKOFF_FACTOR": ("retry", "backoff_factor", float, ()),

@@ -40,6 +40,8 @@ class Claimed:
     attempts: dict[str, int] = field(default_factory=dict)  # custom_id → retries so far
     pending_retry: dict[int, set[str]] = field(default_factory=dict)  # chunk → custom_ids to retry
     copies: Counter[str] = field(default_factory=Counter)  # original custom_id → lines copying its answer
+    settled: bool = False  # finished and closed while the rest of its group still runs
+    tier: str = ""  # the tenant's tier when claimed: its share of the engine (runner/schedule.py)
 
     def weight(self, custom_id: str) -> int:
         """Lines one engine answer settles: the line and its copies."""

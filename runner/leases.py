@@ -23,6 +23,10 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
+    def drop(self, batch_id: str) -> None:
+        """Stop renewing ``batch_id``'s lease (its batch is finished; the lease is about to be released)."""
+        self.leases = [lease for lease in self.leases if lease.batch_id != batch_id]
+
     def start(self) -> None:
         self._thread.start()
 
@@ -33,7 +37,7 @@ class LeaseKeeper:
     def _loop(self) -> None:
         seconds = self.ctx.settings.service.lease_seconds
         while not self._stop.wait(max(0.5, seconds / 3)):
-            for lease in self.leases:
+            for lease in list(self.leases):
                 if lease.batch_id in self.lost:
                     continue
                 try:

@@ -26,6 +26,7 @@ from runner.claimed import Claimed, Taken
 from runner.finalize import batch_duplicates, finalize, finished_chunks, work_chunks, write_chunk_result
 from runner.leases import LeaseKeeper
 from runner.observe import observe_queue, record_line
+from runner.schedule import Demand, FairShare
 
 log = logging.getLogger("dropbatch.runner")
 
@@ -55,11 +56,18 @@ class Runner:
         self.progress_seconds = progress_seconds
         self._active: set[str] = set()  # batch ids a group of this runner is running now
         self._active_lock = threading.Lock()
+        limits = ctx.settings.limits
+        # One for every group of this runner: they all feed the same warm engines.
+        self.fair = FairShare(limits.tier_weights, margin_seconds=limits.deadline_margin_seconds, clock=ctx.clock)
+        self.stamp_priorities = ctx.settings.engine.scheduling_policy == "priority"
 
     # -- claiming ---------------------------------------------------------------------
 
-    def claim_group(self) -> list[Claimed]:
-        """Lease queued batches, earliest deadline first, up to the coalescing limit."""
+    def claim_group(self, largest: int | None = None) -> list[Claimed]:
+        """Lease queued batches, earliest deadline first, up to the coalescing limit.
+
+        ``largest``: leave batches of more lines than this to a later claim (a slot kept for small jobs).
+        """
         ctx = self.ctx
         limit = ctx.settings.limits.coalesce_max_lines
         group: list[Claimed] = []
@@ -67,6 +75,8 @@ class Runner:
         for entry in ctx.queue.entries():
             if group and sum(c.lines_left for c in group) >= limit:
                 break
+            if largest is not None and entry.lines > largest:
+                continue
             with self._active_lock:
                 if entry.batch_id in self._active:
                     continue  # another group of ours runs it (re-claiming would steal our own lease)
@@ -105,7 +115,8 @@ class Runner:
         duplicates = batch_duplicates(ctx, record)
         remaining = {c.chunk: c for c in work_chunks(ctx, record, duplicates) if c.chunk not in done}
         policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
-        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy, copies=duplicates.copy_counts())
+        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy, copies=duplicates.copy_counts(),
+                          tier=self._tier(record.tenant))
         group.append(claimed)
         return claimed
 
@@ -140,6 +151,12 @@ class Runner:
         self.metrics.batches_finished.labels(closed.status.value).inc()
         self._done(entry, lease)
         return True
+
+    def _tier(self, tenant: str) -> str:
+        try:
+            return self.ctx.tenants.get(tenant).tier
+        except NotFound:
+            return ""  # a deleted tenant's queued work still runs, at the smallest share
 
     def _inputs_unchanged(self, record: BatchRecord) -> bool:
         """The inputs still hold the admitted bytes (each chunk is also sha256-checked when read)."""
@@ -184,7 +201,8 @@ class Runner:
             finally:
                 keeper.stop()
             for claimed in group:
-                self._settle(claimed)
+                if not claimed.settled:
+                    self._settle(claimed)
         finally:
             with self._active_lock:
                 self._active.difference_update(c.record.id for c in group)
@@ -213,12 +231,19 @@ class Runner:
         last_progress = started = time.monotonic()
         first = True
         for chunks in by_task.values():
+            if self.stamp_priorities:
+                chunks = self.fair.stamp(chunks, self._demands(by_batch))
+            stamped = {(c.batch_id, c.chunk): c for c in chunks}
+            answered: dict[tuple[str, int], int] = {}
             results = self.engine.run(chunks)
             try:
                 for result in results:
                     if first:
                         self.metrics.pipeline_start.observe(time.monotonic() - started)
                         first = False
+                    where = (result.batch_id, result.chunk)
+                    answered[where] = answered.get(where, 0) + 1
+                    self.fair.served(stamped[where], answered[where])
                     self._collect(by_batch[result.batch_id], result)
                     if time.monotonic() - last_progress >= self.progress_seconds:
                         last_progress = time.monotonic()
@@ -230,6 +255,13 @@ class Runner:
                     close()
                 self.metrics.pass_duration.observe(time.monotonic() - started)
         return self._publish_progress(group, keeper)
+
+    @staticmethod
+    def _demands(by_batch: dict[str, Claimed]) -> dict[str, Demand]:
+        return {
+            batch_id: Demand(c.record.tenant, c.tier, c.entry.deadline, c.lines_left)
+            for batch_id, c in by_batch.items()
+        }
 
     def _due_retries(self, group: Sequence[Claimed]) -> tuple[list[WorkChunk], float]:
         """Every claimed batch's retry work, and the longest back-off any of it needs."""
@@ -274,13 +306,21 @@ class Runner:
             scale(queued)
 
     def _publish_progress(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> bool:
-        """Move request_counts on the records; returns True if the engine pass must end now.
+        """Move request_counts on the records, close finished batches; True if the engine pass must end now.
 
         That is when a batch is cancelled or expired, a lease was lost, or the runner
         is asked to stop (unfinished chunks are then handed back, not lost).
         """
         must_stop = self._stop is not None and self._stop.is_set()
         for claimed in group:
+            if claimed.settled:
+                continue
+            if claimed.active and not claimed.remaining and claimed.lease.batch_id not in keeper.lost:
+                # Done while bigger batches of its group still run: close it now, not when they end.
+                keeper.drop(claimed.lease.batch_id)
+                self._settle(claimed)
+                claimed.settled = True
+                continue
             if claimed.lease.batch_id in keeper.lost:
                 claimed.lost = True
                 must_stop = True
@@ -334,7 +374,8 @@ class Runner:
 
         The engine stays warm across groups and mixes their requests, so a batch that
         arrives while others run starts at once instead of waiting for them to end
-        (up to ``max_running_groups`` groups at a time).
+        (up to ``max_running_groups`` groups at a time; the last free slot only takes
+        batches of at most ``small_batch_lines``, so big batches never fill every slot).
         """
         log.info("runner started", extra={"owner": self.owner})
         self._stop = stop
@@ -348,8 +389,9 @@ class Runner:
             running = [t for t in running if t.is_alive()]
             group = []
             if len(running) < limit:
+                small_only = limit > 1 and len(running) == limit - 1
                 try:
-                    group = self.claim_group()
+                    group = self.claim_group(self.ctx.settings.limits.small_batch_lines if small_only else None)
                 except DropbatchError as exc:
                     log.error("claiming failed; will retry", extra={"error": str(exc)})
             if group:

@@ -31,6 +31,13 @@ class WorkChunk:
     prompt_chars: int = 0
     max_tokens: int = 0
     only: tuple[str, ...] = ()  # when set, just these custom_ids (a retry pass, or the originals of duplicates)
+    # vLLM priority of the chunk's lines (lower first; runner/schedule.py): line i of the pass gets
+    # ``priority + i * priority_step``, or ``urgent_priority`` once the clock reaches ``urgent_at``.
+    # All zero: the lines carry no priority (vLLM's first come, first served).
+    priority: int = 0
+    priority_step: int = 0
+    urgent_at: float = 0.0
+    urgent_priority: int = 0
 
     @property
     def answers(self) -> int:

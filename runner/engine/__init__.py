@@ -80,7 +80,7 @@ def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
 def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> tuple[str, ...]:
     """vLLM server flags from the engine settings and planned ``limits`` (else vLLM's defaults)."""
     limits = limits or {}
-    args = ["--dtype", engine.dtype, "--disable-log-stats"]
+    args = ["--dtype", engine.dtype, "--disable-log-stats", "--scheduling-policy", engine.scheduling_policy]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
     if engine.enforce_eager:
@@ -380,7 +380,7 @@ class WarmEngine:
         streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
         ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
                             concurrency=streams)
-        expected = sum(len(c.only) or c.lines for c in chunks)
+        expected = sum(c.answers for c in chunks)
         produced = 0
         try:
             for row in ds.iter_rows():

@@ -20,6 +20,7 @@ from dropbatch.engine.rows import read_chunk
 from dropbatch.errors import InvalidRequest, openai_error
 from dropbatch.jsonl import iter_lines, parse_request_line
 from dropbatch.settings import Settings
+from runner.schedule import line_priority
 
 # An answer row for a line the engine never saw (unparseable now, or the engine died under it).
 RESTARTED = "The engine was restarting for longer than the stall window; this request will be retried."
@@ -47,13 +48,21 @@ class ChunkReader:
 
         names = self.engines[(chunk.model, TASK_OF_URL[chunk.endpoint])]
         engine = names[chunk.chunk % len(names)]
-        return list(request_rows(chunk, read_chunk(chunk, self._store), engine, self.settings.limits.max_line_bytes))
+        return request_rows(chunk, read_chunk(chunk, self._store), engine, self.settings.limits.max_line_bytes,
+                            by_prefix=self.settings.engine.order_by_prefix)
 
 
-def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int) -> list[dict[str, Any]]:
-    """One row per line of ``data`` (only the retried ones when ``chunk.only`` is set)."""
+def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int, *,
+                 by_prefix: bool = True, now: float | None = None) -> list[dict[str, Any]]:
+    """One row per line of ``data`` (only the retried ones when ``chunk.only`` is set).
+
+    Lines go to the engine sorted by their prompt (``by_prefix``), so requests that share a prefix (a
+    system prompt, a few-shot block) run together and reuse its KV cache; each carries
+    its vLLM priority in that order (``runner/schedule.py``). Results are matched by
+    custom_id, so the output order does not change.
+    """
     only = frozenset(chunk.only)
-    rows = []
+    rows, asked = [], []
     for raw in iter_lines([data], max_line_bytes=max_line_bytes, start_offset=chunk.start, first_number=chunk.first_line):
         row = {"batch_id": chunk.batch_id, "chunk": chunk.chunk, "custom_id": f"__line_{raw.number}",
                "url": chunk.endpoint, "engine": engine, "body_json": "", "status": 0, "prompt_tokens": 0,
@@ -66,9 +75,23 @@ def request_rows(chunk: WorkChunk, data: bytes, engine: str, max_line_bytes: int
             continue
         if only and request.custom_id not in only:
             continue
-        row.update(custom_id=request.custom_id, body_json=json.dumps(request.body, ensure_ascii=False))
+        row["custom_id"] = request.custom_id
+        asked.append((prefix_key(request.body) if by_prefix else "", row, request.body))
+    asked.sort(key=lambda item: item[0])  # stable: unsorted keeps the file's order
+    now = time.time() if now is None else now
+    for index, (_key, row, body) in enumerate(asked):
+        priority = line_priority(chunk, index, now)
+        if priority is not None:
+            body = {**body, "priority": priority}
+        row["body_json"] = json.dumps(body, ensure_ascii=False)
         rows.append(row)
     return rows
+
+
+def prefix_key(body: dict[str, Any]) -> str:
+    """What a request's prompt starts with, as text that sorts requests sharing a prefix together."""
+    parts = [body.get(name) for name in ("instructions", "messages", "prompt", "input") if body.get(name) is not None]
+    return json.dumps(parts, ensure_ascii=False)
 
 
 class EngineAsker:

@@ -136,3 +136,34 @@ def test_a_stalled_engine_is_restarted_and_its_lines_retried(stack):
     assert record.status == BatchStatus.COMPLETED
     assert (record.request_counts.completed, record.request_counts.failed) == (600, 0)
     assert sorted(outputs(stack, record)) == sorted(line["custom_id"] for line in lines)
+
+
+def test_vllm_serves_the_runners_priorities_first(stack):
+    """Requests carry ``priority`` into vLLM's priority scheduler: a few urgent ones overtake a queue of others."""
+    from runner.engine.server import CHAT, GENERATE
+    from runner.engine.stream import engine_name
+
+    engine = stack.engine.engine
+    handle = ray.get_actor(engine_name(MODEL, GENERATE, 0))
+    seqs = engine._limits[MODEL]["max_num_seqs"]
+
+    def body(tag: str, i: int, priority: int) -> tuple[str, str]:
+        return CHAT, json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"{tag} {i}"}],
+                                 "max_tokens": 16, "temperature": 0, "ignore_eos": True, "priority": priority})
+
+    def answered_before_the_few(few_priority: int) -> int:
+        """Queue 4 × max_num_seqs requests at priority 10, then 8 more; how many finished before those 8."""
+        before = ray.get(handle.stats.remote())["finished"]
+        queue = handle.answer.remote([body("queue", i, 10) for i in range(4 * seqs)])
+        deadline = time.monotonic() + 60
+        while ray.get(handle.stats.remote())["inflight"] < 4 * seqs and time.monotonic() < deadline:
+            time.sleep(0.02)
+        few = ray.get(handle.answer.remote([body("few", i, few_priority) for i in range(8)]))
+        finished = ray.get(handle.stats.remote())["finished"] - before
+        assert all(row["status"] == 200 for row in few + ray.get(queue))
+        return finished - len(few)
+
+    last = answered_before_the_few(100)  # lower priority than the queue: served after it
+    first = answered_before_the_few(0)  # higher priority: served as soon as a slot frees
+    assert last >= 3 * seqs, last
+    assert first <= 2 * seqs, (first, last)

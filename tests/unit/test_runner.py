@@ -16,6 +16,7 @@ from dropbatch.errors import EngineError
 from dropbatch.ids import request_line_id
 from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.storage.keys import ControlKeys, OutputPrefix
+from runner.schedule import STRIDE, URGENT
 from runner.service import Runner
 from watcher.admission import admit_manifest
 
@@ -463,3 +464,119 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
         stop.set()
         runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_context, submit) -> None:
+    """Two slots, one busy with a big batch: a small batch queued behind another big one still starts at once."""
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
+                       DROPBATCH_COALESCE_MAX_LINES=6, DROPBATCH_SMALL_BATCH_LINES=4)
+    big = submit(ctx, "big", 6, words=3, max_tokens=2)
+    started, gate = threading.Event(), threading.Event()
+    held: set[str] = set()
+
+    def hold(i: int) -> None:
+        started.set()
+        assert gate.wait(timeout=30), "the test never opened the gate"
+
+    class Gated(Wrapped):
+        def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+            if len(chunks) > 1:  # a big batch's run: held until the gate opens
+                held.update(c.batch_id for c in chunks)
+                yield from Wrapped(self.inner, hold).run(chunks)
+            else:
+                yield from self.inner.run(chunks)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
+                              args=(stop,))
+    runner.start()
+    try:
+        assert started.wait(timeout=10)
+        second = submit(ctx, "big-2", 6, words=3, max_tokens=2)  # ahead of the small one in the queue
+        small = submit(ctx, "small", 1, words=3, max_tokens=2)
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", small.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", small.id).status == BatchStatus.COMPLETED
+        assert second.id not in held, "the big batch was left for a later claim"
+        gate.set()
+        deadline = time.monotonic() + 10
+        while any(ctx.batches.get("acme", b.id).status != BatchStatus.COMPLETED for b in (big, second)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {ctx.batches.get("acme", b.id).status for b in (big, second)} == {BatchStatus.COMPLETED}
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+class Recording(EchoEngine):
+    """EchoEngine that keeps the chunks of every run, as the runner stamped them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[list[WorkChunk]] = []
+
+    def run(self, chunks):
+        self.seen.append(list(chunks))
+        return super().run(chunks)
+
+
+def test_the_runner_stamps_each_chunk_by_tenant_tier_and_deadline(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_CHUNK_LINES=4)
+    record = submit(ctx, "j1", 10)
+    engine = Recording(ctx.store, ctx.settings)
+    Runner(ctx, engine).run_once()
+    [chunks] = engine.seen
+    step = STRIDE // 8  # acme is an enterprise tenant
+    assert [(c.priority, c.priority_step) for c in chunks] == [(0, step), (4 * step, step), (8 * step, step)]
+    assert {c.urgent_priority for c in chunks} == {URGENT + record.expires_at}
+    assert ctx.batches.get("acme", record.id).status == BatchStatus.COMPLETED
+    fcfs = make_context(DROPBATCH_SCHEDULING_POLICY="fcfs")
+    submit(fcfs, "j2", 3)
+    plain = Recording(fcfs.store, fcfs.settings)
+    Runner(fcfs, plain).run_once()
+    assert {c.priority_step for c in plain.seen[0]} == {0}
+
+
+def test_a_small_batch_closes_while_the_big_one_of_its_group_still_runs(
+    make_context, make_tenant, make_jsonl, drop_job, submit
+) -> None:
+    ctx = make_context(DROPBATCH_CHUNK_LINES=5)
+    small = submit(ctx, "small", 3)  # acme, enterprise
+    _, key = make_tenant(ctx, "zed", "free")
+    big = admit_manifest(ctx, drop_job(ctx, "zed", "big", make_jsonl(40), key=key).ref)
+    assert big is not None
+    seen: list[str] = []
+    small_status_after_its_lines: list[BatchStatus] = []
+
+    def each(i: int) -> None:
+        if seen.count(small.id) == 3 and not small_status_after_its_lines:
+            small_status_after_its_lines.append(ctx.batches.get("acme", small.id).status)
+
+    class Watching(Wrapped):
+        def run(self, chunks):
+            for result in super().run(chunks):
+                seen.append(result.batch_id)
+                yield result
+
+    Runner(ctx, Watching(EchoEngine(ctx.store, ctx.settings), each), progress_seconds=0).run_once()
+    # Both tenants start at the same virtual time: the small batch never waits for all 40 lines.
+    assert seen.index(small.id) < 10
+    assert small_status_after_its_lines == [BatchStatus.COMPLETED]  # closed before the big batch's last line
+    assert seen.count(big.id) == 40 and seen[-1] == big.id
+    assert ctx.batches.get("zed", big.id).status == BatchStatus.COMPLETED
+    assert list(ctx.queue.entries()) == []
+
+
+def test_a_slot_kept_for_small_jobs_leaves_big_batches_queued(make_context, submit) -> None:
+    ctx = make_context(DROPBATCH_SMALL_BATCH_LINES=10)
+    big = submit(ctx, "big", 30)
+    small = submit(ctx, "small", 5)
+    runner = Runner(ctx, EchoEngine(ctx.store, ctx.settings))
+    group = runner.claim_group(largest=ctx.settings.limits.small_batch_lines)
+    assert [c.record.id for c in group] == [small.id]
+    runner.run_group(group)
+    assert [e.batch_id for e in ctx.queue.entries()] == [big.id]

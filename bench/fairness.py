@@ -1,0 +1,149 @@
+"""Benchmark: a small job from tenant B behind a big job from tenant A, fair share against first come first served.
+
+    python bench/fairness.py [--a-lines 20000] [--b-lines 50] [--policies priority,fcfs] [--out bench/out]
+
+For each scheduling policy (``DROPBATCH_SCHEDULING_POLICY``; ``priority`` is dropbatch's
+default, ``fcfs`` is vLLM's first come first served, the behaviour before issue 12) one
+`dropbatch up` stack (bench/vs_run_batch.py's ``Stack``: embedded moto S3, watcher, runner,
+gateway, the tiny model on the warm engine) runs, in this order:
+
+1. B's job alone on the idle system: upload → every result in the outbox;
+2. A's job alone: its lines per second (upload → done);
+3. A's job, and B's job uploaded right after it: B's latency, and A's lines per second
+   with B beside it.
+
+Both tenants are ``enterprise`` (equal weights: the least B can get); quotas are raised by
+setting. Every job's prompts carry a run tag, so no job is answered from the outbox.
+The issue's goal: B within 2× its idle latency, A's throughput down by no more than B's
+share of the lines. Prints a table, writes ``fairness.json`` and ``fairness.png`` to
+``--out`` (and the plot to ``docs/`` with ``--docs``). Not a test: figures vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vs_run_batch import MODEL_DIR, REPO, Stack, requests, save_report  # noqa: E402
+
+QUOTAS = "free=10000000,basic=10000000,premium=10000000,enterprise=10000000"
+
+
+def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict]:
+    """Upload → done seconds, and where they went."""
+    began, uploaded = time.perf_counter(), time.time()
+    record = stack.wait(stack.submit(tenant, job, lines))
+    if record.request_counts.completed != len(lines):
+        raise SystemExit(f"{job}: {record.status.value}, {record.request_counts}")
+    return time.perf_counter() - began, stages(record, uploaded)
+
+
+def stages(record, uploaded: float) -> dict:
+    """Where a job's time went, from its record's own stamps (whole seconds)."""
+    return {"intake_s": record.created_at - uploaded,
+            "admission_s": (record.in_progress_at or record.created_at) - record.created_at,
+            "queue_and_run_s": (record.completed_at or 0) - (record.in_progress_at or record.created_at)}
+
+
+def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
+    """A's big job, then B's small one right after: B's latency, A's seconds."""
+    began = time.perf_counter()
+    a_ref = stack.submit(f"{run}-a", f"{run}-a-both", requests(a_lines, f"{run}-a-both"))
+    time.sleep(1.0)  # "right after": A is admitted and running when B arrives
+    b_began, b_uploaded = time.perf_counter(), time.time()
+    b_ref = stack.submit(f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
+    b_record = stack.wait(b_ref)
+    b_seconds = time.perf_counter() - b_began
+    a_record = stack.wait(a_ref)
+    a_seconds = time.perf_counter() - began
+    for record, n in ((a_record, a_lines), (b_record, b_lines)):
+        if record.request_counts.completed != n:
+            raise SystemExit(f"{record.id}: {record.status.value}, {record.request_counts}")
+    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_stages": stages(b_record, b_uploaded)}
+
+
+def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) -> dict:
+    run = f"fair-{policy}-{int(time.time())}"
+    stack = Stack(work / f"home-{policy}", endpoint,
+                  {"DROPBATCH_SCHEDULING_POLICY": policy, "DROPBATCH_TIER_QUOTAS": QUOTAS,
+                   "DROPBATCH_MAX_FILE_LINES": str(max(a_lines, 50_000))})
+    try:
+        timed(stack, f"{run}-w", f"{run}-warm", requests(8, f"{run}-warm"))  # the first job pays Ray Data's warm-up
+        idle, idle_stages = timed(stack, f"{run}-b", f"{run}-b-idle", requests(b_lines, f"{run}-b-idle"))
+        alone, _ = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
+        both = contended(stack, run, a_lines, b_lines)
+    finally:
+        stack.close()
+    return {
+        "policy": policy, "a_lines": a_lines, "b_lines": b_lines,
+        "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
+        "a_alone_lines_per_s": a_lines / alone, "a_with_b_lines_per_s": a_lines / both["a_seconds"],
+        "a_drop": 1 - alone / both["a_seconds"], "b_share": b_lines / (a_lines + b_lines),
+        "b_idle_stages": idle_stages, "b_behind_a_stages": both["b_stages"],
+    }
+
+
+def report(results: list[dict], out: Path, docs: bool) -> None:
+    print("\n| policy | B alone (idle) | B right after A | B slowdown (goal ≤ 2×) | A alone | A with B | "
+          "A's drop (goal ≤ B's share) |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['policy']} | {r['b_idle_s']:.1f} s | {r['b_behind_a_s']:.1f} s | {r['b_slowdown']:.2f}× | "
+              f"{r['a_alone_lines_per_s']:.0f} lines/s | {r['a_with_b_lines_per_s']:.0f} lines/s | "
+              f"{r['a_drop'] * 100:+.1f}% (B's share {r['b_share'] * 100:.2f}%) |")
+    print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise. "
+          "Where B's time went (record stamps, whole seconds):")
+    for r in results:
+        for when in ("idle", "behind_a"):
+            st = r[f"b_{when}_stages"]
+            print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: upload → record {st['intake_s']:.1f} s, "
+                  f"admission {st['admission_s']} s, in_progress → completed {st['queue_and_run_s']} s")
+    save_report("fairness", results, figure(results), out, docs)
+
+
+def figure(results: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
+    names = [r["policy"] for r in results]
+    x = range(len(results))
+    left.bar([i - 0.2 for i in x], [r["b_idle_s"] for r in results], 0.4, label="B alone", color="#888")
+    left.bar([i + 0.2 for i in x], [r["b_behind_a_s"] for r in results], 0.4, label="B right after A", color="#2a7")
+    left.set_xticks(list(x), names)
+    left.set_title(f"B's {results[0]['b_lines']}-line job: s")
+    left.legend(fontsize=8)
+    right.bar([i - 0.2 for i in x], [r["a_alone_lines_per_s"] for r in results], 0.4, label="A alone", color="#888")
+    right.bar([i + 0.2 for i in x], [r["a_with_b_lines_per_s"] for r in results], 0.4, label="A with B",
+              color="#2a7")
+    right.set_xticks(list(x), names)
+    right.set_title(f"A's {results[0]['a_lines']}-line job: lines/s")
+    right.legend(fontsize=8)
+    return fig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a-lines", type=int, default=20_000)
+    parser.add_argument("--b-lines", type=int, default=50)
+    parser.add_argument("--policies", default="priority,fcfs")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    parser.add_argument("--docs", action="store_true", help="also write the plot to docs/fairness.png")
+    args = parser.parse_args()
+    from dropbatch.emulator import moto_server
+    from dropbatch.engine.tinymodel import build_tiny_model
+
+    build_tiny_model(MODEL_DIR)
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
+        results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines)
+                   for policy in args.policies.split(",")]
+    report(results, args.out, args.docs)
+
+
+if __name__ == "__main__":
+    main()
