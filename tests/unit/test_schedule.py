@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FakeClock
 from test_fields import CHAT, COMPLETIONS, EMBEDDINGS, refused
 from test_warm_engine_parts import chunk
 
@@ -37,8 +36,8 @@ def serve(fair: FairShare, chunks: list[WorkChunk], lines: int) -> None:
         fair.served(chunks[0], done)
 
 
-def test_a_newcomer_shares_the_engine_at_once_by_tier_weight():
-    clock = FakeClock(1000)
+def test_a_newcomer_shares_the_engine_at_once_by_tier_weight(make_clock):
+    clock = make_clock(1000)
     fair = FairShare(WEIGHTS, margin_seconds=0, clock=clock)
     big = fair.stamp([work("a", 500, i) for i in range(40)], {"a": Demand("tenant-a", "basic", FAR, 20_000)})
     serve(fair, big, 100)  # the engine is 100 lines into A's 20,000
@@ -50,8 +49,8 @@ def test_a_newcomer_shares_the_engine_at_once_by_tier_weight():
     assert 24 <= upcoming[:75].count("a") <= 25
 
 
-def test_equal_tiers_alternate_and_a_heavier_tier_gets_its_multiple():
-    fair = FairShare(WEIGHTS, margin_seconds=0, clock=FakeClock())
+def test_equal_tiers_alternate_and_a_heavier_tier_gets_its_multiple(make_clock):
+    fair = FairShare(WEIGHTS, margin_seconds=0, clock=make_clock())
     chunks = fair.stamp([work("a", 400), work("b", 400), work("c", 400)],
                         {"a": Demand("ta", "free", FAR, 400), "b": Demand("tb", "free", FAR, 400),
                          "c": Demand("tc", "enterprise", FAR, 400)})
@@ -60,8 +59,8 @@ def test_equal_tiers_alternate_and_a_heavier_tier_gets_its_multiple():
     assert abs(first.count("a") - first.count("b")) <= 1  # the two free tenants alternate
 
 
-def test_idle_time_earns_no_credit():
-    fair = FairShare(WEIGHTS, margin_seconds=0, clock=FakeClock())
+def test_idle_time_earns_no_credit(make_clock):
+    fair = FairShare(WEIGHTS, margin_seconds=0, clock=make_clock())
     fair.stamp([work("b1", 10)], {"b1": Demand("tb", "basic", FAR, 10)})
     a = fair.stamp([work("a", 1000)], {"a": Demand("ta", "basic", FAR, 1000)})
     serve(fair, a, 600)  # B was idle while 600 of A's lines ran
@@ -72,15 +71,15 @@ def test_idle_time_earns_no_credit():
     assert upcoming[:20].count("b2") == 10
 
 
-def test_a_tenants_next_pass_queues_behind_its_own_earlier_work():
-    fair = FairShare(WEIGHTS, margin_seconds=0, clock=FakeClock())
+def test_a_tenants_next_pass_queues_behind_its_own_earlier_work(make_clock):
+    fair = FairShare(WEIGHTS, margin_seconds=0, clock=make_clock())
     first = fair.stamp([work("a1", 100)], {"a1": Demand("ta", "premium", FAR, 100)})
     second = fair.stamp([work("a2", 100)], {"a2": Demand("ta", "premium", FAR, 100)})
     assert second[0].priority == first[0].priority + 100 * (STRIDE // 4)
 
 
-def test_a_deadline_at_risk_goes_first_earliest_deadline_first():
-    clock = FakeClock(10_000)
+def test_a_deadline_at_risk_goes_first_earliest_deadline_first(make_clock):
+    clock = make_clock(10_000)
     fair = FairShare(WEIGHTS, margin_seconds=60, clock=clock)
     warm = fair.stamp([work("w", 100)], {"w": Demand("tw", "free", FAR, 100)})
     for done in range(1, 101):  # 100 lines over 10 s: 10 lines/s measured
@@ -107,8 +106,8 @@ def test_a_deadline_at_risk_goes_first_earliest_deadline_first():
     assert late.urgent_at == demands["late"].deadline - 60 - 100
 
 
-def test_without_a_measured_throughput_only_the_margin_counts():
-    clock = FakeClock(5000)
+def test_without_a_measured_throughput_only_the_margin_counts(make_clock):
+    clock = make_clock(5000)
     fair = FairShare(WEIGHTS, margin_seconds=30, clock=clock)
     assert fair.throughput() is None
     [stamped] = fair.stamp([work("a", 10)], {"a": Demand("ta", "basic", 5100, 10)})

@@ -118,16 +118,8 @@ def test_tool_call_and_responses_ids_are_derived_not_drawn():
     assert answer["id"].startswith("resp_") and answer["created_at"] == 1_700_000_000
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_replicas_grow_with_queued_lines_at_once_and_shrink_only_after_a_quiet_spell():
-    clock = FakeClock()
+def test_replicas_grow_with_queued_lines_at_once_and_shrink_only_after_a_quiet_spell(make_clock):
+    clock = make_clock(0)
     plan = ReplicaPlan(1, 3, 1000, 60.0, clock=clock)
     assert plan.want(0, 1) == 1
     assert plan.want(1001, 1) == 2  # more than one replica's share queued: grow now
