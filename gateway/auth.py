@@ -190,7 +190,13 @@ class TokenAuth:
             return record
 
     async def authenticate(self, request: Request) -> Principal:
-        return await run_in_threadpool(self.authenticate_sync, bearer(request), client_address(request))
+        """A cached usable token is answered on the event loop; a lookup in S3 goes through a thread."""
+        token = bearer(request)
+        if token is not None:
+            record = self._cached(token)
+            if record is not None and record.usable(int(self.tokens.clock())):
+                return Principal(tenant=record.tenant, token_id=record.id, tier=record.tier)
+        return await run_in_threadpool(self.authenticate_sync, token, client_address(request))
 
 
 def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> None:
