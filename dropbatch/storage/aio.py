@@ -14,7 +14,6 @@ awaited through a worker thread by ``ThreadedObjectStore``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from functools import partial
@@ -36,7 +35,16 @@ from dropbatch.storage.errors import (
     retry_pause,
     translate,
 )
-from dropbatch.storage.s3 import S3ObjectStore, client_options
+from dropbatch.storage.s3 import (
+    S3ObjectStore,
+    client_options,
+    head_info,
+    list_request,
+    listed_info,
+    plain_etag,
+    put_request,
+    range_request,
+)
 
 T = TypeVar("T")
 
@@ -77,13 +85,7 @@ class AsyncS3ObjectStore:
             resp = await (await self._s3()).head_object(Bucket=bucket, Key=key)
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=bucket, key=key) from exc
-        return ObjectInfo(
-            key=key,
-            size=resp["ContentLength"],
-            etag=resp["ETag"],
-            last_modified=resp["LastModified"].timestamp(),
-            metadata=resp.get("Metadata", {}),
-        )
+        return head_info(key, resp)
 
     async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
         attempt = 0
@@ -113,11 +115,8 @@ class AsyncS3ObjectStore:
             return
         offset, etag, attempt = start, None, 0
         while True:
-            kwargs = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
-            if etag is not None:
-                kwargs["IfMatch"] = etag  # resume only on the very object this read started on
             try:
-                resp = await (await self._s3()).get_object(**kwargs)
+                resp = await (await self._s3()).get_object(**range_request(bucket, key, offset, end, etag))
                 etag = etag or resp["ETag"]
                 async with resp["Body"] as body:
                     while chunk := await body.read(chunk_size):
@@ -148,19 +147,13 @@ class AsyncS3ObjectStore:
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
     ) -> str:
-        kwargs: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kwargs["IfMatch"] = if_match
-        if metadata:
-            kwargs["Metadata"] = metadata
+        request = put_request(bucket, key, data, if_none_match, if_match, content_type, metadata)
         try:
-            return (await (await self._s3()).put_object(**kwargs))["ETag"]
+            return (await (await self._s3()).put_object(**request))["ETag"]
         except AWS_ERRORS as exc:
             if (if_none_match or if_match is not None) and retried_precondition(exc):
                 # botocore re-sent a write whose answer was lost; the 412 may be that write itself.
-                mine = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+                mine = plain_etag(data)
                 try:
                     if (await self.head(bucket, key)).etag == mine:
                         return mine
@@ -172,18 +165,11 @@ class AsyncS3ObjectStore:
     async def list(
         self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
     ) -> AsyncIterator[ObjectInfo]:
-        kwargs: dict = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": page_size}}
-        if start_after:
-            kwargs["StartAfter"] = start_after
+        request = list_request(bucket, prefix, start_after, page_size)
         try:
-            async for page in (await self._s3()).get_paginator("list_objects_v2").paginate(**kwargs):
+            async for page in (await self._s3()).get_paginator("list_objects_v2").paginate(**request):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(
-                        key=item["Key"],
-                        size=item["Size"],
-                        etag=item["ETag"],
-                        last_modified=item["LastModified"].timestamp(),
-                    )
+                    yield listed_info(item)
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=bucket, key=prefix) from exc
 

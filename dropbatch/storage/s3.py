@@ -53,13 +53,7 @@ class S3ObjectStore:
             resp = self._client().head_object(Bucket=bucket, Key=key)
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=bucket, key=key) from exc
-        return ObjectInfo(
-            key=key,
-            size=resp["ContentLength"],
-            etag=resp["ETag"],
-            last_modified=resp["LastModified"].timestamp(),
-            metadata=resp.get("Metadata", {}),
-        )
+        return head_info(key, resp)
 
     def get(self, bucket: str, key: str) -> tuple[bytes, str]:
         attempt = 0
@@ -88,11 +82,8 @@ class S3ObjectStore:
             return
         offset, etag, attempt = start, None, 0
         while True:
-            kwargs = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
-            if etag is not None:
-                kwargs["IfMatch"] = etag  # resume only on the very object this read started on
             try:
-                resp = self._client().get_object(**kwargs)
+                resp = self._client().get_object(**range_request(bucket, key, offset, end, etag))
                 etag = etag or resp["ETag"]
                 body = resp["Body"]
                 while chunk := body.read(chunk_size):
@@ -123,19 +114,13 @@ class S3ObjectStore:
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
     ) -> str:
-        kwargs: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kwargs["IfMatch"] = if_match
-        if metadata:
-            kwargs["Metadata"] = metadata
+        request = put_request(bucket, key, data, if_none_match, if_match, content_type, metadata)
         try:
-            return self._client().put_object(**kwargs)["ETag"]
+            return self._client().put_object(**request)["ETag"]
         except AWS_ERRORS as exc:
             if (if_none_match or if_match is not None) and retried_precondition(exc):
                 # botocore re-sent a write whose answer was lost; the 412 may be that write itself.
-                mine = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+                mine = plain_etag(data)
                 try:
                     if self.head(bucket, key).etag == mine:
                         return mine
@@ -203,18 +188,12 @@ class S3ObjectStore:
             pass  # the bucket lifecycle rule cleans up incomplete uploads
 
     def list(self, bucket: str, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        kwargs: dict = {"Bucket": bucket, "Prefix": prefix}
-        if start_after:
-            kwargs["StartAfter"] = start_after
         try:
-            for page in self._client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for page in (
+                self._client().get_paginator("list_objects_v2").paginate(**list_request(bucket, prefix, start_after))
+            ):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(
-                        key=item["Key"],
-                        size=item["Size"],
-                        etag=item["ETag"],
-                        last_modified=item["LastModified"].timestamp(),
-                    )
+                    yield listed_info(item)
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=bucket, key=prefix) from exc
 
@@ -237,6 +216,64 @@ class S3ObjectStore:
             return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=dest_bucket, key=dest_key) from exc
+
+
+def put_request(
+    bucket: str,
+    key: str,
+    data: bytes,
+    if_none_match: bool,
+    if_match: str | None,
+    content_type: str,
+    metadata: dict[str, str] | None,
+) -> dict:
+    """PutObject's arguments, conditional (``If-None-Match: *`` / ``If-Match``) as asked."""
+    request: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
+    if if_none_match:
+        request["IfNoneMatch"] = "*"
+    if if_match is not None:
+        request["IfMatch"] = if_match
+    if metadata:
+        request["Metadata"] = metadata
+    return request
+
+
+def range_request(bucket: str, key: str, offset: int, end: int | None, etag: str | None) -> dict:
+    """GetObject's arguments for ``[offset, end)``; with ``etag``, only from that very version (a resumed read)."""
+    request = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
+    if etag is not None:
+        request["IfMatch"] = etag
+    return request
+
+
+def list_request(bucket: str, prefix: str, start_after: str | None, page_size: int | None = None) -> dict:
+    request: dict = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        request["StartAfter"] = start_after
+    if page_size is not None:
+        request["PaginationConfig"] = {"PageSize": page_size}
+    return request
+
+
+def head_info(key: str, resp: dict) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=resp["ContentLength"],
+        etag=resp["ETag"],
+        last_modified=resp["LastModified"].timestamp(),
+        metadata=resp.get("Metadata", {}),
+    )
+
+
+def listed_info(item: dict) -> ObjectInfo:
+    return ObjectInfo(
+        key=item["Key"], size=item["Size"], etag=item["ETag"], last_modified=item["LastModified"].timestamp()
+    )
+
+
+def plain_etag(data: bytes) -> str:
+    """The ETag S3 gives a single-part upload of ``data`` (its quoted MD5)."""
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
 def client_options(settings: StorageSettings) -> tuple[dict, dict]:
@@ -268,4 +305,3 @@ def call_aws(fn, *args, what: str, **kwargs):
         return fn(*args, **kwargs)
     except AWS_ERRORS as exc:
         raise translate(exc, bucket=what, key="") from exc
-
