@@ -20,7 +20,9 @@ intended ones, counted apart. Any other error is a failure (exit code 1).
 The baseline runs in the same run: a direct S3 GET of one batch record (the
 object ``GET /v1/batches/{id}`` reads) in a loop beside the load, and the same
 GETs on the idle server before it starts. The gateway's RSS (all its
-processes) is sampled every second.
+processes) is sampled every second, and the CPU time the gateway and the moto
+server spent during the load is divided by the gateway requests served: the
+cost of a request, which says what a machine that is not shared would sustain.
 
 Prints a table (p50/p99 per operation, req/s, 429s, errors), the goals of
 issue 13 checked against it, and writes ``gateway_load.{json,png}`` to ``--out``
@@ -129,6 +131,38 @@ class RssSampler(threading.Thread):
         started = time.monotonic()
         while not self.stopped.wait(1.0):
             self.samples.append((time.monotonic() - started, self.rss_mb()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def moto_pid() -> int | None:
+    """The moto server this script started (a child of this process), if any."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "moto.server" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            pass
+    return None
 
 
 class DirectProbe(threading.Thread):
@@ -368,6 +402,12 @@ def print_table(result: dict) -> None:
         f"S3: {result['s3']}; gateway RSS {rss['start']:.0f} MB at start, {rss['end']:.0f} MB at end "
         f"(max {rss['max']:.0f} MB)\n"
     )
+    cpu = result["cpu_ms_per_request"]
+    s3_cpu = "" if cpu["s3_server"] is None else f", the S3 server {cpu['s3_server']:.1f} ms"
+    print(
+        f"CPU per gateway request: the gateway {cpu['gateway']:.1f} ms{s3_cpu} "
+        f"(load average {result['load_average'][0]:.1f} on {os.cpu_count()} cores)\n"
+    )
     for goal, (met, value) in result["goals"].items():
         print(f"  [{'met' if met else 'MISSED'}] {goal}: {value}")
 
@@ -486,8 +526,12 @@ def bench(args: argparse.Namespace) -> int:
             ]
             time.sleep(max(0.0, start - time.time()))
             rss_start = rss.rss_mb()
+            s3_pid = moto_pid()
+            cpu_start = (cpu_seconds(gateway.pid), cpu_seconds(s3_pid) if s3_pid else 0.0)
             probe = DirectProbe(settings.storage, settings.storage.control_bucket, key, until)
             probe.start()
+            time.sleep(max(0.0, until - time.time()))
+            cpu_end = (cpu_seconds(gateway.pid), cpu_seconds(s3_pid) if s3_pid else 0.0)
             parts = [future.result() for future in futures]
         probe.join()
         rss_end = rss.rss_mb()
@@ -516,6 +560,12 @@ def bench(args: argparse.Namespace) -> int:
         "error_samples": stats.samples,
         "rss_mb": {"start": rss_start, "end": rss_end, "max": max((mb for _, mb in rss.samples), default=rss_end)},
         "rss_timeline": rss.samples,
+        "cpu_ms_per_request": {
+            "gateway": (cpu_end[0] - cpu_start[0]) * 1000 / max(1, gateway_ok),
+            "s3_server": (cpu_end[1] - cpu_start[1]) * 1000 / max(1, gateway_ok) if s3_pid else None,
+        },
+        "cpu_seconds": {"gateway": cpu_end[0] - cpu_start[0], "s3_server": cpu_end[1] - cpu_start[1]},
+        "load_average": os.getloadavg(),
     }
     result["goals"] = goals(result)
     print_table(result)
