@@ -10,6 +10,7 @@ not one per record.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import TypeVar
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
 from dropbatch.records import (
+    Clock,
     audit_entry,
     batch_not_found,
     conflict_pause,
@@ -164,13 +166,23 @@ class AsyncBatchStore:
 
 
 class AsyncFileStore:
-    """The gateway's reads and deletes of file records (``FileStore`` awaited)."""
+    """The gateway's reads and deletes of file records (``FileStore`` awaited).
 
-    def __init__(self, records: AsyncRecords) -> None:
+    A file past its ``expires_at`` is gone for this reader (404, not listed).
+    """
+
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
         self.records = records
+        self.clock = clock
+
+    async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
+        record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        if record is None or (record.expires_at is not None and self.clock() >= record.expires_at):
+            return None
+        return record
 
     async def get(self, tenant: str, file_id: str) -> FileRecord:
-        record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        record = await self._load(tenant, file_id)
         if record is None:
             raise file_not_found(file_id)
         return record
@@ -200,7 +212,7 @@ class AsyncFileStore:
             self.records,
             ControlKeys.file_index_prefix(tenant),
             anchor=anchor,
-            load=lambda file_id: self.records.get(ControlKeys.file(tenant, file_id), FileRecord),
+            load=lambda file_id: self._load(tenant, file_id),
             limit=limit,
             newest_first=newest_first,
             keep=(lambda record: record.purpose == purpose) if purpose is not None else None,

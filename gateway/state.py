@@ -41,7 +41,7 @@ class Gateway:
         pool = self.settings.service.gateway_s3_pool
         self.records = AsyncRecords(self.store, self.settings.storage.control_bucket, concurrency=pool)
         self.batches = AsyncBatchStore(self.records)
-        self.files = AsyncFileStore(self.records)
+        self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
 
 
 def gateway_of(request: Request) -> Gateway:

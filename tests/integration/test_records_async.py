@@ -137,6 +137,12 @@ def test_filtered_file_pages_in_both_orders_match_the_sync_kernel(make_context) 
             with pytest.raises(NotFound):
                 await files.get("acme", "file-001")
             assert "file-001" not in [f.id for f in (await files.list("acme", limit=100))[0]]
+
+            expired = upload(50).model_copy(update={"id": "file-050", "expires_at": 1})  # long past
+            ctx.files.create(expired)
+            with pytest.raises(NotFound):
+                await files.get("acme", "file-050")  # an expired file is gone for the gateway at once
+            assert "file-050" not in [f.id for f in (await files.list("acme", limit=100))[0]]
         finally:
             await inner.close()
 
