@@ -28,6 +28,19 @@ def dump(model: BaseModel) -> bytes:
     return model.model_dump_json(exclude_none=False).encode("utf-8")
 
 
+def conflict_pause(attempt: int) -> float:
+    """Seconds before re-reading a record another writer changed under us (jittered, growing to 1 s)."""
+    return min(0.05 * 2**attempt, 1.0) * (0.5 + secrets.randbelow(1000) / 1000)
+
+
+def batch_not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+
+
+def file_not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="file_id")
+
+
 class Records:
     """Typed JSON documents in one bucket with create-once and compare-and-swap."""
 
@@ -69,7 +82,7 @@ class Records:
                 self.store.put(self.bucket, key, after, if_match=etag, content_type="application/json")
                 return record
             except StaleWrite:
-                time.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + secrets.randbelow(1000) / 1000))
+                time.sleep(conflict_pause(attempt))
         raise StorageError(f"s3://{self.bucket}/{key}: gave up after {attempts} conflicting writes")
 
     def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
@@ -93,14 +106,14 @@ class BatchStore:
     def get(self, tenant: str, batch_id: str) -> BatchRecord:
         record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
         if record is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+            raise batch_not_found(batch_id)
         return record
 
     def update(self, tenant: str, batch_id: str, mutate: Callable[[BatchRecord], None]) -> BatchRecord:
         try:
             return self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, mutate)
         except ObjectNotFound:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id") from None
+            raise batch_not_found(batch_id) from None
 
     def point_job(self, ref: JobRef, batch_id: str) -> None:
         """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
@@ -198,7 +211,7 @@ class FileStore:
     def get(self, tenant: str, file_id: str) -> FileRecord:
         record = self._live(self.records.get(ControlKeys.file(tenant, file_id), FileRecord))
         if record is None:
-            raise NotFound(f"No such File object: {file_id}", param="file_id")
+            raise file_not_found(file_id)
         return record
 
     def delete(self, tenant: str, file_id: str) -> FileRecord:
@@ -265,17 +278,29 @@ def page_index(
     if newest_first:  # the index's key order
         keys: Iterable[str] = records.list_keys(prefix, start_after=anchor)
     else:
-        ordered = list(records.list_keys(prefix))[::-1]
-        keys = ordered[ordered.index(anchor) + 1 :] if anchor in ordered else ordered
+        keys = oldest_first(list(records.list_keys(prefix)), anchor)
     page: list[M] = []
     for key in keys:
-        record = load(indexed_id(key))
+        if take(page, [load(indexed_id(key))], limit=limit, keep=keep):
+            return page, True
+    return page, False
+
+
+def oldest_first(index_keys: list[str], anchor: str | None) -> list[str]:
+    """Index keys (newest first) turned oldest first, starting after ``anchor``."""
+    ordered = index_keys[::-1]
+    return ordered[ordered.index(anchor) + 1 :] if anchor in ordered else ordered
+
+
+def take(page: list[M], loaded: Iterable[M | None], *, limit: int, keep: Callable[[M], bool] | None) -> bool:
+    """Add ``loaded`` records to ``page`` (skipping missing and unkept ones); True once one more than ``limit`` is found."""
+    for record in loaded:
         if record is None or (keep is not None and not keep(record)):
             continue
         if len(page) == limit:
-            return page, True
+            return True
         page.append(record)
-    return page, False
+    return False
 
 
 def indexed_id(index_key: str) -> str:
@@ -290,6 +315,10 @@ def indexed_created_at(index_key: str) -> int:
 
 def audit(records: Records, event: str, *, now: float, **fields: object) -> None:
     """Append one event to the control bucket's audit log (never secrets)."""
-    event_id = secrets.token_hex(6)
+    records.store.put(records.bucket, *audit_entry(event, now=now, **fields), if_none_match=True)
+
+
+def audit_entry(event: str, *, now: float, **fields: object) -> tuple[str, bytes]:
+    """The key and body of one audit log event."""
     body = json.dumps({"event": event, "at": now, **fields}, sort_keys=True, default=str).encode()
-    records.store.put(records.bucket, ControlKeys.audit(now, event_id), body, if_none_match=True)
+    return ControlKeys.audit(now, secrets.token_hex(6)), body

@@ -289,6 +289,16 @@ class ServiceSettings(_Frozen):
     home: Path = Field(Path(".dropbatch"), description="Local state: built model, logs.")
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     gateway_port: int = Field(8000, description="Port the gateway listens on (/v1, /health, /ready, /metrics).")
+    gateway_workers: int = Field(
+        1,
+        ge=1,
+        description="Gateway worker processes sharing the port; rate limits are per process, so each allows its own.",
+    )
+    gateway_s3_pool: int = Field(
+        64,
+        ge=1,
+        description="S3 connections each gateway process keeps; also how many record reads one page makes at once.",
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the watcher's and runner's /metrics, /health, /ready bind to."
     )
@@ -542,6 +552,8 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_HOME": ("service", "home", Path, ()),
     "DROPBATCH_GATEWAY_HOST": ("service", "gateway_host", str, ()),
     "DROPBATCH_GATEWAY_PORT": ("service", "gateway_port", int, ()),
+    "DROPBATCH_GATEWAY_WORKERS": ("service", "gateway_workers", int, ()),
+    "DROPBATCH_GATEWAY_S3_POOL": ("service", "gateway_s3_pool", int, ()),
     "DROPBATCH_METRICS_HOST": ("service", "metrics_host", str, ()),
     "DROPBATCH_WATCHER_PORT": ("service", "watcher_port", int, ()),
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),

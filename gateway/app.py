@@ -7,6 +7,13 @@ same records and outbox objects. All state is in S3, so replicas are stateless
 (save the per-replica rate-limit buckets, a token cache of at most 2 s and
 an unknown-token cache of at most 5 s).
 
+Each process keeps one aiobotocore client (``DROPBATCH_GATEWAY_S3_POOL``
+connections) that the polled routes await on the event loop; it is closed at
+shutdown. ``DROPBATCH_GATEWAY_WORKERS`` > 1 runs that many worker processes on
+one port (uvicorn's supervisor); each builds its app with ``worker_app()`` from
+the same environment, and each is a replica: its own rate limits, token cache
+and /metrics registry.
+
     create_app(settings, ctx=...)  the ASGI app (tests pass their own Context); /metrics for Prometheus
     serve(settings)                uvicorn on DROPBATCH_GATEWAY_HOST:PORT (default 127.0.0.1:8000)
 """
@@ -14,7 +21,9 @@ an unknown-token cache of at most 5 s).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,8 +32,10 @@ from starlette.middleware import Middleware
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
+from dropbatch.observability.logging import configure_logging
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
+from dropbatch.storage.aio import async_twin
 from gateway import admin, batches, compat, files, health, jobs, metrics, models, openapi, validation
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
 from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
@@ -54,8 +65,18 @@ def create_app(
     ctx = ctx or Context.from_settings(settings)
     tokens = ctx.tokens
     registry = Metrics("gateway")
+    store = async_twin(ctx.store, settings.storage, pool_size=settings.service.gateway_s3_pool)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await store.close()
+
     app = Starlette(
         routes=[route for module in ROUTE_MODULES for route in module.ROUTES],
+        lifespan=lifespan,
         middleware=[Middleware(HttpMetrics, metrics=registry)],
         exception_handlers={
             DropbatchError: handle_dropbatch_error,
@@ -70,20 +91,32 @@ def create_app(
         auth=TokenAuth(tokens, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
+        store=store,
     )
     return app
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process when ``DROPBATCH_GATEWAY_WORKERS`` > 1 (uvicorn imports it by name)."""
+    settings = Settings.from_env(os.environ)  # a worker process is an entrypoint of its own
+    configure_logging("gateway", settings.service.log_level)
+    return create_app(settings)
 
 
 def serve(settings: Settings) -> None:
     """Serve until stopped (SIGINT/SIGTERM), on the configured host and port."""
     service = settings.service
-    config = uvicorn.Config(
-        create_app(settings),
-        host=service.gateway_host,
-        port=service.gateway_port,
-        log_config=None,  # keep the JSON logging `dropbatch` configured
-        log_level=service.log_level.lower(),
-        access_log=False,
-    )
-    log.info("gateway listening", extra={"url": f"http://{service.gateway_host}:{service.gateway_port}"})
-    uvicorn.Server(config).run()
+    options = {
+        "host": service.gateway_host,
+        "port": service.gateway_port,
+        "log_config": None,  # keep the JSON logging `dropbatch` configured
+        "log_level": service.log_level.lower(),
+        "access_log": False,
+    }
+    url = f"http://{service.gateway_host}:{service.gateway_port}"
+    log.info("gateway listening", extra={"url": url, "workers": service.gateway_workers})
+    if service.gateway_workers > 1:
+        # Worker processes build their own app (and S3 client) from the environment, by import name.
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=service.gateway_workers, **options)
+        return
+    uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()

@@ -108,9 +108,14 @@ class TokenAuth:
             if hit is None:
                 return None
             if self.monotonic() - hit[0] >= self.cache_seconds:
-                del self._cache[token]
-                return None
+                return None  # kept (stale) until replaced: ``_was_good`` still knows it
             return hit[1]
+
+    def _was_good(self, token: str, now: int) -> bool:
+        """True if this replica's last lookup of ``token``, however stale, found it usable."""
+        with self._lock:
+            hit = self._cache.get(token)
+        return hit is not None and hit[1].usable(now)
 
     def _remember(self, token: str, record: TokenRecord) -> None:
         if self.cache_seconds <= 0:
@@ -172,9 +177,13 @@ class TokenAuth:
         now = int(self.tokens.clock())
         record = self._cached(token)
         if record is None:
-            self.attempts.spend(address)  # before any S3 read; given back below if the token is good
+            # Re-checking a token this replica found good costs no attempt: many clients behind one
+            # address (a NAT, a load balancer) re-check theirs every cache period, all at once.
+            spent = not self._was_good(token, now)
+            if spent:
+                self.attempts.spend(address)  # before any S3 read; given back below if the token is good
             record = self.resolve(token)
-            if record is not None and record.usable(now):
+            if spent and record is not None and record.usable(now):
                 self.attempts.refund(address)
         elif not record.usable(now):
             self.attempts.spend(address)
@@ -190,7 +199,13 @@ class TokenAuth:
             return record
 
     async def authenticate(self, request: Request) -> Principal:
-        return await run_in_threadpool(self.authenticate_sync, bearer(request), client_address(request))
+        """A cached usable token is answered on the event loop; a lookup in S3 goes through a thread."""
+        token = bearer(request)
+        if token is not None:
+            record = self._cached(token)
+            if record is not None and record.usable(int(self.tokens.clock())):
+                return Principal(tenant=record.tenant, token_id=record.id, tier=record.tier)
+        return await run_in_threadpool(self.authenticate_sync, token, client_address(request))
 
 
 def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> None:

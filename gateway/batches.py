@@ -17,13 +17,12 @@ from starlette.routing import Route
 
 from dropbatch.context import Context
 from dropbatch.models import BatchRecord, BatchStatus
-from dropbatch.records import audit
 from gateway import compat
 from gateway.auth import Principal, tenant_route
 from gateway.files import list_envelope
 from gateway.params import json_object, path_id, query_cursor, query_int, validate
 from gateway.schemas import BatchCreate
-from gateway.state import gateway_of
+from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
 
 
@@ -57,32 +56,28 @@ async def list_batches(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
     after = query_cursor(request)
     limit = query_int(request, "limit", default=20, low=1, high=100)
-    page, has_more = await run_in_threadpool(gw.ctx.batches.list, principal.tenant, after=after, limit=limit)
+    page, has_more = await gw.batches.list(principal.tenant, after=after, limit=limit)
     return JSONResponse(list_envelope([b.openai() for b in page], has_more))
 
 
 @tenant_route
 async def retrieve_batch(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, path_id(request, "batch_id"))
+    record = await gw.batches.get(principal.tenant, path_id(request, "batch_id"))
     return JSONResponse(record.openai())
 
 
-def cancel(ctx: Context, tenant: str, batch_id: str) -> BatchRecord:
+async def cancel(gw: Gateway, tenant: str, batch_id: str) -> BatchRecord:
     """validating/in_progress → cancelling; cancelling/cancelled unchanged; any other state is a 409."""
+    ctx = gw.ctx
 
     def request_cancel(batch: BatchRecord) -> None:
         if batch.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             batch.transition(BatchStatus.CANCELLING, ctx.now())  # Conflict (409) from finalizing or terminal
 
-    record = ctx.batches.update(tenant, batch_id, request_cancel)
-    audit(
-        ctx.records,
-        "batch.cancel_requested",
-        now=ctx.clock(),
-        tenant=tenant,
-        batch_id=batch_id,
-        status=record.status.value,
+    record = await gw.batches.update(tenant, batch_id, request_cancel)
+    await gw.records.audit(
+        "batch.cancel_requested", now=ctx.clock(), tenant=tenant, batch_id=batch_id, status=record.status.value
     )
     return record
 
@@ -91,7 +86,7 @@ def cancel(ctx: Context, tenant: str, batch_id: str) -> BatchRecord:
 async def cancel_batch(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
     await json_object(request, optional=True)  # the SDK sends no body; a broken one is still a 400
-    record = await run_in_threadpool(cancel, gw.ctx, principal.tenant, path_id(request, "batch_id"))
+    record = await cancel(gw, principal.tenant, path_id(request, "batch_id"))
     return JSONResponse(record.openai())
 
 

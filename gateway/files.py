@@ -47,6 +47,9 @@ READ_CHUNK = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the small form fields around the file
 # Purposes OpenAI defines; only "batch" is served here (others are refused with 400).
 KNOWN_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# GET /v1/files pages like OpenAI's (limit, after, order); its default is this short page,
+# not OpenAI's 10,000 (one record read each), and the SDK's iteration follows `after`.
+FILES_PAGE = 20
 MAX_FILES_PAGE = 10_000
 
 
@@ -164,13 +167,6 @@ async def create_file(request: Request, principal: Principal) -> Response:
     return JSONResponse(record.openai())
 
 
-def list_files(
-    ctx: Context, tenant: str, *, after: str | None, limit: int, order: str, purpose: str | None
-) -> tuple[list[FileRecord], bool]:
-    """A page of ``tenant``'s files in ``order`` of creation, after the file id ``after``."""
-    return ctx.files.list(tenant, after=after, limit=limit, newest_first=order == "desc", purpose=purpose)
-
-
 def list_envelope(data: list[dict], has_more: bool) -> dict:
     return {
         "object": "list",
@@ -185,11 +181,11 @@ def list_envelope(data: list[dict], has_more: bool) -> dict:
 async def get_files(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
     after = query_cursor(request)
-    limit = query_int(request, "limit", default=MAX_FILES_PAGE, low=1, high=MAX_FILES_PAGE)
+    limit = query_int(request, "limit", default=FILES_PAGE, low=1, high=MAX_FILES_PAGE)
     order = query_choice(request, "order", default="desc", choices=("asc", "desc"))
     purpose = query_str(request, "purpose")
-    page, has_more = await run_in_threadpool(
-        list_files, gw.ctx, principal.tenant, after=after, limit=limit, order=order, purpose=purpose
+    page, has_more = await gw.files.list(
+        principal.tenant, after=after, limit=limit, newest_first=order == "desc", purpose=purpose
     )
     return JSONResponse(list_envelope([f.openai() for f in page], has_more))
 
@@ -197,31 +193,24 @@ async def get_files(request: Request, principal: Principal) -> Response:
 @tenant_route
 async def retrieve_file(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    record = await run_in_threadpool(gw.ctx.files.get, principal.tenant, path_id(request, "file_id"))
+    record = await gw.files.get(principal.tenant, path_id(request, "file_id"))
     return JSONResponse(record.openai())
 
 
 @tenant_route
 async def delete_file(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    record = await run_in_threadpool(gw.ctx.files.delete, principal.tenant, path_id(request, "file_id"))
+    record = await gw.files.delete(principal.tenant, path_id(request, "file_id"))
     return JSONResponse({"id": record.id, "object": "file", "deleted": True})
 
 
 @tenant_route
 async def file_content(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    ctx = gw.ctx
-
-    file_id = path_id(request, "file_id")
-
-    def locate() -> tuple[FileRecord, int]:
-        record = ctx.files.get(principal.tenant, file_id)
-        return record, ctx.store.head(record.bucket, record.key).size
-
-    record, size = await run_in_threadpool(locate)
+    record = await gw.files.get(principal.tenant, path_id(request, "file_id"))
+    size = (await gw.store.head(record.bucket, record.key)).size
     return StreamingResponse(
-        ctx.store.iter_bytes(record.bucket, record.key),
+        gw.store.iter_bytes(record.bucket, record.key),
         media_type="application/jsonl",
         headers={"content-length": str(size)},
     )

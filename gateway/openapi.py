@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from dropbatch import __version__
 from dropbatch.models import Batch, FileObject
-from gateway.files import KNOWN_PURPOSES, MAX_FILES_PAGE
+from gateway.files import FILES_PAGE, KNOWN_PURPOSES, MAX_FILES_PAGE
 from gateway.schemas import (
     ID_PATTERN,
     BatchCreate,
@@ -191,7 +191,7 @@ def _paths() -> dict[str, Any]:
                 {**_ok(_list_of("FileObject")), **_errors(404, 422, *TENANT)},
                 params=[
                     _query("after", {"type": "string", "pattern": ID_PATTERN}),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_FILES_PAGE}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_FILES_PAGE, "default": FILES_PAGE}),
                     _query("order", {"type": "string", "enum": ["asc", "desc"]}),
                     _query("purpose", {"type": "string", "minLength": 1, "maxLength": 256}),
                 ],

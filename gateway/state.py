@@ -1,4 +1,10 @@
-"""What every route shares, built once per app: settings, the kernel Context, auth, limits."""
+"""What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
+
+``store``/``batches``/``files`` are the async twins over the same buckets as
+``ctx``: the routes clients poll (batches and files) await them on the event
+loop; the rarer write paths (uploads, batch creation, jobs) run the sync
+kernel through a worker thread.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
 from dropbatch.auth.tokens import Tokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
+from dropbatch.storage.base import AsyncObjectStore
 from gateway.auth import TokenAuth
 from gateway.ratelimit import RateLimiter
 
@@ -23,8 +31,19 @@ class Gateway:
     auth: TokenAuth
     limiter: RateLimiter
     metrics: Metrics
+    store: AsyncObjectStore
+    records: AsyncRecords = field(init=False)
+    batches: AsyncBatchStore = field(init=False)
+    files: AsyncFileStore = field(init=False)
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
+
+    def __post_init__(self) -> None:
+        pool = self.settings.service.gateway_s3_pool
+        self.records = AsyncRecords(self.store, self.settings.storage.control_bucket, concurrency=pool)
+        self.batches = AsyncBatchStore(self.records)
+        self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
 
 
 def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
+

@@ -16,7 +16,7 @@ from typing import TextIO
 from pythonjsonlogger.json import JsonFormatter
 
 # Libraries that narrate every request at INFO; their warnings still come through.
-_CHATTY = ("botocore", "boto3", "urllib3", "s3transfer", "filelock")
+_CHATTY = ("botocore", "boto3", "aiobotocore", "aiohttp", "urllib3", "s3transfer", "filelock")
 _HANDLER_NAME = "dropbatch.json"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -89,4 +89,51 @@ class ObjectStore(Protocol):
         ``if_none_match=True`` creates the destination only if absent (else ``ObjectExists``),
         never replacing what is there.
         """
+        ...
+
+
+@runtime_checkable
+class AsyncObjectStore(Protocol):
+    """The async twin of ``ObjectStore`` for code on an event loop (the gateway's reads and record writes).
+
+    Same semantics and the same errors (both translate through ``storage.errors``);
+    large uploads and copies stay on the sync store.
+    """
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo: ...
+
+    async def get(self, bucket: str, key: str) -> tuple[bytes, str]: ...
+
+    def iter_bytes(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        chunk_size: int = DEFAULT_READ_CHUNK,
+    ) -> AsyncIterator[bytes]: ...
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str: ...
+
+    def list(
+        self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
+    ) -> AsyncIterator[ObjectInfo]:
+        """Like ``ObjectStore.list``; ``page_size`` keys per LIST request (a short page asks for few)."""
+        ...
+
+    async def delete(self, bucket: str, key: str) -> None: ...
+
+    async def close(self) -> None:
+        """Release the connection pool (the app's shutdown)."""
         ...

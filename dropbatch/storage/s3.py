@@ -1,89 +1,31 @@
-"""The S3 object store over boto3; the one place botocore errors are translated."""
+"""The S3 object store over boto3 (the watcher and runner); errors go through ``storage.errors``."""
 
 from __future__ import annotations
 
 import hashlib
-import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import boto3
-import urllib3.exceptions
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-    ResponseStreamingError,
-)
 
-from dropbatch.errors import (
-    ObjectExists,
-    ObjectNotFound,
-    StaleWrite,
-    StorageError,
-    StorageUnavailable,
-)
+from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, ObjectInfo
-
-_NOT_FOUND = {
-    "NoSuchKey",
-    "NoSuchBucket",
-    "404",
-    "NotFound",
-    "NoSuchUpload",
-    "AWS.SimpleQueueService.NonExistentQueue",  # SQS, query protocol
-    "QueueDoesNotExist",  # SQS, JSON protocol
-}
-# Creating a bucket that is already there (bootstrap is idempotent; Terraform may have made it).
-_ALREADY_EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
-_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "500", "503", "RequestTimeout", "Throttling"}
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-# A body cut mid-read. botocore wraps this as ResponseStreamingError only for streamed bodies; for
-# the small bodies it reads itself (XML results, error documents: convert_to_response_dict runs
-# outside its try) the raw urllib3 ProtocolError escapes, unretried and outside BotoCoreError.
-_BODY_CUT = (ResponseStreamingError, IncompleteReadError, urllib3.exceptions.ProtocolError)
-_AWS_ERRORS = (ClientError, BotoCoreError, urllib3.exceptions.HTTPError)
-
-
-def _retried_precondition(exc: BaseException) -> bool:
-    """A 412 on a retried attempt: the first attempt may have been ours, its answer lost."""
-    if not isinstance(exc, ClientError):
-        return False
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code in _PRECONDITION and exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+from dropbatch.storage.errors import (
+    AWS_ERRORS,
+    BODY_CUT,
+    PRECONDITION,
+    error_code,
+    retried_precondition,
+    retry_pause,
+    translate,
+)
 
 
 def _backoff(attempt: int) -> None:
-    time.sleep(min(20.0, random.random() * 2**attempt))  # botocore standard mode's full jitter
-
-
-def _translate(exc: Exception, *, bucket: str, key: str, conditional: str | None = None) -> StorageError:
-    """Map a botocore failure to the dropbatch error tree (the only such table)."""
-    where = f"s3://{bucket}/{key}"
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND:
-            return ObjectNotFound(f"{where} does not exist")
-        # 412 PreconditionFailed; S3 may also answer 409 ConditionalRequestConflict
-        # when two conditional writes race on one key.
-        if code in _PRECONDITION:
-            if conditional == "if_none_match":
-                return ObjectExists(f"{where} already exists")
-            return StaleWrite(f"{where} changed since it was read")
-        if code in _ALREADY_EXISTS:
-            return ObjectExists(f"{where} already exists")
-        if code in _UNAVAILABLE:
-            return StorageUnavailable(f"{where}: {code} after retries")
-        return StorageError(f"{where}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}")
-    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError, urllib3.exceptions.HTTPError)):
-        # HTTPClientError: ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
-        return StorageUnavailable(f"{where}: connection failed after retries: {exc}")
-    return StorageError(f"{where}: {exc}")
+    time.sleep(retry_pause(attempt))
 
 
 class S3ObjectStore:
@@ -97,27 +39,27 @@ class S3ObjectStore:
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
         self._local = threading.local()
+        self._session: boto3.session.Session | None = None
+        self._creating = threading.Lock()
 
     def _client(self):
-        # boto3 clients are thread-safe but their creation is not; one per thread is simplest.
+        # boto3 clients are thread-safe but their creation is not; one per thread is simplest. They
+        # come from one session, so the S3 service model is loaded once per store, not per thread
+        # (a thread pool of 40 clients from 40 sessions held ~15 MB each).
         client = getattr(self._local, "client", None)
         if client is None:
-            client = make_client("s3", self._settings)
+            with self._creating:
+                self._session = self._session or boto3.session.Session()
+                client = make_client("s3", self._settings, session=self._session)
             self._local.client = client
         return client
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         try:
             resp = self._client().head_object(Bucket=bucket, Key=key)
-        except _AWS_ERRORS as exc:
-            raise _translate(exc, bucket=bucket, key=key) from exc
-        return ObjectInfo(
-            key=key,
-            size=resp["ContentLength"],
-            etag=resp["ETag"],
-            last_modified=resp["LastModified"].timestamp(),
-            metadata=resp.get("Metadata", {}),
-        )
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=bucket, key=key) from exc
+        return head_info(key, resp)
 
     def get(self, bucket: str, key: str) -> tuple[bytes, str]:
         attempt = 0
@@ -125,13 +67,13 @@ class S3ObjectStore:
             try:
                 resp = self._client().get_object(Bucket=bucket, Key=key)
                 return resp["Body"].read(), resp["ETag"]
-            except _BODY_CUT as exc:
+            except BODY_CUT as exc:
                 attempt += 1
                 if attempt >= self._settings.max_attempts:
-                    raise _translate(exc, bucket=bucket, key=key) from exc
+                    raise translate(exc, bucket=bucket, key=key) from exc
                 _backoff(attempt - 1)
-            except _AWS_ERRORS as exc:
-                raise _translate(exc, bucket=bucket, key=key) from exc
+            except AWS_ERRORS as exc:
+                raise translate(exc, bucket=bucket, key=key) from exc
 
     def iter_bytes(
         self,
@@ -146,29 +88,26 @@ class S3ObjectStore:
             return
         offset, etag, attempt = start, None, 0
         while True:
-            kwargs = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
-            if etag is not None:
-                kwargs["IfMatch"] = etag  # resume only on the very object this read started on
             try:
-                resp = self._client().get_object(**kwargs)
+                resp = self._client().get_object(**range_request(bucket, key, offset, end, etag))
                 etag = etag or resp["ETag"]
                 body = resp["Body"]
                 while chunk := body.read(chunk_size):
                     offset += len(chunk)
                     yield chunk
                 return
-            except _BODY_CUT as exc:
+            except BODY_CUT as exc:
                 attempt += 1
                 if attempt >= self._settings.max_attempts:
-                    raise _translate(exc, bucket=bucket, key=key) from exc
+                    raise translate(exc, bucket=bucket, key=key) from exc
                 _backoff(attempt - 1)
-            except _AWS_ERRORS as exc:
-                code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+            except AWS_ERRORS as exc:
+                code = error_code(exc)
                 if code == "InvalidRange":
                     return  # an empty object, or a range past its end: nothing (more) to read
-                if etag is not None and code in _PRECONDITION:
+                if etag is not None and code in PRECONDITION:
                     raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
-                raise _translate(exc, bucket=bucket, key=key) from exc
+                raise translate(exc, bucket=bucket, key=key) from exc
 
     def put(
         self,
@@ -181,26 +120,20 @@ class S3ObjectStore:
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
     ) -> str:
-        kwargs: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kwargs["IfMatch"] = if_match
-        if metadata:
-            kwargs["Metadata"] = metadata
+        request = put_request(bucket, key, data, if_none_match, if_match, content_type, metadata)
         try:
-            return self._client().put_object(**kwargs)["ETag"]
-        except _AWS_ERRORS as exc:
-            if (if_none_match or if_match is not None) and _retried_precondition(exc):
+            return self._client().put_object(**request)["ETag"]
+        except AWS_ERRORS as exc:
+            if (if_none_match or if_match is not None) and retried_precondition(exc):
                 # botocore re-sent a write whose answer was lost; the 412 may be that write itself.
-                mine = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+                mine = plain_etag(data)
                 try:
                     if self.head(bucket, key).etag == mine:
                         return mine
                 except StorageError:
                     pass
             conditional = "if_none_match" if if_none_match else "if_match"
-            raise _translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
+            raise translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
 
     def upload_stream(
         self,
@@ -245,9 +178,9 @@ class S3ObjectStore:
                 kwargs["IfNoneMatch"] = "*"
             etag = client.complete_multipart_upload(**kwargs)["ETag"]
             return ObjectInfo(key=key, size=size, etag=etag)
-        except _AWS_ERRORS as exc:
+        except AWS_ERRORS as exc:
             self._abort(bucket, key, upload_id)
-            raise _translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
+            raise translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
         except BaseException:
             self._abort(bucket, key, upload_id)
             raise
@@ -257,30 +190,24 @@ class S3ObjectStore:
             return
         try:
             self._client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except _AWS_ERRORS:
+        except AWS_ERRORS:
             pass  # the bucket lifecycle rule cleans up incomplete uploads
 
     def list(self, bucket: str, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        kwargs: dict = {"Bucket": bucket, "Prefix": prefix}
-        if start_after:
-            kwargs["StartAfter"] = start_after
         try:
-            for page in self._client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for page in (
+                self._client().get_paginator("list_objects_v2").paginate(**list_request(bucket, prefix, start_after))
+            ):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(
-                        key=item["Key"],
-                        size=item["Size"],
-                        etag=item["ETag"],
-                        last_modified=item["LastModified"].timestamp(),
-                    )
-        except _AWS_ERRORS as exc:
-            raise _translate(exc, bucket=bucket, key=prefix) from exc
+                    yield listed_info(item)
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=bucket, key=prefix) from exc
 
     def delete(self, bucket: str, key: str) -> None:
         try:
             self._client().delete_object(Bucket=bucket, Key=key)
-        except _AWS_ERRORS as exc:
-            error = _translate(exc, bucket=bucket, key=key)
+        except AWS_ERRORS as exc:
+            error = translate(exc, bucket=bucket, key=key)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
 
@@ -293,32 +220,94 @@ class S3ObjectStore:
         kwargs: dict = {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
         try:
             return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
-        except _AWS_ERRORS as exc:
-            raise _translate(exc, bucket=dest_bucket, key=dest_key) from exc
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=dest_bucket, key=dest_key) from exc
 
 
-def make_client(service: str, settings: StorageSettings):
-    """A boto3 client for ``service`` with dropbatch's retry policy."""
-    config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": "path"},
+def put_request(
+    bucket: str,
+    key: str,
+    data: bytes,
+    if_none_match: bool,
+    if_match: str | None,
+    content_type: str,
+    metadata: dict[str, str] | None,
+) -> dict:
+    """PutObject's arguments, conditional (``If-None-Match: *`` / ``If-Match``) as asked."""
+    request: dict = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
+    if if_none_match:
+        request["IfNoneMatch"] = "*"
+    if if_match is not None:
+        request["IfMatch"] = if_match
+    if metadata:
+        request["Metadata"] = metadata
+    return request
+
+
+def range_request(bucket: str, key: str, offset: int, end: int | None, etag: str | None) -> dict:
+    """GetObject's arguments for ``[offset, end)``; with ``etag``, only from that very version (a resumed read)."""
+    request = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{'' if end is None else end - 1}"}
+    if etag is not None:
+        request["IfMatch"] = etag
+    return request
+
+
+def list_request(bucket: str, prefix: str, start_after: str | None, page_size: int | None = None) -> dict:
+    request: dict = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        request["StartAfter"] = start_after
+    if page_size is not None:
+        request["PaginationConfig"] = {"PageSize": page_size}
+    return request
+
+
+def head_info(key: str, resp: dict) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=resp["ContentLength"],
+        etag=resp["ETag"],
+        last_modified=resp["LastModified"].timestamp(),
+        metadata=resp.get("Metadata", {}),
     )
-    return boto3.session.Session().client(
-        service,
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        config=config,
+
+
+def listed_info(item: dict) -> ObjectInfo:
+    return ObjectInfo(
+        key=item["Key"], size=item["Size"], etag=item["ETag"], last_modified=item["LastModified"].timestamp()
     )
+
+
+def plain_etag(data: bytes) -> str:
+    """The ETag S3 gives a single-part upload of ``data`` (its quoted MD5)."""
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+def client_options(settings: StorageSettings) -> tuple[dict, dict]:
+    """(botocore Config options, client keywords) of dropbatch's S3 clients, sync and async alike."""
+    config = {
+        "retries": {"max_attempts": settings.max_attempts, "mode": "standard"},
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "s3": {"addressing_style": "path"},
+    }
+    client = {
+        "endpoint_url": settings.endpoint_url,
+        "region_name": settings.region,
+        "aws_access_key_id": settings.access_key_id,
+        "aws_secret_access_key": settings.secret_access_key,
+    }
+    return config, client
+
+
+def make_client(service: str, settings: StorageSettings, *, session: boto3.session.Session | None = None):
+    """A boto3 client for ``service`` with dropbatch's retry policy (from ``session``, else a new one)."""
+    config, options = client_options(settings)
+    return (session or boto3.session.Session()).client(service, config=Config(**config), **options)
 
 
 def call_aws(fn, *args, what: str, **kwargs):
     """Call a raw boto3 method (SQS in dropbatch.queues, bucket admin) with the same error translation."""
     try:
         return fn(*args, **kwargs)
-    except _AWS_ERRORS as exc:
-        raise _translate(exc, bucket=what, key="") from exc
-
+    except AWS_ERRORS as exc:
+        raise translate(exc, bucket=what, key="") from exc

@@ -130,3 +130,40 @@ def test_a_token_created_here_works_at_once_though_it_was_tried_as_unknown(make_
 def test_attempts_are_counted_per_address_and_per_ipv6_64(peer: str, spends: str):
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "client": (peer, 50000)})
     assert client_address(request) == spends
+
+
+def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
+    """Many clients behind one address re-check their good tokens each cache period: never a 429 for that."""
+    from dropbatch.context import Context
+    from dropbatch.errors import AuthenticationFailed, RateLimited
+    from dropbatch.settings import Settings
+    from dropbatch.storage.memory import MemoryObjectStore
+    from gateway.auth import TokenAuth
+    from gateway.ratelimit import AttemptLimiter
+
+    settings = Settings.from_env({})
+    storage = settings.storage
+    ctx = Context(
+        settings=settings,
+        store=MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket]),
+    )
+    ctx.tenants.create("acme", "enterprise")
+    issued = [ctx.tokens.create("acme") for _ in range(3 * ATTEMPT_RATE.burst)]
+    now = [0.0]
+    auth = TokenAuth(ctx.tokens, attempts=AttemptLimiter(NO_REFILL, clock=lambda: now[0]), monotonic=lambda: now[0])
+    for token in issued:
+        assert auth.authenticate_sync(token.token, "10.0.0.1").tenant == "acme"
+    for _ in range(ATTEMPT_RATE.burst):  # the shared address spends every attempt it has
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate_sync(_garbage(), "10.0.0.1")
+    with pytest.raises(RateLimited):
+        auth.authenticate_sync(_garbage(), "10.0.0.1")
+
+    now[0] += 10 * auth.cache_seconds  # every cached lookup is stale: each token is looked up again
+    assert {auth.authenticate_sync(t.token, "10.0.0.1").token_id for t in issued} == {t.record.id for t in issued}
+    ctx.tokens.revoke(issued[0].record.id)
+    now[0] += 10 * auth.cache_seconds
+    with pytest.raises(AuthenticationFailed):
+        auth.authenticate_sync(issued[0].token, "10.0.0.1")  # revocation still holds after the cache period
+    with pytest.raises(RateLimited):
+        auth.authenticate_sync(issued[0].token, "10.0.0.1")  # and a revoked token spends attempts again

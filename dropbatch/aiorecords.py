@@ -1,0 +1,219 @@
+"""The async twin of ``dropbatch.records`` for the gateway: the same keys, writes and pages, awaited.
+
+Reads and conditional writes go through an ``AsyncObjectStore``, so a handler
+awaits S3 on its event loop. A page lists its index once and then loads its
+records concurrently (at most ``concurrency`` requests in flight, the size of
+the S3 connection pool), so it costs about two round trips however long it is,
+not one per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
+from dropbatch.models import BatchRecord, FileRecord
+from dropbatch.records import (
+    Clock,
+    audit_entry,
+    batch_not_found,
+    conflict_pause,
+    dump,
+    file_not_found,
+    indexed_id,
+    oldest_first,
+    take,
+)
+from dropbatch.storage.base import AsyncObjectStore
+from dropbatch.storage.keys import ControlKeys
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class AsyncRecords:
+    """Typed JSON documents in one bucket with create-once and compare-and-swap, awaited."""
+
+    def __init__(self, store: AsyncObjectStore, bucket: str, *, concurrency: int = 32) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.concurrency = concurrency
+
+    async def create(self, key: str, model: BaseModel) -> str:
+        """Write ``model`` at ``key`` only if nothing is there (``ObjectExists`` otherwise)."""
+        return await self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type="application/json")
+
+    async def load(self, key: str, cls: type[M]) -> tuple[M, str]:
+        data, etag = await self.store.get(self.bucket, key)
+        return cls.model_validate_json(data), etag
+
+    async def get(self, key: str, cls: type[M]) -> M | None:
+        try:
+            return (await self.load(key, cls))[0]
+        except ObjectNotFound:
+            return None
+
+    async def update(self, key: str, cls: type[M], mutate: Callable[[M], None], *, attempts: int = 20) -> M:
+        """``Records.update`` awaited: read, mutate, write back ``If-Match`` the ETag read, retry on a lost race."""
+        for attempt in range(attempts):
+            record, etag = await self.load(key, cls)
+            before = dump(record)
+            mutate(record)
+            after = dump(record)
+            if after == before:
+                return record
+            try:
+                await self.store.put(self.bucket, key, after, if_match=etag, content_type="application/json")
+                return record
+            except StaleWrite:
+                await asyncio.sleep(conflict_pause(attempt))
+        raise StorageError(f"s3://{self.bucket}/{key}: gave up after {attempts} conflicting writes")
+
+    async def list_keys(self, prefix: str, *, start_after: str | None = None, page_size: int = 1000) -> AsyncIterator[str]:
+        async with aclosing(self.store.list(self.bucket, prefix, start_after=start_after, page_size=page_size)) as infos:
+            async for info in infos:
+                yield info.key
+
+    async def gather(self, calls: Iterable[Awaitable[T]]) -> list[T]:
+        """Await ``calls`` concurrently, at most ``concurrency`` at a time, in order."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(call: Awaitable[T]) -> T:
+            async with gate:
+                return await call
+
+        return list(await asyncio.gather(*(bounded(call) for call in calls)))
+
+    async def audit(self, event: str, *, now: float, **fields: object) -> None:
+        """``records.audit`` awaited: append one event to the audit log (never secrets)."""
+        await self.store.put(self.bucket, *audit_entry(event, now=now, **fields), if_none_match=True)
+
+
+async def page_index(
+    records: AsyncRecords,
+    prefix: str,
+    *,
+    anchor: str | None,
+    load: Callable[[str], Awaitable[M | None]],
+    limit: int,
+    newest_first: bool = True,
+    keep: Callable[[M], bool] | None = None,
+) -> tuple[list[M], bool]:
+    """``records.page_index`` awaited: one LIST of ``limit + 1`` index keys, then their records at once.
+
+    Only missing or filtered-out records make it list and load further windows.
+    """
+    page: list[M] = []
+    window: list[str] = []
+    if newest_first:  # the index's key order
+        keys = records.list_keys(prefix, start_after=anchor, page_size=limit + 1)
+    else:
+        keys = _each(oldest_first([key async for key in records.list_keys(prefix)], anchor))
+    async with aclosing(keys):
+        async for key in keys:
+            window.append(key)
+            if len(window) < limit + 1 - len(page):
+                continue
+            if take(page, await records.gather(load(indexed_id(k)) for k in window), limit=limit, keep=keep):
+                return page, True
+            window = []
+    more = take(page, await records.gather(load(indexed_id(k)) for k in window), limit=limit, keep=keep)
+    return page, more
+
+
+async def _each(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+class AsyncBatchStore:
+    """The gateway's reads and cancels of batch records (``BatchStore`` awaited)."""
+
+    def __init__(self, records: AsyncRecords) -> None:
+        self.records = records
+
+    async def get(self, tenant: str, batch_id: str) -> BatchRecord:
+        record = await self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
+        if record is None:
+            raise batch_not_found(batch_id)
+        return record
+
+    async def update(self, tenant: str, batch_id: str, mutate: Callable[[BatchRecord], None]) -> BatchRecord:
+        try:
+            return await self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, mutate)
+        except ObjectNotFound:
+            raise batch_not_found(batch_id) from None
+
+    async def list(self, tenant: str, *, after: str | None = None, limit: int = 20) -> tuple[list[BatchRecord], bool]:
+        """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""
+        anchor = None
+        if after is not None:
+            record = await self.get(tenant, after)
+            anchor = ControlKeys.batch_index(tenant, record.created_at, record.id)
+        return await page_index(
+            self.records,
+            ControlKeys.batch_index_prefix(tenant),
+            anchor=anchor,
+            load=lambda batch_id: self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord),
+            limit=limit,
+        )
+
+
+class AsyncFileStore:
+    """The gateway's reads and deletes of file records (``FileStore`` awaited).
+
+    A file past its ``expires_at`` is gone for this reader (404, not listed).
+    """
+
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
+        self.records = records
+        self.clock = clock
+
+    async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
+        record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        if record is None or (record.expires_at is not None and self.clock() >= record.expires_at):
+            return None
+        return record
+
+    async def get(self, tenant: str, file_id: str) -> FileRecord:
+        record = await self._load(tenant, file_id)
+        if record is None:
+            raise file_not_found(file_id)
+        return record
+
+    async def delete(self, tenant: str, file_id: str) -> FileRecord:
+        record = await self.get(tenant, file_id)
+        store, bucket = self.records.store, self.records.bucket
+        await store.delete(bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
+        await store.delete(bucket, ControlKeys.file(tenant, file_id))
+        return record
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        newest_first: bool = True,
+        purpose: str | None = None,
+    ) -> tuple[list[FileRecord], bool]:
+        """A page of ``tenant``'s files in creation order, after the file id ``after``."""
+        anchor = None
+        if after is not None:
+            record = await self.get(tenant, after)
+            anchor = ControlKeys.file_index(tenant, record.created_at, record.id)
+        return await page_index(
+            self.records,
+            ControlKeys.file_index_prefix(tenant),
+            anchor=anchor,
+            load=lambda file_id: self._load(tenant, file_id),
+            limit=limit,
+            newest_first=newest_first,
+            keep=(lambda record: record.purpose == purpose) if purpose is not None else None,
+        )

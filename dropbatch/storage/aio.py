@@ -1,0 +1,232 @@
+"""The async S3 object store (aiobotocore) the gateway awaits on its event loop.
+
+One ``AsyncS3ObjectStore`` per process: one aiobotocore client whose connection
+pool holds ``pool_size`` connections, created on first use inside the running
+loop and closed by ``close()`` (the app's shutdown). botocore failures go through
+the same table as the boto3 store (``dropbatch.storage.errors``), so callers see
+the same ``ObjectNotFound`` / ``ObjectExists`` / ``StaleWrite`` / ``StorageUnavailable``.
+
+``async_twin(store, …)`` picks the async store for a sync one: the S3 store gets
+this one; any other ``ObjectStore`` (the in-memory one, a test's wrapper) is
+awaited through a worker thread by ``ThreadedObjectStore``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
+from dropbatch.settings import StorageSettings
+from dropbatch.storage.base import DEFAULT_READ_CHUNK, AsyncObjectStore, ObjectInfo, ObjectStore
+from dropbatch.storage.errors import (
+    AWS_ERRORS,
+    BODY_CUT,
+    PRECONDITION,
+    error_code,
+    retried_precondition,
+    retry_pause,
+    translate,
+)
+from dropbatch.storage.s3 import (
+    S3ObjectStore,
+    client_options,
+    head_info,
+    list_request,
+    listed_info,
+    plain_etag,
+    put_request,
+    range_request,
+)
+
+T = TypeVar("T")
+
+
+class AsyncS3ObjectStore:
+    """``AsyncObjectStore`` on S3 through one pooled aiobotocore client."""
+
+    def __init__(self, settings: StorageSettings, *, pool_size: int = 64) -> None:
+        self._settings = settings
+        self._pool_size = pool_size
+        self._client: Any = None
+        self._stack: AsyncExitStack | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _s3(self) -> Any:
+        if self._client is not None:
+            return self._client
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._client is None:
+                config, options = client_options(self._settings)
+                creator = get_session().create_client(
+                    "s3", config=AioConfig(max_pool_connections=self._pool_size, **config), **options
+                )
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(creator)
+                self._stack = stack
+        return self._client
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            resp = await (await self._s3()).head_object(Bucket=bucket, Key=key)
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=bucket, key=key) from exc
+        return head_info(key, resp)
+
+    async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        attempt = 0
+        while True:
+            try:
+                resp = await (await self._s3()).get_object(Bucket=bucket, Key=key)
+                async with resp["Body"] as body:
+                    return await body.read(), resp["ETag"]
+            except BODY_CUT as exc:
+                attempt += 1
+                if attempt >= self._settings.max_attempts:
+                    raise translate(exc, bucket=bucket, key=key) from exc
+                await asyncio.sleep(retry_pause(attempt - 1))
+            except AWS_ERRORS as exc:
+                raise translate(exc, bucket=bucket, key=key) from exc
+
+    async def iter_bytes(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        chunk_size: int = DEFAULT_READ_CHUNK,
+    ) -> AsyncIterator[bytes]:
+        if end is not None and end <= start:
+            return
+        offset, etag, attempt = start, None, 0
+        while True:
+            try:
+                resp = await (await self._s3()).get_object(**range_request(bucket, key, offset, end, etag))
+                etag = etag or resp["ETag"]
+                async with resp["Body"] as body:
+                    while chunk := await body.read(chunk_size):
+                        offset += len(chunk)
+                        yield chunk
+                return
+            except BODY_CUT as exc:
+                attempt += 1
+                if attempt >= self._settings.max_attempts:
+                    raise translate(exc, bucket=bucket, key=key) from exc
+                await asyncio.sleep(retry_pause(attempt - 1))
+            except AWS_ERRORS as exc:
+                code = error_code(exc)
+                if code == "InvalidRange":
+                    return  # an empty object, or a range past its end: nothing (more) to read
+                if etag is not None and code in PRECONDITION:
+                    raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
+                raise translate(exc, bucket=bucket, key=key) from exc
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        request = put_request(bucket, key, data, if_none_match, if_match, content_type, metadata)
+        try:
+            return (await (await self._s3()).put_object(**request))["ETag"]
+        except AWS_ERRORS as exc:
+            if (if_none_match or if_match is not None) and retried_precondition(exc):
+                # botocore re-sent a write whose answer was lost; the 412 may be that write itself.
+                mine = plain_etag(data)
+                try:
+                    if (await self.head(bucket, key)).etag == mine:
+                        return mine
+                except StorageError:
+                    pass
+            conditional = "if_none_match" if if_none_match else "if_match"
+            raise translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
+
+    async def list(
+        self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
+    ) -> AsyncIterator[ObjectInfo]:
+        request = list_request(bucket, prefix, start_after, page_size)
+        try:
+            async for page in (await self._s3()).get_paginator("list_objects_v2").paginate(**request):
+                for item in page.get("Contents", []):
+                    yield listed_info(item)
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=bucket, key=prefix) from exc
+
+    async def delete(self, bucket: str, key: str) -> None:
+        try:
+            await (await self._s3()).delete_object(Bucket=bucket, Key=key)
+        except AWS_ERRORS as exc:
+            error = translate(exc, bucket=bucket, key=key)
+            if not isinstance(error, ObjectNotFound):
+                raise error from exc
+
+
+_DONE = object()
+
+
+class ThreadedObjectStore:
+    """Any sync ``ObjectStore`` awaited through worker threads (the in-memory store, a test's wrapper)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+    async def _drain(self, items: Any) -> AsyncIterator[Any]:
+        iterator = iter(items)
+        while (item := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
+            yield item
+
+    async def close(self) -> None:
+        return None
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        return await self._run(self.store.head, bucket, key)
+
+    async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        return await self._run(self.store.get, bucket, key)
+
+    def iter_bytes(
+        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, chunk_size: int = DEFAULT_READ_CHUNK
+    ) -> AsyncIterator[bytes]:
+        return self._drain(self.store.iter_bytes(bucket, key, start=start, end=end, chunk_size=chunk_size))
+
+    async def put(self, bucket: str, key: str, data: bytes, **kwargs: Any) -> str:
+        return await self._run(self.store.put, bucket, key, data, **kwargs)
+
+    def list(
+        self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
+    ) -> AsyncIterator[ObjectInfo]:
+        return self._drain(self.store.list(bucket, prefix, start_after=start_after))
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self._run(self.store.delete, bucket, key)
+
+
+def async_twin(store: ObjectStore, settings: StorageSettings, *, pool_size: int) -> AsyncObjectStore:
+    """The async store over the same objects as ``store``: aiobotocore for S3, a thread adapter otherwise."""
+    if isinstance(store, S3ObjectStore):
+        return AsyncS3ObjectStore(settings, pool_size=pool_size)
+    return ThreadedObjectStore(store)
