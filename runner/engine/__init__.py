@@ -375,9 +375,10 @@ class WarmEngine:
 
         by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
         ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
-        ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS)
-        # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory.
+        # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory,
+        # and task slots that another group's run (a small batch behind a big one) needs at once.
         streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
+        ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS, concurrency=streams)
         ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
                             concurrency=streams)
         expected = sum(c.answers for c in chunks)
