@@ -246,7 +246,7 @@ class CpuShare:
     KINDS = (  # first match of the process title / command line wins
         ("vLLM engine (EngineCore + Worker)", ("VLLM::",)),
         ("engine actor (vLLM OpenAI serving)", ("EngineServer",)),
-        ("raw LLM.chat driver", ("from vllm import LLM",)),
+        ("raw LLM.chat (driver and its in-process engine)", ("raw_vllm.py",)),
         ("Ray Data stages", ("ray::MapBatches", "ray::FlatMap", "ray::IDLE", "default_worker.py")),
         ("Ray core (gcs, raylet, Ray Data's own actors)", ("gcs_server", "raylet", "ray::_", "ray/dashboard",
                                                           "ray/_private", "log_monitor")),
