@@ -312,12 +312,12 @@ class WarmEngine:
         try:
             actors = self._launch(model, GENERATE, names)
         except Exception as exc:  # noqa: BLE001 - the replicas already up keep serving
-            log.error("engine scale-up failed", extra={"model": model, "engines": names, "error": str(exc)})
-            return
-        finally:
             with self._lock:
                 self._growing.discard(model)
-        with self._lock:
+            log.error("engine scale-up failed", extra={"model": model, "engines": names, "error": str(exc)})
+            return
+        with self._lock:  # one step with the count: a scale() in between must not start these names again
+            self._growing.discard(model)
             if self._stop.is_set():
                 retired = actors
             else:
