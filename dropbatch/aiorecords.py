@@ -177,9 +177,7 @@ class AsyncFileStore:
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
         record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
-        if record is None or (record.expires_at is not None and self.clock() >= record.expires_at):
-            return None
-        return record
+        return record if record is not None and record.live_at(self.clock()) else None
 
     async def get(self, tenant: str, file_id: str) -> FileRecord:
         record = await self._load(tenant, file_id)

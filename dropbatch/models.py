@@ -249,5 +249,9 @@ class FileRecord(FileObject):
     sha256: str | None = None
     batch_id: str | None = None
 
+    def live_at(self, now: float) -> bool:
+        """Not yet past its ``expires_at`` (expired files answer 404 before the sweep deletes them)."""
+        return self.expires_at is None or now < self.expires_at
+
     def openai(self) -> dict[str, Any]:
         return FileObject.model_validate(self.model_dump(include=set(FileObject.model_fields))).model_dump(mode="json")

@@ -204,9 +204,7 @@ class FileStore:
         )
 
     def _live(self, record: FileRecord | None) -> FileRecord | None:
-        if record is None or (record.expires_at is not None and self.clock() >= record.expires_at):
-            return None
-        return record
+        return record if record is not None and record.live_at(self.clock()) else None
 
     def get(self, tenant: str, file_id: str) -> FileRecord:
         record = self._live(self.records.get(ControlKeys.file(tenant, file_id), FileRecord))
