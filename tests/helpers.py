@@ -324,6 +324,9 @@ class ShiftedClock:
     def __call__(self) -> float:
         return time.time() + self.offset
 
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
 
 def load_bench(name: str) -> ModuleType:
     """A script of bench/ (``load_bench("render_dashboard")``) imported as a module."""

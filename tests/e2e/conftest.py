@@ -12,13 +12,12 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import live_app, unavailable
+from helpers import ShiftedClock, live_app, unavailable
 
 from dropbatch.bootstrap import bootstrap
 from dropbatch.context import Context
@@ -31,19 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
 SECOND_MODEL = "dropbatch-tiny-embed"  # served beside the default: each has its own warm engine
 SECOND_MODEL_DIR = REPO / ".dropbatch" / "models" / SECOND_MODEL
-
-
-class OffsetClock:
-    """Real time plus an offset a test can move forward (to reach a deadline mid-run)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 class CountingEngine:
@@ -85,7 +71,7 @@ class Stack:
     ctx: Context
     engine: CountingEngine
     endpoint: str
-    clock: OffsetClock
+    clock: ShiftedClock
     metrics: Metrics = field(default_factory=lambda: Metrics("runner"))
     watcher_metrics: Metrics = field(default_factory=lambda: Metrics("watcher"))
     _gateway_url: str | None = None
@@ -168,7 +154,7 @@ def stack():
             }
         )
         bootstrap(settings.storage)
-        clock = OffsetClock()
+        clock = ShiftedClock()
         ctx = Context.from_settings(settings, clock=clock)
         engine = resources.enter_context(CountingEngine(build_engine(settings)))
         stack = Stack(settings=settings, ctx=ctx, engine=engine, endpoint=endpoint, clock=clock)
