@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from dropbatch.aiorecords import AsyncRecords
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.observability.logging import configure_logging
@@ -65,7 +66,9 @@ def create_app(
     ctx = ctx or Context.from_settings(settings)
     tokens = ctx.tokens
     registry = Metrics("gateway")
-    store = async_twin(ctx.store, settings.storage, pool_size=settings.service.gateway_s3_pool)
+    pool = settings.service.gateway_s3_pool
+    store = async_twin(ctx.store, settings.storage, pool_size=pool)
+    records = AsyncRecords(store, settings.storage.control_bucket, concurrency=pool)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -88,10 +91,11 @@ def create_app(
         settings=settings,
         ctx=ctx,
         tokens=tokens,
-        auth=TokenAuth(tokens, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
+        auth=TokenAuth(tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
         store=store,
+        records=records,
     )
     return app
 

@@ -32,14 +32,12 @@ class Gateway:
     limiter: RateLimiter
     metrics: Metrics
     store: AsyncObjectStore
-    records: AsyncRecords = field(init=False)
+    records: AsyncRecords
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
-        pool = self.settings.service.gateway_s3_pool
-        self.records = AsyncRecords(self.store, self.settings.storage.control_bucket, concurrency=pool)
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
 
