@@ -6,7 +6,8 @@ at most, so a revoked token stops working on every replica within that long;
 expiry is checked on every request against the cached record. A cached record
 past half its life is re-read in the background while it keeps answering, so
 a token in steady use never waits for S3; one read per token is in flight at
-a time, however many requests ask.
+a time, however many requests ask. A token's first use is one GET: its
+``last_used`` stamp (once a minute) is written in the background.
 
 Unknown tokens are remembered for ``UNKNOWN_TOKEN_SECONDS`` (5 s, at most
 ``_UNKNOWN_MAX_ENTRIES`` of them), so a flood of the same garbage token costs one
@@ -106,6 +107,7 @@ class TokenAuth:
         self._cache: dict[str, tuple[float, TokenRecord]] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._reading: dict[str, asyncio.Task[TokenRecord | None]] = {}
+        self._stamping: dict[str, asyncio.Task[None]] = {}  # by token id: held so no task is collected early
 
     def _known_unknown(self, token: str) -> bool:
         """True while ``token`` is remembered as not existing."""
@@ -157,21 +159,25 @@ class TokenAuth:
     async def _lookup(self, token: str) -> TokenRecord | None:
         where = lookup_key(token)
         record = matching(await self.records.get(where[0], TokenRecord), where[1]) if where else None
-        if record is not None and record.usable(int(self.tokens.clock())):
-            record = await self._touch(record)
         self._remember(token, record)
+        if record is not None and record.usable(int(self.tokens.clock())):
+            self._stamp_soon(record)
         return record
 
-    async def _touch(self, record: TokenRecord) -> TokenRecord:
-        """Stamp last_used; bookkeeping, so a failure to write it never fails the request."""
-        now = int(self.tokens.clock())
-        if not needs_touch(record, now):
-            return record
+    def _stamp_soon(self, record: TokenRecord) -> None:
+        """Stamp last_used in the background (once a minute at most): bookkeeping no request waits for."""
+        if record.id in self._stamping or not needs_touch(record, int(self.tokens.clock())):
+            return
+        task = self._stamping[record.id] = asyncio.ensure_future(self._touch(record))
+        task.add_done_callback(lambda _: self._stamping.pop(record.id, None))
+
+    async def _touch(self, record: TokenRecord) -> None:
+        """A failure to write last_used never fails anything: it is logged."""
+        stamp = last_used_stamp(int(self.tokens.clock()))
         try:
-            return await self.records.update(ControlKeys.token(record.token_hash), TokenRecord, last_used_stamp(now))
+            await self.records.update(ControlKeys.token(record.token_hash), TokenRecord, stamp)
         except DropbatchError as exc:
             log.warning("could not record token use", extra={"token_id": record.id, "error": str(exc)})
-            return record
 
     async def authenticate(self, request: Request) -> Principal:
         """The caller of a tenant route, or ``AuthenticationFailed`` / ``RateLimited``."""

@@ -162,13 +162,6 @@ class Tokens:
     def authenticate(self, token: str) -> TokenRecord:
         return self.check(self.lookup(token))
 
-    def touch(self, record: TokenRecord) -> TokenRecord:
-        """Stamp ``last_used``, at most once per ``LAST_USED_RESOLUTION`` seconds."""
-        now = int(self.clock())
-        if not needs_touch(record, now):
-            return record
-        return self.records.update(ControlKeys.token(record.token_hash), TokenRecord, last_used_stamp(now))
-
     def get(self, token_id: str) -> TokenRecord:
         index = self.records.get(ControlKeys.token_id(token_id), TokenIndex) if _valid_token_id(token_id) else None
         record = self.records.get(ControlKeys.token(index.token_hash), TokenRecord) if index else None

@@ -17,8 +17,14 @@ import pytest
 from starlette.requests import Request
 
 import dropbatch.auth.tokens
-from gateway.auth import client_address
-from gateway.ratelimit import ATTEMPT_RATE, TierRate
+from dropbatch.aiorecords import AsyncRecords
+from dropbatch.context import Context
+from dropbatch.errors import AuthenticationFailed, RateLimited
+from dropbatch.settings import Settings
+from dropbatch.storage.aio import ThreadedObjectStore
+from dropbatch.storage.memory import MemoryObjectStore
+from gateway.auth import TokenAuth, client_address
+from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, TierRate
 
 pytestmark = pytest.mark.integration
 
@@ -158,17 +164,8 @@ def _peer(token: str, address: str = "10.0.0.1") -> Request:
     return Request({"type": "http", "method": "GET", "path": "/v1/files", "headers": headers, "client": (address, 1)})
 
 
-def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
-    """Many clients behind one address re-check their good tokens each cache period: never a 429 for that."""
-    from dropbatch.aiorecords import AsyncRecords
-    from dropbatch.context import Context
-    from dropbatch.errors import AuthenticationFailed, RateLimited
-    from dropbatch.settings import Settings
-    from dropbatch.storage.aio import ThreadedObjectStore
-    from dropbatch.storage.memory import MemoryObjectStore
-    from gateway.auth import TokenAuth
-    from gateway.ratelimit import AttemptLimiter
-
+def _memory_auth(records_class: type[AsyncRecords] = AsyncRecords, **options) -> tuple[Context, TokenAuth]:
+    """A TokenAuth over the in-memory store (awaited through threads), with tenant ``acme`` (enterprise)."""
     settings = Settings.from_env({})
     storage = settings.storage
     ctx = Context(
@@ -176,12 +173,15 @@ def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
         store=MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket]),
     )
     ctx.tenants.create("acme", "enterprise")
-    issued = [ctx.tokens.create("acme") for _ in range(3 * ATTEMPT_RATE.burst)]
+    records = records_class(ThreadedObjectStore(ctx.store), storage.control_bucket)
+    return ctx, TokenAuth(ctx.tokens, records, **options)
+
+
+def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
+    """Many clients behind one address re-check their good tokens each cache period: never a 429 for that."""
     now = [0.0]
-    records = AsyncRecords(ThreadedObjectStore(ctx.store), storage.control_bucket)
-    auth = TokenAuth(
-        ctx.tokens, records, attempts=AttemptLimiter(NO_REFILL, clock=lambda: now[0]), monotonic=lambda: now[0]
-    )
+    ctx, auth = _memory_auth(attempts=AttemptLimiter(NO_REFILL, clock=lambda: now[0]), monotonic=lambda: now[0])
+    issued = [ctx.tokens.create("acme") for _ in range(3 * ATTEMPT_RATE.burst)]
 
     async def scenario() -> None:
         for token in issued:
@@ -207,22 +207,6 @@ def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
 
 def test_a_token_in_steady_use_is_re_read_in_the_background_and_revocation_holds():
     """Past half the cache period the cached record answers while one read refreshes it; never past the period."""
-    from dropbatch.aiorecords import AsyncRecords
-    from dropbatch.context import Context
-    from dropbatch.errors import AuthenticationFailed
-    from dropbatch.settings import Settings
-    from dropbatch.storage.aio import ThreadedObjectStore
-    from dropbatch.storage.memory import MemoryObjectStore
-    from gateway.auth import TokenAuth
-
-    settings = Settings.from_env({})
-    storage = settings.storage
-    ctx = Context(
-        settings=settings,
-        store=MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket]),
-    )
-    ctx.tenants.create("acme", "enterprise")
-    issued = ctx.tokens.create("acme")
     now = [0.0]
     reads: list[str] = []
 
@@ -231,8 +215,8 @@ def test_a_token_in_steady_use_is_re_read_in_the_background_and_revocation_holds
             reads.append(key)
             return await super().get(key, cls)
 
-    records = CountingRecords(ThreadedObjectStore(ctx.store), storage.control_bucket)
-    auth = TokenAuth(ctx.tokens, records, monotonic=lambda: now[0])
+    ctx, auth = _memory_auth(CountingRecords, monotonic=lambda: now[0])
+    issued = ctx.tokens.create("acme")
 
     async def scenario() -> None:
         await asyncio.gather(*(auth.authenticate(_peer(issued.token)) for _ in range(20)))
@@ -240,11 +224,10 @@ def test_a_token_in_steady_use_is_re_read_in_the_background_and_revocation_holds
         now[0] += 0.6 * auth.cache_seconds
         await asyncio.gather(*(auth.authenticate(_peer(issued.token)) for _ in range(20)))
         assert len(reads) == 2, "one refresh past half the period"
-        await asyncio.sleep(0.2)  # the background read lands (a real thread hop, not a clock)
+        await asyncio.wait_for(asyncio.gather(*auth._reading.values()), 30)  # the background read lands
         ctx.tokens.revoke(issued.record.id)
         now[0] += 0.6 * auth.cache_seconds  # the refreshed record is still fresh: it answers
         await auth.authenticate(_peer(issued.token))
-        await asyncio.sleep(0.2)
         now[0] += auth.cache_seconds
         with pytest.raises(AuthenticationFailed):
             await auth.authenticate(_peer(issued.token))
