@@ -29,6 +29,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
 from dropbatch.aiorecords import AsyncRecords
 from dropbatch.context import Context
@@ -39,7 +40,12 @@ from dropbatch.settings import Settings
 from dropbatch.storage.aio import async_twin
 from gateway import admin, batches, compat, files, health, jobs, metrics, models, openapi, validation
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
-from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
+from gateway.errors import (
+    handle_client_disconnect,
+    handle_dropbatch_error,
+    handle_http_exception,
+    handle_unexpected,
+)
 from gateway.metrics import HttpMetrics
 from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, RateLimiter, TierRate
 from gateway.state import Gateway
@@ -84,6 +90,7 @@ def create_app(
         exception_handlers={
             DropbatchError: handle_dropbatch_error,
             HTTPException: handle_http_exception,
+            ClientDisconnect: handle_client_disconnect,
             Exception: handle_unexpected,
         },
     )
