@@ -10,14 +10,13 @@ from collections.abc import Iterable, Iterator
 import boto3
 from botocore.config import Config
 
-from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
+from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, ObjectInfo
 from dropbatch.storage.errors import (
     AWS_ERRORS,
     BODY_CUT,
-    PRECONDITION,
-    error_code,
+    read_failure,
     retried_precondition,
     retry_pause,
     translate,
@@ -103,12 +102,10 @@ class S3ObjectStore:
                     raise translate(exc, bucket=bucket, key=key) from exc
                 _backoff(attempt - 1)
             except AWS_ERRORS as exc:
-                code = error_code(exc)
-                if code == "InvalidRange":
-                    return  # an empty object, or a range past its end: nothing (more) to read
-                if etag is not None and code in PRECONDITION:
-                    raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
-                raise translate(exc, bucket=bucket, key=key) from exc
+                error = read_failure(exc, bucket=bucket, key=key, etag=etag)
+                if error is None:
+                    return
+                raise error from exc
 
     def put(
         self,
