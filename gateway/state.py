@@ -1,9 +1,10 @@
 """What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
 
-``store``/``batches``/``files`` are the async twins over the same buckets as
-``ctx``: the routes clients poll (batches and files) await them on the event
-loop; the rarer write paths (uploads, batch creation, jobs) run the sync
-kernel through a worker thread.
+``store``/``records``/``batches``/``files`` are the async twins over the same
+buckets as ``ctx``: the routes clients poll (batches and files), token lookups,
+health and uploads of one part await them on the event loop; the rarer write
+paths (batch creation, jobs, admin token writes, multipart uploads) run the
+sync kernel through a worker thread.
 """
 
 from __future__ import annotations
