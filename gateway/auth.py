@@ -141,7 +141,7 @@ class TokenAuth:
         if hit is not None:
             age = self.monotonic() - hit[0]
             if age < self.cache_seconds:
-                if age >= self.cache_seconds / 2:
+                if age >= self.cache_seconds / 2 and token not in self._reading:
                     self._read(token).add_done_callback(_log_failed_refresh)  # answered from the cache meanwhile
                 return hit[1]
         if self._known_unknown(token):
