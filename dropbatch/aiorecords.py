@@ -20,12 +20,14 @@ from pydantic import BaseModel
 from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
 from dropbatch.records import (
+    JSON,
     Clock,
     audit_entry,
     batch_not_found,
     conflict_pause,
     dump,
     file_not_found,
+    file_writes,
     indexed_id,
     oldest_first,
     take,
@@ -47,7 +49,7 @@ class AsyncRecords:
 
     async def create(self, key: str, model: BaseModel) -> str:
         """Write ``model`` at ``key`` only if nothing is there (``ObjectExists`` otherwise)."""
-        return await self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type="application/json")
+        return await self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type=JSON)
 
     async def load(self, key: str, cls: type[M]) -> tuple[M, str]:
         data, etag = await self.store.get(self.bucket, key)
@@ -69,7 +71,7 @@ class AsyncRecords:
             if after == before:
                 return record
             try:
-                await self.store.put(self.bucket, key, after, if_match=etag, content_type="application/json")
+                await self.store.put(self.bucket, key, after, if_match=etag, content_type=JSON)
                 return record
             except StaleWrite:
                 await asyncio.sleep(conflict_pause(attempt))
@@ -174,6 +176,12 @@ class AsyncFileStore:
     def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
         self.records = records
         self.clock = clock
+
+    async def create(self, record: FileRecord) -> None:
+        for write in file_writes(record):
+            await self.records.store.put(
+                self.records.bucket, write.key, write.body, if_none_match=write.create_only, content_type=write.content_type
+            )
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
         record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)

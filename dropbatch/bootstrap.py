@@ -26,6 +26,14 @@ class Resources:
 
 def bootstrap(settings: StorageSettings) -> Resources:
     """Make sure every resource exists; safe to run any number of times, from any replica."""
+    buckets = ensure_buckets(settings)
+    queue = ensure_intake_queue(settings)
+    log.info("bootstrapped", extra={"buckets": list(buckets), "queue": settings.queue_name})
+    return Resources(buckets=buckets, queue_url=queue.url, dead_letter_queue_url=queue.dead_letter_url)
+
+
+def ensure_buckets(settings: StorageSettings) -> tuple[str, ...]:
+    """The three buckets (the control bucket versioned): all the gateway needs, on any S3-compatible server."""
     s3 = make_client("s3", settings)
     buckets = (settings.inbox_bucket, settings.outbox_bucket, settings.control_bucket)
     for bucket in buckets:
@@ -36,9 +44,7 @@ def bootstrap(settings: StorageSettings) -> Resources:
         VersioningConfiguration={"Status": "Enabled"},
         what=settings.control_bucket,
     )
-    queue = ensure_intake_queue(settings)
-    log.info("bootstrapped", extra={"buckets": list(buckets), "queue": settings.queue_name})
-    return Resources(buckets=buckets, queue_url=queue.url, dead_letter_queue_url=queue.dead_letter_url)
+    return buckets
 
 
 def _ensure_bucket(s3, bucket: str, region: str) -> None:

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -22,6 +22,10 @@ from dropbatch.storage.keys import ControlKeys, JobRef
 
 M = TypeVar("M", bound=BaseModel)
 Clock = Callable[[], float]
+
+
+JSON = "application/json"
+OCTETS = "application/octet-stream"
 
 
 def dump(model: BaseModel) -> bytes:
@@ -50,10 +54,10 @@ class Records:
 
     def create(self, key: str, model: BaseModel) -> str:
         """Write ``model`` at ``key`` only if nothing is there (``ObjectExists`` otherwise)."""
-        return self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type="application/json")
+        return self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type=JSON)
 
     def put(self, key: str, model: BaseModel) -> str:
-        return self.store.put(self.bucket, key, dump(model), content_type="application/json")
+        return self.store.put(self.bucket, key, dump(model), content_type=JSON)
 
     def load(self, key: str, cls: type[M]) -> tuple[M, str]:
         data, etag = self.store.get(self.bucket, key)
@@ -79,7 +83,7 @@ class Records:
             if after == before:
                 return record
             try:
-                self.store.put(self.bucket, key, after, if_match=etag, content_type="application/json")
+                self.store.put(self.bucket, key, after, if_match=etag, content_type=JSON)
                 return record
             except StaleWrite:
                 time.sleep(conflict_pause(attempt))
@@ -121,7 +125,7 @@ class BatchStore:
             self.records.bucket,
             ControlKeys.job(ref),
             json.dumps({"batch_id": batch_id}).encode(),
-            content_type="application/json",
+            content_type=JSON,
         )
 
     def for_job(self, ref: JobRef) -> BatchRecord:
@@ -140,7 +144,7 @@ class BatchStore:
                 ControlKeys.refused_manifest(ref, manifest_sha256),
                 json.dumps(body).encode(),
                 if_none_match=True,
-                content_type="application/json",
+                content_type=JSON,
             )
         except ObjectExists:
             pass  # another watcher refused it first
@@ -193,15 +197,10 @@ class FileStore:
         self.clock = clock
 
     def create(self, record: FileRecord) -> None:
-        if record.expires_at is not None:  # before the record: a crash in between leaves a harmless entry
-            due = ExpiryEntry(
-                tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
+        for write in file_writes(record):
+            self.records.store.put(
+                self.records.bucket, write.key, write.body, if_none_match=write.create_only, content_type=write.content_type
             )
-            self.records.put(ControlKeys.expiry(record.expires_at, record.tenant, record.id), due)
-        self.records.create(ControlKeys.file(record.tenant, record.id), record)
-        self.records.store.put(
-            self.records.bucket, ControlKeys.file_index(record.tenant, record.created_at, record.id), b""
-        )
 
     def _live(self, record: FileRecord | None) -> FileRecord | None:
         return record if record is not None and record.live_at(self.clock()) else None
@@ -256,6 +255,29 @@ class ExpiryEntry(BaseModel):
     bucket: str
     key: str
     created_at: int = 0
+
+
+class Write(NamedTuple):
+    """One object a record's creation writes."""
+
+    key: str
+    body: bytes
+    create_only: bool
+    content_type: str
+
+
+def file_writes(record: FileRecord) -> Iterator[Write]:
+    """What creating ``record`` writes, in order (``FileStore.create`` and its async twin).
+
+    The expiry entry comes before the record: a crash in between leaves a harmless entry.
+    """
+    if record.expires_at is not None:
+        due = ExpiryEntry(
+            tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
+        )
+        yield Write(ControlKeys.expiry(record.expires_at, record.tenant, record.id), dump(due), False, JSON)
+    yield Write(ControlKeys.file(record.tenant, record.id), dump(record), True, JSON)
+    yield Write(ControlKeys.file_index(record.tenant, record.created_at, record.id), b"", False, OCTETS)
 
 
 def page_index(

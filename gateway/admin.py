@@ -22,7 +22,7 @@ from gateway.state import gateway_of
 
 async def _admin(request: Request) -> None:
     gw = gateway_of(request)
-    await run_in_threadpool(check_admin, request, gw.settings.service.admin_token, gw.auth)
+    await check_admin(request, gw.settings.service.admin_token, gw.auth)
 
 
 async def create_token(request: Request) -> Response:

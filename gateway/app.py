@@ -29,7 +29,9 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
+from dropbatch.aiorecords import AsyncRecords
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.observability.logging import configure_logging
@@ -38,7 +40,12 @@ from dropbatch.settings import Settings
 from dropbatch.storage.aio import async_twin
 from gateway import admin, batches, compat, files, health, jobs, metrics, models, openapi, validation
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
-from gateway.errors import handle_dropbatch_error, handle_http_exception, handle_unexpected
+from gateway.errors import (
+    handle_client_disconnect,
+    handle_dropbatch_error,
+    handle_http_exception,
+    handle_unexpected,
+)
 from gateway.metrics import HttpMetrics
 from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, RateLimiter, TierRate
 from gateway.state import Gateway
@@ -65,7 +72,9 @@ def create_app(
     ctx = ctx or Context.from_settings(settings)
     tokens = ctx.tokens
     registry = Metrics("gateway")
-    store = async_twin(ctx.store, settings.storage, pool_size=settings.service.gateway_s3_pool)
+    pool = settings.service.gateway_s3_pool
+    store = async_twin(ctx.store, settings.storage, pool_size=pool)
+    records = AsyncRecords(store, settings.storage.control_bucket, concurrency=pool)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +90,7 @@ def create_app(
         exception_handlers={
             DropbatchError: handle_dropbatch_error,
             HTTPException: handle_http_exception,
+            ClientDisconnect: handle_client_disconnect,
             Exception: handle_unexpected,
         },
     )
@@ -88,10 +98,11 @@ def create_app(
         settings=settings,
         ctx=ctx,
         tokens=tokens,
-        auth=TokenAuth(tokens, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
+        auth=TokenAuth(tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
         store=store,
+        records=records,
     )
     return app
 

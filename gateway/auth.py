@@ -1,8 +1,13 @@
 """Bearer-token authentication for tenant routes and the admin token for /admin.
 
-Token lookups are cached in this process for ``TOKEN_CACHE_SECONDS`` (2 s) at
-most, so a revoked token stops working on every replica within that long;
-expiry is checked on every request against the cached record.
+Token records are read from the control bucket with the gateway's async store,
+on the event loop, and cached in this process for ``TOKEN_CACHE_SECONDS`` (2 s)
+at most, so a revoked token stops working on every replica within that long;
+expiry is checked on every request against the cached record. A cached record
+past half its life is re-read in the background while it keeps answering, so
+a token in steady use never waits for S3; one read per token is in flight at
+a time, however many requests ask. A token's first use is one GET: its
+``last_used`` stamp (once a minute) is written in the background.
 
 Unknown tokens are remembered for ``UNKNOWN_TOKEN_SECONDS`` (5 s, at most
 ``_UNKNOWN_MAX_ENTRIES`` of them), so a flood of the same garbage token costs one
@@ -12,28 +17,29 @@ created elsewhere (the CLI, another replica) works here within 5 s at most.
 
 Every failed attempt (no token, an unknown, revoked or expired one, a wrong
 admin token) spends one of the caller address's attempts
-(``gateway.ratelimit.AttemptLimiter``); an address with none left is answered
-429 before any S3 read.
+(``gateway.ratelimit.AttemptLimiter``); a good token never does, not even on
+its first use. An address with none left is answered 429 before any S3 read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dropbatch.auth.tokens import TokenRecord, Tokens
+from dropbatch.aiorecords import AsyncRecords
+from dropbatch.auth.tokens import TokenRecord, Tokens, last_used_stamp, lookup_key, matching, needs_touch
 from dropbatch.errors import AuthenticationFailed, DropbatchError, NotFound, PermissionDenied, RateLimited
+from dropbatch.storage.keys import ControlKeys
 from gateway.ratelimit import AttemptLimiter
 
 log = logging.getLogger("dropbatch.gateway")
@@ -85,6 +91,7 @@ class TokenAuth:
     def __init__(
         self,
         tokens: Tokens,
+        records: AsyncRecords,
         *,
         cache_seconds: float = TOKEN_CACHE_SECONDS,
         unknown_seconds: float = UNKNOWN_TOKEN_SECONDS,
@@ -92,82 +99,90 @@ class TokenAuth:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tokens = tokens
+        self.records = records
         self.cache_seconds = cache_seconds
         self.unknown_seconds = unknown_seconds
         self.attempts = attempts or AttemptLimiter()
         self.monotonic = monotonic
         self._cache: dict[str, tuple[float, TokenRecord]] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
+        self._reading: dict[str, asyncio.Task[TokenRecord | None]] = {}
+        self._stamping: dict[str, asyncio.Task[None]] = {}  # by token id: held so no task is collected early
 
-    def _cached(self, token: str) -> TokenRecord | None:
-        if self.cache_seconds <= 0:
-            return None
-        with self._lock:
-            hit = self._cache.get(token)
-            if hit is None:
-                return None
-            if self.monotonic() - hit[0] >= self.cache_seconds:
-                return None  # kept (stale) until replaced: ``_was_good`` still knows it
-            return hit[1]
+    def _known_unknown(self, token: str) -> bool:
+        """True while ``token`` is remembered as not existing."""
+        since = self._unknown.get(token)
+        if since is None:
+            return False
+        if self.monotonic() - since >= self.unknown_seconds:
+            del self._unknown[token]
+            return False
+        return True
 
-    def _was_good(self, token: str, now: int) -> bool:
-        """True if this replica's last lookup of ``token``, however stale, found it usable."""
-        with self._lock:
-            hit = self._cache.get(token)
-        return hit is not None and hit[1].usable(now)
-
-    def _remember(self, token: str, record: TokenRecord) -> None:
-        if self.cache_seconds <= 0:
-            return
-        with self._lock:
+    def _remember(self, token: str, record: TokenRecord | None) -> None:
+        if record is None:
+            if self.unknown_seconds > 0:
+                self._unknown.pop(token, None)
+                while len(self._unknown) >= _UNKNOWN_MAX_ENTRIES:
+                    self._unknown.popitem(last=False)
+                self._unknown[token] = self.monotonic()
+        elif self.cache_seconds > 0:
             if len(self._cache) >= _CACHE_MAX_ENTRIES:
                 self._cache.clear()
             self._cache[token] = (self.monotonic(), record)
 
-    def _known_unknown(self, token: str) -> bool:
-        """True while ``token`` is remembered as not existing."""
-        with self._lock:
-            since = self._unknown.get(token)
-            if since is None:
-                return False
-            if self.monotonic() - since >= self.unknown_seconds:
-                del self._unknown[token]
-                return False
-            return True
-
-    def _remember_unknown(self, token: str) -> None:
-        if self.unknown_seconds <= 0:
-            return
-        with self._lock:
-            self._unknown.pop(token, None)
-            while len(self._unknown) >= _UNKNOWN_MAX_ENTRIES:
-                self._unknown.popitem(last=False)
-            self._unknown[token] = self.monotonic()
-
     def forget_unknown(self, token: str) -> None:
         """``token`` exists now (this replica just issued it): stop answering it as unknown."""
-        with self._lock:
-            self._unknown.pop(token, None)
+        self._unknown.pop(token, None)
 
-    def resolve(self, token: str) -> TokenRecord | None:
+    async def resolve(self, token: str) -> TokenRecord | None:
         """The record for ``token`` (usable or not) from the caches or S3; None if unknown."""
-        record = self._cached(token)
-        if record is not None:
-            return record
+        hit = self._cache.get(token)
+        if hit is not None:
+            age = self.monotonic() - hit[0]
+            if age < self.cache_seconds:
+                if age >= self.cache_seconds / 2 and token not in self._reading:
+                    self._read(token).add_done_callback(_log_failed_refresh)  # answered from the cache meanwhile
+                return hit[1]
         if self._known_unknown(token):
             return None
-        record = self.tokens.lookup(token)
-        if record is None:
-            self._remember_unknown(token)
-            return None
-        if record.usable(int(self.tokens.clock())):
-            record = self._touch(record)
+        return await asyncio.shield(self._read(token))  # a caller that goes away leaves the read to the others
+
+    def _read(self, token: str) -> asyncio.Task[TokenRecord | None]:
+        """The one read of ``token`` in flight, started if there is none."""
+        task = self._reading.get(token)
+        if task is None:
+            task = self._reading[token] = asyncio.ensure_future(self._lookup(token))
+            task.add_done_callback(lambda _: self._reading.pop(token, None))
+        return task
+
+    async def _lookup(self, token: str) -> TokenRecord | None:
+        where = lookup_key(token)
+        record = matching(await self.records.get(where[0], TokenRecord), where[1]) if where else None
         self._remember(token, record)
+        if record is not None and record.usable(int(self.tokens.clock())):
+            self._stamp_soon(record)
         return record
 
-    def authenticate_sync(self, token: str | None, address: str = "unknown") -> Principal:
-        """Blocking (S3 on a cache miss): call through a thread from async code."""
+    def _stamp_soon(self, record: TokenRecord) -> None:
+        """Stamp last_used in the background (once a minute at most): bookkeeping no request waits for."""
+        if record.id in self._stamping or not needs_touch(record, int(self.tokens.clock())):
+            return
+        task = self._stamping[record.id] = asyncio.ensure_future(self._touch(record))
+        task.add_done_callback(lambda _: self._stamping.pop(record.id, None))
+
+    async def _touch(self, record: TokenRecord) -> None:
+        """A failure to write last_used never fails anything: it is logged."""
+        stamp = last_used_stamp(int(self.tokens.clock()))
+        try:
+            await self.records.update(ControlKeys.token(record.token_hash), TokenRecord, stamp)
+        except DropbatchError as exc:
+            log.warning("could not record token use", extra={"token_id": record.id, "error": str(exc)})
+
+    async def authenticate(self, request: Request) -> Principal:
+        """The caller of a tenant route, or ``AuthenticationFailed`` / ``RateLimited``."""
+        token = bearer(request)
+        address = client_address(request)
         if token is None:
             self.attempts.spend(address)
             raise AuthenticationFailed(
@@ -175,40 +190,25 @@ class TokenAuth:
                 code="missing_api_key",
             )
         now = int(self.tokens.clock())
-        record = self._cached(token)
-        if record is None:
-            # Re-checking a token this replica found good costs no attempt: many clients behind one
-            # address (a NAT, a load balancer) re-check theirs every cache period, all at once.
-            spent = not self._was_good(token, now)
-            if spent:
-                self.attempts.spend(address)  # before any S3 read; given back below if the token is good
-            record = self.resolve(token)
-            if spent and record is not None and record.usable(now):
-                self.attempts.refund(address)
-        elif not record.usable(now):
-            self.attempts.spend(address)
+        hit = self._cache.get(token)
+        if hit is not None and hit[1].usable(now):
+            # A token this replica found good (however long ago) spends no attempt to be re-checked: many
+            # clients behind one address (a NAT, a load balancer) re-check theirs every cache period.
+            record = await self.resolve(token)
+        else:
+            async with self.attempts.attempt(address) as attempt:
+                record = await self.resolve(token)
+                attempt.failed = record is None or not record.usable(now)
         record = self.tokens.check(record)
         return Principal(tenant=record.tenant, token_id=record.id, tier=record.tier)
 
-    def _touch(self, record: TokenRecord) -> TokenRecord:
-        """Stamp last_used; bookkeeping, so a failure to write it never fails the request."""
-        try:
-            return self.tokens.touch(record)
-        except DropbatchError as exc:
-            log.warning("could not record token use", extra={"token_id": record.id, "error": str(exc)})
-            return record
 
-    async def authenticate(self, request: Request) -> Principal:
-        """A cached usable token is answered on the event loop; a lookup in S3 goes through a thread."""
-        token = bearer(request)
-        if token is not None:
-            record = self._cached(token)
-            if record is not None and record.usable(int(self.tokens.clock())):
-                return Principal(tenant=record.tenant, token_id=record.id, tier=record.tier)
-        return await run_in_threadpool(self.authenticate_sync, token, client_address(request))
+def _log_failed_refresh(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not refresh a cached token", extra={"error": str(task.exception())})
 
 
-def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> None:
+async def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> None:
     """Allow only the configured admin token: 404 if none is configured, 401/403 otherwise, 429 when guessing."""
     if not admin_token:
         raise NotFound(f"Unknown request URL: {request.method} {request.url.path}.", code="not_found")
@@ -222,7 +222,7 @@ def check_admin(request: Request, admin_token: str | None, auth: TokenAuth) -> N
         raise AuthenticationFailed(
             "This route needs the admin token as 'Authorization: Bearer …'.", code="missing_api_key"
         )
-    record = auth.resolve(token)
+    record = await auth.resolve(token)
     if record is None or not record.usable(int(auth.tokens.clock())):
         raise AuthenticationFailed("Incorrect admin token provided.")
     raise PermissionDenied("Tenant API keys cannot use admin routes.", code="admin_only")

@@ -22,7 +22,7 @@ import time
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from dropbatch.errors import (
     ConfigError,
@@ -145,6 +145,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
         message = f"Method {request.method} is not allowed for {request.url.path}."
     headers = dict(exc.headers or {})
     return JSONResponse(envelope(message, status=status, code=codes.get(status)), status_code=status, headers=headers)
+
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted in the metrics, read by nobody
+
+
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request (an upload cut short, a timeout): not a server error, nobody to answer."""
+    log.info("client disconnected", extra={"path": request.url.path})
+    return Response(status_code=CLIENT_CLOSED)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

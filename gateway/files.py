@@ -16,6 +16,7 @@ sweep (``dropbatch.expiry``) deletes its record and bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -30,6 +31,7 @@ from dropbatch.context import Context
 from dropbatch.errors import InvalidRequest, PayloadTooLarge, UnprocessableRequest
 from dropbatch.ids import new_file_id
 from dropbatch.models import ExpiresAfter, FileRecord
+from dropbatch.storage.base import DEFAULT_PART_SIZE
 from dropbatch.storage.keys import uploaded_file_key
 from gateway.auth import Principal, tenant_route
 from gateway.params import (
@@ -41,9 +43,10 @@ from gateway.params import (
     query_int,
     query_str,
 )
-from gateway.state import gateway_of
+from gateway.state import Gateway, gateway_of
 
 READ_CHUNK = 1024 * 1024
+JSONL = "application/jsonl"
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the small form fields around the file
 # Purposes OpenAI defines; only "batch" is served here (others are refused with 400).
 KNOWN_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -77,13 +80,46 @@ def store_upload(
         nonlocal size
         for chunk in chunks:
             size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"The file is larger than the limit of {limit} bytes.")
+            _check_size(size, limit)
             hasher.update(chunk)
             yield chunk
 
-    ctx.store.upload_stream(ctx.inbox, key, counted(), if_none_match=True, content_type="application/jsonl")
-    record = FileRecord(
+    ctx.store.upload_stream(ctx.inbox, key, counted(), if_none_match=True, content_type=JSONL)
+    record = _upload_record(ctx, tenant, file_id, size, hasher.hexdigest(), filename=filename, expires_at=expires_at)
+    ctx.files.create(record)
+    return record
+
+
+async def receive_upload(
+    gw: Gateway, tenant: str, source: UploadFile, *, filename: str, expires_at: int | None
+) -> FileRecord:
+    """``store_upload`` on the event loop: an upload of one part is one awaited PUT and the record writes.
+
+    A larger one is a multipart upload, streamed by the sync store from a worker thread.
+    """
+    ctx = gw.ctx
+    data = await source.read(DEFAULT_PART_SIZE + 1)
+    if len(data) > DEFAULT_PART_SIZE:
+        chunks = itertools.chain([data], read_chunks(source.file))
+        return await run_in_threadpool(store_upload, ctx, tenant, chunks, filename=filename, expires_at=expires_at)
+    _check_size(len(data), ctx.settings.limits.max_file_bytes)
+    file_id = new_file_id()
+    sha256 = hashlib.sha256(data).hexdigest()
+    record = _upload_record(ctx, tenant, file_id, len(data), sha256, filename=filename, expires_at=expires_at)
+    await gw.store.put(ctx.inbox, record.key, data, if_none_match=True, content_type=JSONL)
+    await gw.files.create(record)
+    return record
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"The file is larger than the limit of {limit} bytes.")
+
+
+def _upload_record(
+    ctx: Context, tenant: str, file_id: str, size: int, sha256: str, *, filename: str, expires_at: int | None
+) -> FileRecord:
+    return FileRecord(
         id=file_id,
         bytes=size,
         created_at=ctx.now(),
@@ -93,11 +129,9 @@ def store_upload(
         expires_at=expires_at,
         tenant=tenant,
         bucket=ctx.inbox,
-        key=key,
-        sha256=hasher.hexdigest(),
+        key=uploaded_file_key(tenant, file_id),
+        sha256=sha256,
     )
-    ctx.files.create(record)
-    return record
 
 
 def _clean_filename(name: str | None) -> str:
@@ -156,13 +190,8 @@ async def create_file(request: Request, principal: Principal) -> Response:
         if upload.size is not None and upload.size > limit:
             raise PayloadTooLarge(f"The file is {upload.size} bytes; the limit is {limit} bytes.")
         expires_at = _expires_after(form, gw.ctx.now())
-        record = await run_in_threadpool(
-            store_upload,
-            gw.ctx,
-            principal.tenant,
-            read_chunks(upload.file),
-            filename=_clean_filename(upload.filename),
-            expires_at=expires_at,
+        record = await receive_upload(
+            gw, principal.tenant, upload, filename=_clean_filename(upload.filename), expires_at=expires_at
         )
     return JSONResponse(record.openai())
 

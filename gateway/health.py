@@ -13,9 +13,9 @@ so unauthenticated probes cannot turn into a stream of S3 requests.
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +23,7 @@ from starlette.routing import Route
 from dropbatch import __version__
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError, ObjectNotFound
+from dropbatch.storage.base import AsyncObjectStore
 from gateway.auth import check_admin
 from gateway.state import Gateway, gateway_of
 
@@ -30,9 +31,10 @@ SERVICE = "dropbatch-gateway"
 CHECK_CACHE_SECONDS = 1.0
 
 
-def bucket_status(ctx: Context, bucket: str) -> str:
+async def bucket_status(store: AsyncObjectStore, bucket: str) -> str:
     try:
-        next(iter(ctx.store.list(bucket, "health-check/")), None)
+        async with aclosing(store.list(bucket, "health-check/", page_size=1)) as listing:
+            await anext(listing, None)
     except ObjectNotFound:
         return "missing"
     except DropbatchError:
@@ -40,11 +42,11 @@ def bucket_status(ctx: Context, bucket: str) -> str:
     return "ok"
 
 
-def check(ctx: Context) -> dict[str, Any]:
+async def check(ctx: Context, store: AsyncObjectStore) -> dict[str, Any]:
     """The operator's report: every component with its name and state."""
     storage = ctx.settings.storage
     buckets = {
-        name: {"bucket": bucket, "status": bucket_status(ctx, bucket)}
+        name: {"bucket": bucket, "status": await bucket_status(store, bucket)}
         for name, bucket in (
             ("inbox", storage.inbox_bucket),
             ("outbox", storage.outbox_bucket),
@@ -73,7 +75,7 @@ async def _report(gw: Gateway) -> dict[str, Any]:
     cached = gw.caches.get("health")
     if cached is not None and time.monotonic() - cached[0] < CHECK_CACHE_SECONDS:
         return cached[1]
-    report = await run_in_threadpool(check, gw.ctx)
+    report = await check(gw.ctx, gw.store)
     gw.caches["health"] = (time.monotonic(), report)
     return report
 
@@ -101,7 +103,7 @@ async def ready(request: Request) -> Response:
 async def admin_health(request: Request) -> Response:
     """The full report, for the admin token only (it names the S3 endpoint and the buckets)."""
     gw = gateway_of(request)
-    await run_in_threadpool(check_admin, request, gw.settings.service.admin_token, gw.auth)
+    await check_admin(request, gw.settings.service.admin_token, gw.auth)
     report = await _report(gw)
     return JSONResponse(report, status_code=_code(report))
 

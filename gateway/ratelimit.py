@@ -18,21 +18,26 @@ seconds until one call's worth of tokens has refilled.
 
 Failed attempts are limited per client address before any token is looked up
 (``AttemptLimiter``): a missing, unknown, revoked or expired bearer token, or a
-wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10); a
-lookup spends one first and gets it back when the token is good. While an
-address has none left, every request from it that is not already
-authenticated by the token cache (the admin token included) answers 429
-without touching S3. The address is the TCP peer (an IPv6 peer's /64):
+wrong admin token, spends one of ``ATTEMPT_RATE`` (30/min, bursts of 10). A
+lookup of a token this replica has not seen reserves one attempt while it
+reads S3 and spends it only if the token turns out bad: a valid token's first
+use is never a failed login, however many new tokens one address brings at
+once (lookups past the reserved budget wait for the ones in flight instead of
+failing). While an address has none left, every request from it that is not
+already authenticated by the token cache (the admin token included) answers
+429 without touching S3. The address is the TCP peer (an IPv6 peer's /64):
 behind a load balancer that does not preserve it, all callers share one
 bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from dropbatch.errors import RateLimited
@@ -89,7 +94,7 @@ class RateLimiter:
                 if len(self._buckets) >= MAX_TRACKED_TOKENS:
                     self._forget_full(now)
                 bucket = self._buckets[key] = _Bucket(tokens=float(rate.burst), updated=now)
-            bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.updated) * rate.per_second)
+            bucket.tokens = _refilled(bucket, rate, now)
             bucket.updated = now
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
@@ -100,6 +105,13 @@ class RateLimiter:
             f"bursts of {rate.burst}). Retry in {math.ceil(wait)} s.",
             retry_after=max(1, math.ceil(wait)),
         )
+
+    def available(self, key: str, tier: str) -> float:
+        """The calls ``key`` could spend now (fractions included), spending none."""
+        rate = self.rate(tier)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            return float(rate.burst) if bucket is None else _refilled(bucket, rate, self.clock())
 
     def allows(self, key: str, tier: str) -> bool:
         """Spend one call if ``key`` has one left; False (spending nothing) when its bucket is empty."""
@@ -123,27 +135,78 @@ class RateLimiter:
                 del self._buckets[key]
 
 
-class AttemptLimiter:
-    """Authentication attempts per client address: ``spend`` before a lookup, ``refund`` when it succeeded.
+def _refilled(bucket: _Bucket, rate: TierRate, now: float) -> float:
+    return min(float(rate.burst), bucket.tokens + (now - bucket.updated) * rate.per_second)
 
-    Spending first keeps the bound under concurrency: however many requests of
-    one address arrive at once, at most the burst of them reach S3.
+
+@dataclass
+class Attempt:
+    """The outcome of one reserved attempt: set ``failed`` when the credentials were bad."""
+
+    failed: bool = False
+
+
+class AttemptLimiter:
+    """Failed authentication attempts per client address.
+
+    ``spend`` counts a failure now (a missing token, a wrong admin token).
+    ``async with attempt(address) as a`` reserves one attempt around a token
+    lookup and spends it only if ``a.failed`` is set. Reserving first keeps the
+    bound under concurrency: however many lookups of one address run at once,
+    at most its remaining attempts of them are in flight (the rest wait for
+    those to settle), so at most the burst of failures reach S3.
     """
 
     def __init__(self, rate: TierRate = ATTEMPT_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets = RateLimiter({"attempts": rate}, clock=clock)
         self.rate = rate
+        self._pending: dict[str, int] = {}
+        self._settled: asyncio.Event | None = None
+
+    @asynccontextmanager
+    async def attempt(self, address: str) -> AsyncIterator[Attempt]:
+        """Reserve one attempt of ``address`` (``RateLimited`` if it has none), spent only if it fails."""
+        await self._reserve(address)
+        outcome = Attempt()
+        try:
+            yield outcome
+        finally:
+            left = self._pending.pop(address) - 1
+            if left:
+                self._pending[address] = left
+            if outcome.failed:
+                self._buckets.allows(address, "attempts")
+            if self._settled is not None:
+                self._settled.set()
+                self._settled = None
+
+    async def _reserve(self, address: str) -> None:
+        while True:
+            pending = self._pending.get(address, 0)
+            available = self._buckets.available(address, "attempts")
+            if available - pending >= 1:
+                self._pending[address] = pending + 1
+                return
+            if pending == 0:  # none left and none in flight
+                per_second = self.rate.per_second
+                raise self._limited(max(1, math.ceil((1.0 - available) / per_second)) if per_second > 0 else 120)
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            await self._settled.wait()  # an attempt in flight holds the last ones: see how it ends
 
     def spend(self, address: str) -> None:
         """Spend one attempt of ``address``, or raise ``RateLimited`` (429) when it has none left."""
         try:
             self._buckets.check(address, "attempts")
         except RateLimited as exc:
-            raise RateLimited(
-                f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per "
-                f"minute, bursts of {self.rate.burst}). Retry in {exc.retry_after} s.",
-                retry_after=exc.retry_after,
-            ) from None
+            raise self._limited(exc.retry_after) from None
+
+    def _limited(self, retry_after: int) -> RateLimited:
+        return RateLimited(
+            f"Too many failed authentication attempts from this address ({self.rate.per_minute:g} per "
+            f"minute, bursts of {self.rate.burst}). Retry in {retry_after} s.",
+            retry_after=retry_after,
+        )
 
     def refund(self, address: str) -> None:
         """The attempt succeeded: it does not count."""

@@ -1,9 +1,10 @@
 """What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
 
-``store``/``batches``/``files`` are the async twins over the same buckets as
-``ctx``: the routes clients poll (batches and files) await them on the event
-loop; the rarer write paths (uploads, batch creation, jobs) run the sync
-kernel through a worker thread.
+``store``/``records``/``batches``/``files`` are the async twins over the same
+buckets as ``ctx``: the routes clients poll (batches and files), token lookups,
+health and uploads of one part await them on the event loop; the rarer write
+paths (batch creation, jobs, admin token writes, multipart uploads) run the
+sync kernel through a worker thread.
 """
 
 from __future__ import annotations
@@ -32,14 +33,12 @@ class Gateway:
     limiter: RateLimiter
     metrics: Metrics
     store: AsyncObjectStore
-    records: AsyncRecords = field(init=False)
+    records: AsyncRecords
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
-        pool = self.settings.service.gateway_s3_pool
-        self.records = AsyncRecords(self.store, self.settings.storage.control_bucket, concurrency=pool)
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -85,6 +85,35 @@ def _valid_token_id(token_id: str) -> bool:
     )
 
 
+def lookup_key(token: str) -> tuple[str, str] | None:
+    """Where ``token``'s record would be (its key and hash), or None if it cannot be a token at all."""
+    if not _looks_like_token(token):
+        return None
+    digest = hash_token(token)
+    return ControlKeys.token(digest), digest
+
+
+def matching(record: TokenRecord | None, digest: str) -> TokenRecord | None:
+    """``record`` if its stored hash is ``digest`` (compared in constant time)."""
+    if record is None or not hmac.compare_digest(record.token_hash.encode(), digest.encode()):
+        return None
+    return record
+
+
+def needs_touch(record: TokenRecord, now: int) -> bool:
+    return record.last_used is None or now - record.last_used >= LAST_USED_RESOLUTION
+
+
+def last_used_stamp(now: int) -> Callable[[TokenRecord], None]:
+    """The update that stamps ``last_used`` (a no-op if another writer stamped it this minute)."""
+
+    def stamp(current: TokenRecord) -> None:
+        if needs_touch(current, now):
+            current.last_used = now
+
+    return stamp
+
+
 class Tokens:
     """Issue, look up, list and revoke bearer tokens in the control bucket."""
 
@@ -117,13 +146,11 @@ class Tokens:
 
     def lookup(self, token: str) -> TokenRecord | None:
         """The record for ``token`` as stored (revoked or expired included), or None if unknown."""
-        if not _looks_like_token(token):
+        where = lookup_key(token)
+        if where is None:
             return None
-        digest = hash_token(token)
-        record = self.records.get(ControlKeys.token(digest), TokenRecord)
-        if record is None or not hmac.compare_digest(record.token_hash.encode(), digest.encode()):
-            return None
-        return record
+        key, digest = where
+        return matching(self.records.get(key, TokenRecord), digest)
 
     def check(self, record: TokenRecord | None) -> TokenRecord:
         """``record`` if it may be used now; else ``AuthenticationFailed`` (one message for every reason)."""
@@ -134,18 +161,6 @@ class Tokens:
 
     def authenticate(self, token: str) -> TokenRecord:
         return self.check(self.lookup(token))
-
-    def touch(self, record: TokenRecord) -> TokenRecord:
-        """Stamp ``last_used``, at most once per ``LAST_USED_RESOLUTION`` seconds."""
-        now = int(self.clock())
-        if record.last_used is not None and now - record.last_used < LAST_USED_RESOLUTION:
-            return record
-
-        def stamp(current: TokenRecord) -> None:
-            if current.last_used is None or now - current.last_used >= LAST_USED_RESOLUTION:
-                current.last_used = now
-
-        return self.records.update(ControlKeys.token(record.token_hash), TokenRecord, stamp)
 
     def get(self, token_id: str) -> TokenRecord:
         index = self.records.get(ControlKeys.token_id(token_id), TokenIndex) if _valid_token_id(token_id) else None

@@ -23,14 +23,13 @@ import anyio.to_thread
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
+from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.base import DEFAULT_READ_CHUNK, AsyncObjectStore, ObjectInfo, ObjectStore
 from dropbatch.storage.errors import (
     AWS_ERRORS,
     BODY_CUT,
-    PRECONDITION,
-    error_code,
+    read_failure,
     retried_precondition,
     retry_pause,
     translate,
@@ -129,12 +128,10 @@ class AsyncS3ObjectStore:
                     raise translate(exc, bucket=bucket, key=key) from exc
                 await asyncio.sleep(retry_pause(attempt - 1))
             except AWS_ERRORS as exc:
-                code = error_code(exc)
-                if code == "InvalidRange":
-                    return  # an empty object, or a range past its end: nothing (more) to read
-                if etag is not None and code in PRECONDITION:
-                    raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
-                raise translate(exc, bucket=bucket, key=key) from exc
+                error = read_failure(exc, bucket=bucket, key=key, etag=etag)
+                if error is None:
+                    return
+                raise error from exc
 
     async def put(
         self,

@@ -82,6 +82,18 @@ def translate(exc: BaseException, *, bucket: str, key: str, conditional: str | N
     return StorageError(f"{where}: {exc}")
 
 
+def read_failure(exc: BaseException, *, bucket: str, key: str, etag: str | None) -> StorageError | StaleWrite | None:
+    """What a failed ranged GET of a streamed read means: None when the range starts past the end
+    (an empty object, or nothing more to read), ``StaleWrite`` when the object changed since the
+    read began (``etag``), else the translated error."""
+    code = error_code(exc)
+    if code == "InvalidRange":
+        return None
+    if etag is not None and code in PRECONDITION:
+        return StaleWrite(f"s3://{bucket}/{key} changed while it was being read")
+    return translate(exc, bucket=bucket, key=key)
+
+
 def retry_pause(attempt: int) -> float:
     """Seconds before retrying a cut body read: botocore standard mode's full jitter."""
     return min(20.0, random.random() * 2**attempt)

@@ -10,18 +10,19 @@ from collections.abc import Iterable, Iterator
 import boto3
 from botocore.config import Config
 
-from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
+from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.base import DEFAULT_PART_SIZE, DEFAULT_READ_CHUNK, ObjectInfo
 from dropbatch.storage.errors import (
     AWS_ERRORS,
     BODY_CUT,
-    PRECONDITION,
-    error_code,
+    read_failure,
     retried_precondition,
     retry_pause,
     translate,
 )
+
+SYNC_POOL = 50  # connections of the shared client: the threads that may call S3 at once (anyio's pool is 40)
 
 
 def _backoff(attempt: int) -> None:
@@ -38,20 +39,19 @@ class S3ObjectStore:
 
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
-        self._local = threading.local()
-        self._session: boto3.session.Session | None = None
+        self._shared = None
         self._creating = threading.Lock()
 
     def _client(self):
-        # boto3 clients are thread-safe but their creation is not; one per thread is simplest. They
-        # come from one session, so the S3 service model is loaded once per store, not per thread
-        # (a thread pool of 40 clients from 40 sessions held ~15 MB each).
-        client = getattr(self._local, "client", None)
+        # One client for every thread: a botocore client is thread-safe once built (its building is not,
+        # hence the lock). A client per thread cost ~0.1 s of CPU for each new worker thread, and the
+        # gateway's thread pool retires idle threads, so it paid that again and again under load.
+        client = self._shared
         if client is None:
             with self._creating:
-                self._session = self._session or boto3.session.Session()
-                client = make_client("s3", self._settings, session=self._session)
-            self._local.client = client
+                if self._shared is None:
+                    self._shared = make_client("s3", self._settings, pool_size=SYNC_POOL)
+                client = self._shared
         return client
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
@@ -102,12 +102,10 @@ class S3ObjectStore:
                     raise translate(exc, bucket=bucket, key=key) from exc
                 _backoff(attempt - 1)
             except AWS_ERRORS as exc:
-                code = error_code(exc)
-                if code == "InvalidRange":
-                    return  # an empty object, or a range past its end: nothing (more) to read
-                if etag is not None and code in PRECONDITION:
-                    raise StaleWrite(f"s3://{bucket}/{key} changed while it was being read") from exc
-                raise translate(exc, bucket=bucket, key=key) from exc
+                error = read_failure(exc, bucket=bucket, key=key, etag=etag)
+                if error is None:
+                    return
+                raise error from exc
 
     def put(
         self,
@@ -299,10 +297,12 @@ def client_options(settings: StorageSettings) -> tuple[dict, dict]:
     return config, client
 
 
-def make_client(service: str, settings: StorageSettings, *, session: boto3.session.Session | None = None):
-    """A boto3 client for ``service`` with dropbatch's retry policy (from ``session``, else a new one)."""
+def make_client(service: str, settings: StorageSettings, *, pool_size: int | None = None):
+    """A boto3 client for ``service`` with dropbatch's retry policy (``pool_size`` connections, else botocore's 10)."""
     config, options = client_options(settings)
-    return (session or boto3.session.Session()).client(service, config=Config(**config), **options)
+    if pool_size is not None:
+        config["max_pool_connections"] = pool_size
+    return boto3.session.Session().client(service, config=Config(**config), **options)
 
 
 def call_aws(fn, *args, what: str, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -184,3 +185,28 @@ def test_bad_input_is_never_a_500(settings, live, tenant_token) -> None:
     assert_envelope(httpx.get(live.url + "/v1/batches", headers={"Authorization": "Basic abc"}), 401)
     assert_envelope(httpx.get(live.url + "/v1/batches"), 401)
     http.close()
+
+
+def test_a_client_that_goes_away_mid_upload_is_no_server_error(live, tenant_token) -> None:
+    """A cut-short upload (a client timeout) is counted as 499, never logged or counted as a 500."""
+    import socket
+    from urllib.parse import urlsplit
+
+    token = tenant_token(live.ctx, "acme").token
+    url = urlsplit(live.url)
+    head = (
+        "POST /v1/files HTTP/1.1\r\n"
+        f"Host: {url.hostname}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+        '--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{"custom_id"'
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+    deadline = time.monotonic() + 20
+    scraped = ""
+    while 'status="499"' not in scraped and time.monotonic() < deadline:
+        time.sleep(0.1)
+        scraped = httpx.get(live.url + "/metrics", timeout=10).text
+    files = [line for line in scraped.splitlines() if line.startswith("dropbatch_http_requests_total") and "/v1/files" in line]
+    assert any('status="499"' in line for line in files), files
+    assert not any('status="500"' in line for line in files), files

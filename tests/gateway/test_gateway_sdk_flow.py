@@ -258,3 +258,19 @@ def test_retry_config_on_creation_reaches_the_signed_manifest_and_the_record(set
             completion_window="24h",
             extra_body={"retry_config": {"max_retries": 99}},
         )
+
+
+def test_an_upload_larger_than_one_part_is_a_multipart_upload_with_the_same_record(live, tenant_token, sdk) -> None:
+    """One part is one awaited PUT; past it the sync store streams a multipart upload from a thread."""
+    from dropbatch.storage.base import DEFAULT_PART_SIZE
+
+    client = sdk(live, tenant_token(live.ctx, "acme").token)
+    line = json.dumps(make_jsonl(1)[0]).encode() + b"\n"
+    data = line * (DEFAULT_PART_SIZE // len(line) + 2)  # a part and a bit
+    uploaded = client.files.create(file=("big.jsonl", data), purpose="batch")
+    assert uploaded.bytes == len(data)
+    record = live.ctx.files.get("acme", uploaded.id)
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    stored = live.ctx.store.head(live.ctx.inbox, uploaded_file_key("acme", uploaded.id))
+    assert stored.size == len(data) and "-" in stored.etag.strip('"')  # assembled from parts
+    assert client.files.list().data[0].id == uploaded.id  # indexed like a small upload

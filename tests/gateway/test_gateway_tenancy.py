@@ -99,9 +99,15 @@ def test_tokens_are_stored_hashed_and_expire(settings, live, tenant_token, sdk) 
     stored = b"".join(live.ctx.store.get(live.ctx.settings.storage.control_bucket, key)[0] for key in keys)
     assert issued.token.encode() not in stored
     assert ControlKeys.token(issued.record.token_hash) in keys
-    record = json.loads(
-        live.ctx.store.get(live.ctx.settings.storage.control_bucket, ControlKeys.token(issued.record.token_hash))[0]
-    )
+
+    def stored_record() -> dict:
+        bucket = live.ctx.settings.storage.control_bucket
+        return json.loads(live.ctx.store.get(bucket, ControlKeys.token(issued.record.token_hash))[0])
+
+    deadline = time.monotonic() + 10
+    while stored_record()["last_used"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # last_used is stamped in the background, just after the first use
+    record = stored_record()
     assert record["last_used"] is not None and record["expires_at"] == record["created_at"] + 3600
 
     # Expiry is checked against the stored record on each lookup.

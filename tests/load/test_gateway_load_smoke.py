@@ -24,7 +24,7 @@ def test_gateway_load_bench_smoke(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "gateway_load.json").read_text())
+    (result,) = json.loads((tmp_path / "gateway_load.json").read_text())["runs"]
     assert result["errors"] == 0, result["error_samples"]
     assert result["total_ok"] > 0
     assert result["routes"]["GET /v1/batches/{id}"]["ok"] > 0

@@ -7,6 +7,7 @@ lookup of a well-formed token is one GET under ``tokens/``.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,14 @@ import pytest
 from starlette.requests import Request
 
 import dropbatch.auth.tokens
-from gateway.auth import client_address
-from gateway.ratelimit import ATTEMPT_RATE, TierRate
+from dropbatch.aiorecords import AsyncRecords
+from dropbatch.context import Context
+from dropbatch.errors import AuthenticationFailed, RateLimited
+from dropbatch.settings import Settings
+from dropbatch.storage.aio import ThreadedObjectStore
+from dropbatch.storage.memory import MemoryObjectStore
+from gateway.auth import TokenAuth, client_address
+from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, TierRate
 
 pytestmark = pytest.mark.integration
 
@@ -132,15 +139,33 @@ def test_attempts_are_counted_per_address_and_per_ipv6_64(peer: str, spends: str
     assert client_address(request) == spends
 
 
-def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
-    """Many clients behind one address re-check their good tokens each cache period: never a 429 for that."""
-    from dropbatch.context import Context
-    from dropbatch.errors import AuthenticationFailed, RateLimited
-    from dropbatch.settings import Settings
-    from dropbatch.storage.memory import MemoryObjectStore
-    from gateway.auth import TokenAuth
-    from gateway.ratelimit import AttemptLimiter
+def test_new_valid_tokens_of_one_address_at_once_spend_no_attempts(make_settings, live_gateway):
+    """Many workers behind one address start with fresh tokens at the same moment: every one is let in."""
+    settings = make_settings()
+    live = live_gateway(settings, attempt_rate=NO_REFILL)
+    live.ctx.tenants.create("acme", "enterprise")
+    issued = [live.ctx.tokens.create("acme").token for _ in range(4 * ATTEMPT_RATE.burst)]
 
+    def first_use(token: str) -> httpx.Response:
+        with httpx.Client(base_url=live.url, timeout=30) as http:
+            return _files(http, token)
+
+    with ThreadPoolExecutor(len(issued)) as pool:
+        statuses = Counter(a.status_code for a in pool.map(first_use, issued))
+    assert statuses == {200: len(issued)}
+    with httpx.Client(base_url=live.url, timeout=30) as http:  # the address still has its whole budget
+        assert [_files(http, _garbage()).status_code for _ in range(ATTEMPT_RATE.burst + 1)] == [401] * (
+            ATTEMPT_RATE.burst
+        ) + [429]
+
+
+def _peer(token: str, address: str = "10.0.0.1") -> Request:
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    return Request({"type": "http", "method": "GET", "path": "/v1/files", "headers": headers, "client": (address, 1)})
+
+
+def _memory_auth(records_class: type[AsyncRecords] = AsyncRecords, **options) -> tuple[Context, TokenAuth]:
+    """A TokenAuth over the in-memory store (awaited through threads), with tenant ``acme`` (enterprise)."""
     settings = Settings.from_env({})
     storage = settings.storage
     ctx = Context(
@@ -148,22 +173,63 @@ def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
         store=MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket]),
     )
     ctx.tenants.create("acme", "enterprise")
-    issued = [ctx.tokens.create("acme") for _ in range(3 * ATTEMPT_RATE.burst)]
-    now = [0.0]
-    auth = TokenAuth(ctx.tokens, attempts=AttemptLimiter(NO_REFILL, clock=lambda: now[0]), monotonic=lambda: now[0])
-    for token in issued:
-        assert auth.authenticate_sync(token.token, "10.0.0.1").tenant == "acme"
-    for _ in range(ATTEMPT_RATE.burst):  # the shared address spends every attempt it has
-        with pytest.raises(AuthenticationFailed):
-            auth.authenticate_sync(_garbage(), "10.0.0.1")
-    with pytest.raises(RateLimited):
-        auth.authenticate_sync(_garbage(), "10.0.0.1")
+    records = records_class(ThreadedObjectStore(ctx.store), storage.control_bucket)
+    return ctx, TokenAuth(ctx.tokens, records, **options)
 
-    now[0] += 10 * auth.cache_seconds  # every cached lookup is stale: each token is looked up again
-    assert {auth.authenticate_sync(t.token, "10.0.0.1").token_id for t in issued} == {t.record.id for t in issued}
-    ctx.tokens.revoke(issued[0].record.id)
-    now[0] += 10 * auth.cache_seconds
-    with pytest.raises(AuthenticationFailed):
-        auth.authenticate_sync(issued[0].token, "10.0.0.1")  # revocation still holds after the cache period
-    with pytest.raises(RateLimited):
-        auth.authenticate_sync(issued[0].token, "10.0.0.1")  # and a revoked token spends attempts again
+
+def test_rechecking_tokens_found_good_spends_no_attempts_of_a_shared_address():
+    """Many clients behind one address re-check their good tokens each cache period: never a 429 for that."""
+    now = [0.0]
+    ctx, auth = _memory_auth(attempts=AttemptLimiter(NO_REFILL, clock=lambda: now[0]), monotonic=lambda: now[0])
+    issued = [ctx.tokens.create("acme") for _ in range(3 * ATTEMPT_RATE.burst)]
+
+    async def scenario() -> None:
+        for token in issued:
+            assert (await auth.authenticate(_peer(token.token))).tenant == "acme"
+        for _ in range(ATTEMPT_RATE.burst):  # the shared address spends every attempt it has
+            with pytest.raises(AuthenticationFailed):
+                await auth.authenticate(_peer(_garbage()))
+        with pytest.raises(RateLimited):
+            await auth.authenticate(_peer(_garbage()))
+
+        now[0] += 10 * auth.cache_seconds  # every cached lookup is stale: each token is looked up again
+        rechecked = {(await auth.authenticate(_peer(t.token))).token_id for t in issued}
+        assert rechecked == {t.record.id for t in issued}
+        ctx.tokens.revoke(issued[0].record.id)
+        now[0] += 10 * auth.cache_seconds
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate(_peer(issued[0].token))  # revocation still holds after the cache period
+        with pytest.raises(RateLimited):
+            await auth.authenticate(_peer(issued[0].token))  # and a revoked token spends attempts again
+
+    asyncio.run(scenario())
+
+
+def test_a_token_in_steady_use_is_re_read_in_the_background_and_revocation_holds():
+    """Past half the cache period the cached record answers while one read refreshes it; never past the period."""
+    now = [0.0]
+    reads: list[str] = []
+
+    class CountingRecords(AsyncRecords):
+        async def get(self, key, cls):
+            reads.append(key)
+            return await super().get(key, cls)
+
+    ctx, auth = _memory_auth(CountingRecords, monotonic=lambda: now[0])
+    issued = ctx.tokens.create("acme")
+
+    async def scenario() -> None:
+        await asyncio.gather(*(auth.authenticate(_peer(issued.token)) for _ in range(20)))
+        assert len(reads) == 1, "one read in flight per token, however many requests ask"
+        now[0] += 0.6 * auth.cache_seconds
+        await asyncio.gather(*(auth.authenticate(_peer(issued.token)) for _ in range(20)))
+        assert len(reads) == 2, "one refresh past half the period"
+        await asyncio.wait_for(asyncio.gather(*auth._reading.values()), 30)  # the background read lands
+        ctx.tokens.revoke(issued.record.id)
+        now[0] += 0.6 * auth.cache_seconds  # the refreshed record is still fresh: it answers
+        await auth.authenticate(_peer(issued.token))
+        now[0] += auth.cache_seconds
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate(_peer(issued.token))
+
+    asyncio.run(scenario())

@@ -9,6 +9,7 @@ answers the opposite, the decision flips, so the spy's answer is the one used.
 from __future__ import annotations
 
 import ast
+import asyncio
 import hmac
 from pathlib import Path
 
@@ -29,16 +30,16 @@ REPO = Path(__file__).resolve().parents[2]
 # (module file, function that must call hmac.compare_digest)
 CONSTANT_TIME = [
     ("manifests/signing.py", "verify_signature"),
-    ("dropbatch/auth/tokens.py", "lookup"),
+    ("dropbatch/auth/tokens.py", "matching"),
     ("gateway/auth.py", "check_admin"),
 ]
 SECRET_WORDS = ("signature", "token_hash", "digest", "secret", "admin_token", "expected")  # as parts of a name
 SECRET_NAMES = ("token",)  # as a whole name (``token_id`` is public)
 
 
-def _function(tree: ast.Module, name: str) -> ast.FunctionDef:
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == name:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
             return node
     raise AssertionError(f"no function {name}")
 
@@ -148,18 +149,22 @@ class _NoTenants:
 
     attempts = AttemptLimiter(TierRate(per_minute=60, burst=100))
 
-    def resolve(self, token):
+    async def resolve(self, token):
         return None
+
+
+def _check_admin(request: Request, admin_token: str, auth: _NoTenants) -> None:
+    asyncio.run(gateway.auth.check_admin(request, admin_token, auth))
 
 
 def test_admin_token_decision_is_compare_digests(monkeypatch):
     spy = Spy(answer=False)
     monkeypatch.setattr(hmac, "compare_digest", spy)
     with pytest.raises(AuthenticationFailed):
-        gateway.auth.check_admin(_request("admin-secret"), "admin-secret", _NoTenants())
+        _check_admin(_request("admin-secret"), "admin-secret", _NoTenants())
     assert spy.calls == [(b"admin-secret", b"admin-secret")]
     spy.answer = True
-    gateway.auth.check_admin(_request("not-the-admin-token"), "admin-secret", _NoTenants())
+    _check_admin(_request("not-the-admin-token"), "admin-secret", _NoTenants())
     with pytest.raises((AuthenticationFailed, PermissionDenied)):
         spy.answer = None
-        gateway.auth.check_admin(_request("not-the-admin-token"), "admin-secret", _NoTenants())
+        _check_admin(_request("not-the-admin-token"), "admin-secret", _NoTenants())
