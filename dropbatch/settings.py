@@ -307,7 +307,12 @@ class ServiceSettings(_Frozen):
     intake: Literal["auto", "sqs", "poll"] = Field(
         "auto", description="auto: SQS events when the queue exists, plus a slower listing sweep."
     )
-    poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox / runner checks the queue.")
+    poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox (or long-polls SQS).")
+    runner_poll_seconds: float = Field(
+        0.5, gt=0,
+        description="How often an idle runner lists the work queue: the longest a newly queued batch waits for a "
+        "runner with a free slot (one LIST request each time; a finished group wakes the runner at once).",
+    )
     max_running_groups: int = Field(
         4, ge=1, description="Groups of batches one runner streams into its warm engine at once."
     )
@@ -559,6 +564,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),
     "DROPBATCH_INTAKE": ("service", "intake", str, ()),
     "DROPBATCH_POLL_SECONDS": ("service", "poll_seconds", float, ()),
+    "DROPBATCH_RUNNER_POLL_SECONDS": ("service", "runner_poll_seconds", float, ()),
     "DROPBATCH_RUNNER_GROUPS": ("service", "max_running_groups", int, ()),
     "DROPBATCH_SWEEP_SECONDS": ("service", "sweep_seconds", float, ()),
     "DROPBATCH_LEASE_SECONDS": ("service", "lease_seconds", int, ()),

@@ -383,10 +383,14 @@ class Runner:
         # Queue and SLA gauges must move while groups run.
         observer = threading.Thread(target=self._observe_forever, args=(stop,), name="queue-metrics", daemon=True)
         observer.start()
-        running: list[threading.Thread] = []
+        # Woken by a group that ends (its slot is free: claim now, not at the next poll) or by the stop.
+        wake = threading.Event()
+        threading.Thread(target=lambda: (stop.wait(), wake.set()), name="stop-wakes", daemon=True).start()
+        running: list[tuple[threading.Thread, threading.Event]] = []  # each group's thread, set once it is over
         limit = self.ctx.settings.service.max_running_groups
         while not stop.is_set():
-            running = [t for t in running if t.is_alive()]
+            wake.clear()
+            running = [(thread, over) for thread, over in running if not over.is_set()]
             group = []
             if len(running) < limit:
                 small_only = limit > 1 and len(running) == limit - 1
@@ -395,16 +399,18 @@ class Runner:
                 except DropbatchError as exc:
                     log.error("claiming failed; will retry", extra={"error": str(exc)})
             if group:
-                worker = threading.Thread(target=self._run_group_logged, args=(group,), name="group", daemon=True)
+                over = threading.Event()
+                worker = threading.Thread(target=self._run_group_logged, args=(group, over, wake), name="group",
+                                          daemon=True)
                 worker.start()
-                running.append(worker)
+                running.append((worker, over))
             else:
-                stop.wait(self.ctx.settings.service.poll_seconds)
-        for worker in running:  # each group sees the stop, checkpoints and hands its leases back
+                wake.wait(self.ctx.settings.service.runner_poll_seconds)
+        for worker, _ in running:  # each group sees the stop, checkpoints and hands its leases back
             worker.join(timeout=self.ctx.settings.service.stop_seconds)
         self.metrics.engine_up.set(0)
 
-    def _run_group_logged(self, group: Sequence[Claimed]) -> None:
+    def _run_group_logged(self, group: Sequence[Claimed], over: threading.Event, wake: threading.Event) -> None:
         try:
             self.run_group(group)
         except EngineError as exc:
@@ -412,4 +418,7 @@ class Runner:
             log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
         except DropbatchError as exc:
             log.error("runner pass failed; will retry", extra={"error": str(exc)})
+        finally:
+            over.set()
+            wake.set()
 

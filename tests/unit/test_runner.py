@@ -427,7 +427,7 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
 
 def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, submit) -> None:
     """The engine stays warm and takes several groups: a small batch never waits for a big one's pass."""
-    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01")
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_RUNNER_POLL_SECONDS="0.01")
     big = submit(ctx, "big", 6, words=3, max_tokens=2)
     big_started, gate = threading.Event(), threading.Event()
     echo = EchoEngine(ctx.store, ctx.settings)
@@ -468,7 +468,7 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
 
 def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_context, submit) -> None:
     """Two slots, one busy with a big batch: a small batch queued behind another big one still starts at once."""
-    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_RUNNER_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
                        DROPBATCH_COALESCE_MAX_LINES=6, DROPBATCH_SMALL_BATCH_LINES=4)
     big = submit(ctx, "big", 6, words=3, max_tokens=2)
     started, gate = threading.Event(), threading.Event()
