@@ -313,6 +313,10 @@ class ServiceSettings(_Frozen):
         description="How often an idle runner lists the work queue: the longest a newly queued batch waits for a "
         "runner with a free slot (one LIST request each time; a finished group wakes the runner at once).",
     )
+    watcher_workers: int = Field(
+        4, ge=1,
+        description="Manifests one watcher admits at once (a burst of uploads is not admitted one after another).",
+    )
     max_running_groups: int = Field(
         4, ge=1, description="Groups of batches one runner streams into its warm engine at once."
     )
@@ -566,6 +570,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_POLL_SECONDS": ("service", "poll_seconds", float, ()),
     "DROPBATCH_RUNNER_POLL_SECONDS": ("service", "runner_poll_seconds", float, ()),
     "DROPBATCH_RUNNER_GROUPS": ("service", "max_running_groups", int, ()),
+    "DROPBATCH_WATCHER_WORKERS": ("service", "watcher_workers", int, ()),
     "DROPBATCH_SWEEP_SECONDS": ("service", "sweep_seconds", float, ()),
     "DROPBATCH_LEASE_SECONDS": ("service", "lease_seconds", int, ()),
     "DROPBATCH_ADMIN_TOKEN": ("service", "admin_token", str, ()),
