@@ -310,8 +310,8 @@ class ServiceSettings(_Frozen):
     poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox (or long-polls SQS).")
     runner_poll_seconds: float = Field(
         0.5, gt=0,
-        description="How often an idle runner lists the work queue: the longest a newly queued batch waits for a "
-        "runner with a free slot (one LIST request each time; a finished group wakes the runner at once).",
+        description="How often a runner with a free slot lists the work queue (a LIST, and a GET per queued "
+        "entry): the longest a newly queued batch waits to be claimed. A group that ends wakes it at once.",
     )
     watcher_workers: int = Field(
         4, ge=1,
