@@ -207,10 +207,16 @@ class Stack:
 
 
 class PeakRss:
-    """Samples the summed RSS of a process and all its descendants."""
+    """Samples the RSS of a process and all its descendants: the peak of the sum, and of each kind's sum.
+
+    Kinds are ``CpuShare.KINDS`` (runner, Ray Data stages, Ray core, engine actor, vLLM's
+    processes ...), so a growth shows which process grew.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.peak_by_kind: dict[str, int] = {}
+        self._kinds: dict[int, str] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
@@ -218,13 +224,20 @@ class PeakRss:
 
         root = psutil.Process(self.pid)
         while not self._stop.wait(0.5):
-            total = 0
+            total, by_kind = 0, {}
             for proc in [root, *root.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
+                if proc.pid not in self._kinds:
+                    self._kinds[proc.pid] = CpuShare.kind(proc)
+                kind = self._kinds[proc.pid]
+                by_kind[kind] = by_kind.get(kind, 0) + rss
+                total += rss
             self.peak = max(self.peak, total)
+            for kind, rss in by_kind.items():
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -263,12 +276,13 @@ class CpuShare:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self.wall = 0.0
 
-    def kind(self, proc) -> str:
+    @classmethod
+    def kind(cls, proc) -> str:
         try:
             title = f"{proc.name()} {' '.join(proc.cmdline())}"
         except Exception:  # noqa: BLE001 - gone or not ours
             return "other"
-        for kind, marks in self.KINDS:
+        for kind, marks in cls.KINDS:
             if any(mark in title for mark in marks):
                 return kind
         return "other"
@@ -357,12 +371,22 @@ def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) ->
     pid = stack.runner_pid()
     with PeakRss(pid) as first:
         stack.wait(stack.submit("bench-mem", f"mem-small-{int(time.time())}", requests(small, "mem-s")))
-    with PeakRss(pid) as second:
-        for i in range(repeats):
+    each: list[PeakRss] = []  # one per large job: a peak that climbs job after job is a leak, a plateau is not
+    for i in range(repeats):
+        with PeakRss(pid) as job:
             stack.wait(stack.submit("bench-mem", f"mem-large-{i}-{int(time.time())}", requests(large, f"mem-l{i}")))
+        each.append(job)
+    second = PeakRss(pid)
+    second.peak = max(job.peak for job in each)
+    second.peak_by_kind = {kind: max(job.peak_by_kind.get(kind, 0) for job in each)
+                           for kind in {k for job in each for k in job.peak_by_kind}}
     results["memory"] = {"small_lines": small, "large_lines": large, "large_jobs": repeats,
                          "peak_small_mib": first.peak / 2**20, "peak_large_mib": second.peak / 2**20,
-                         "growth": second.peak / first.peak - 1}
+                         "growth": second.peak / first.peak - 1,
+                         "peak_small_by_kind_mib": {k: v / 2**20 for k, v in first.peak_by_kind.items()},
+                         "peak_large_by_kind_mib": {k: v / 2**20 for k, v in second.peak_by_kind.items()},
+                         "peak_each_large_by_kind_mib": [{k: v / 2**20 for k, v in job.peak_by_kind.items()}
+                                                         for job in each]}
 
 
 # -- report ----------------------------------------------------------------------------
@@ -412,6 +436,18 @@ def report(results: dict, out: Path) -> None:
         for step in r["steps"]:
             print(f"| {STEP_NAMES[step]} | {r['median_job'][step + '_s']:.2f} s | "
                   f"{r['step_medians'][step + '_s']:.2f} s |")
+    if "memory" in results:
+        r = results["memory"]
+        print(f"\nPeak RSS by process kind (each kind's processes summed; {r['small_lines']}-line job, then "
+              f"{r['large_jobs']} × {r['large_lines']}-line jobs):")
+        small, large, each = r["peak_small_by_kind_mib"], r["peak_large_by_kind_mib"], r["peak_each_large_by_kind_mib"]
+        jobs = " | ".join(f"large job {i + 1} MiB" for i in range(len(each)))
+        print(f"| process | small job MiB | {jobs} | growth |\n|---|---|{'---|' * len(each)}---|")
+        for kind in sorted(set(small) | set(large), key=lambda k: -large.get(k, 0)):
+            before, after = small.get(kind, 0.0), large.get(kind, 0.0)
+            growth = f"{(after / before - 1) * 100:+.1f}%" if before else "new"
+            peaks = " | ".join(f"{job.get(kind, 0.0):.0f}" for job in each)
+            print(f"| {kind} | {before:.0f} | {peaks} | {growth} |")
     if "steady" in results:
         r = results["steady"]
         print(f"\nWhere the CPU went during the steady-state run ({r['cpu_wall_s']:.0f} s wall, "
