@@ -512,6 +512,44 @@ def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_contex
     assert not runner.is_alive()
 
 
+def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_context, submit) -> None:
+    """One slot, a 60 s poll: the batch queued behind the running one starts when that one ends, not a poll later."""
+    ctx = make_context(DROPBATCH_RUNNER_POLL_SECONDS="60", DROPBATCH_POLL_SECONDS="60", DROPBATCH_RUNNER_GROUPS=1)
+    first = submit(ctx, "first", 2, words=3, max_tokens=2)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(i: int) -> None:
+        started.set()
+        assert gate.wait(timeout=30), "the test never opened the gate"
+
+    class Gated(Wrapped):
+        def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+            each = hold if any(c.batch_id == first.id for c in chunks) else self.each
+            yield from Wrapped(self.inner, each).run(chunks)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
+                              args=(stop,))
+    runner.start()
+    try:
+        assert started.wait(timeout=10)
+        second = submit(ctx, "second", 2, words=3, max_tokens=2)  # the only slot is busy: it waits
+        gate.set()
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", second.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", second.id).status == BatchStatus.COMPLETED
+        stopped = time.monotonic()
+        stop.set()
+        runner.join(timeout=10)
+        assert time.monotonic() - stopped < 10, "the idle runner waited out its poll before seeing the stop"
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
 class Recording(EchoEngine):
     """EchoEngine that keeps the chunks of every run, as the runner stamped them."""
 
