@@ -207,10 +207,16 @@ class Stack:
 
 
 class PeakRss:
-    """Samples the summed RSS of a process and all its descendants."""
+    """Samples the RSS of a process and all its descendants: the peak of the sum, and of each kind's sum.
+
+    Kinds are ``CpuShare.KINDS`` (runner, Ray Data stages, Ray core, engine actor, vLLM's
+    processes ...), so a growth shows which process grew.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.peak_by_kind: dict[str, int] = {}
+        self._kinds: dict[int, str] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
@@ -218,13 +224,20 @@ class PeakRss:
 
         root = psutil.Process(self.pid)
         while not self._stop.wait(0.5):
-            total = 0
+            total, by_kind = 0, {}
             for proc in [root, *root.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
+                if proc.pid not in self._kinds:
+                    self._kinds[proc.pid] = CpuShare.kind(proc)
+                kind = self._kinds[proc.pid]
+                by_kind[kind] = by_kind.get(kind, 0) + rss
+                total += rss
             self.peak = max(self.peak, total)
+            for kind, rss in by_kind.items():
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -263,12 +276,13 @@ class CpuShare:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self.wall = 0.0
 
-    def kind(self, proc) -> str:
+    @classmethod
+    def kind(cls, proc) -> str:
         try:
             title = f"{proc.name()} {' '.join(proc.cmdline())}"
         except Exception:  # noqa: BLE001 - gone or not ours
             return "other"
-        for kind, marks in self.KINDS:
+        for kind, marks in cls.KINDS:
             if any(mark in title for mark in marks):
                 return kind
         return "other"
@@ -317,37 +331,24 @@ def one_job(stack: Stack, work: Path, results: dict) -> None:
 
 
 def many_jobs(stack: Stack, work: Path, results: dict, peer_runs: int) -> None:
-    from dropbatch.errors import NotFound
+    from timeline import STEPS, Timeline, median_breakdown
 
-    submitted: list[tuple[float, object]] = []
     began = time.perf_counter()
-    for i in range(20):
-        ref = stack.submit(f"bench-t{i % 5}", f"many-{i}-{int(time.time())}", requests(50, f"m{i}"))
-        submitted.append((time.perf_counter(), ref))
-        time.sleep(1.0)
-    latencies, admitted, running = [], [], []
-    pending = list(submitted)
-    while pending:
-        for item in list(pending):
-            try:
-                record = stack.ctx.batches.for_job(item[1])
-            except NotFound:
-                continue  # not admitted yet
-            if record.status.is_terminal:
-                latencies.append(time.perf_counter() - item[0])
-                # Where a job's time goes (whole seconds, from the batch record's own stamps).
-                admitted.append((record.in_progress_at or record.created_at) - record.created_at)
-                running.append((record.completed_at or record.in_progress_at or 0) - (record.in_progress_at or 0))
-                pending.remove(item)
-        time.sleep(0.05)
-    dropbatch = time.perf_counter() - began
+    with Timeline(stack.ctx) as timeline:  # times each job from its own upload, while the rest upload
+        for i in range(20):
+            ref = stack.submit(f"bench-t{i % 5}", f"many-{i}-{int(time.time())}", requests(50, f"m{i}"))
+            timeline.add(ref, time.perf_counter())
+            time.sleep(1.0)
+        jobs = timeline.wait(20)
+    dropbatch = max(job.seen["results"] for job in jobs) - began
     path = write_jsonl(work / "small.jsonl", requests(50, "small"))
     peer_each = [run_batch(path, work / "small.out.jsonl") for _ in range(peer_runs)]
     peer = statistics.mean(peer_each) * 20
+    latencies = [job.latency for job in jobs]
     results["twenty_x50"] = {"dropbatch_s": dropbatch, "run_batch_s": peer, "speedup": peer / dropbatch,
                              "peer_runs_measured": peer_runs, "median_latency_s": statistics.median(latencies),
-                             "max_latency_s": max(latencies), "median_admission_s": statistics.median(admitted),
-                             "median_in_progress_to_done_s": statistics.median(running)}
+                             "max_latency_s": max(latencies), "latencies_s": latencies, "steps": list(STEPS),
+                             **median_breakdown(jobs)}
 
 
 def steady(stack: Stack, work: Path, results: dict, n: int) -> None:
@@ -370,12 +371,22 @@ def memory(stack: Stack, results: dict, small: int, large: int, repeats: int) ->
     pid = stack.runner_pid()
     with PeakRss(pid) as first:
         stack.wait(stack.submit("bench-mem", f"mem-small-{int(time.time())}", requests(small, "mem-s")))
-    with PeakRss(pid) as second:
-        for i in range(repeats):
+    each: list[PeakRss] = []  # one per large job: a peak that climbs job after job is a leak, a plateau is not
+    for i in range(repeats):
+        with PeakRss(pid) as job:
             stack.wait(stack.submit("bench-mem", f"mem-large-{i}-{int(time.time())}", requests(large, f"mem-l{i}")))
+        each.append(job)
+    second = PeakRss(pid)
+    second.peak = max(job.peak for job in each)
+    second.peak_by_kind = {kind: max(job.peak_by_kind.get(kind, 0) for job in each)
+                           for kind in {k for job in each for k in job.peak_by_kind}}
     results["memory"] = {"small_lines": small, "large_lines": large, "large_jobs": repeats,
                          "peak_small_mib": first.peak / 2**20, "peak_large_mib": second.peak / 2**20,
-                         "growth": second.peak / first.peak - 1}
+                         "growth": second.peak / first.peak - 1,
+                         "peak_small_by_kind_mib": {k: v / 2**20 for k, v in first.peak_by_kind.items()},
+                         "peak_large_by_kind_mib": {k: v / 2**20 for k, v in second.peak_by_kind.items()},
+                         "peak_each_large_by_kind_mib": [{k: v / 2**20 for k, v in job.peak_by_kind.items()}
+                                                         for job in each]}
 
 
 # -- report ----------------------------------------------------------------------------
@@ -406,8 +417,6 @@ def report(results: dict, out: Path) -> None:
         scaled = "" if r["peer_runs_measured"] == 20 else f" ({r['peer_runs_measured']} runs × 20/{r['peer_runs_measured']})"
         print(f"| 20 jobs × 50, 1 s apart | {r['dropbatch_s']:.1f} s, median job {r['median_latency_s']:.1f} s | "
               f"20 × run_batch {r['run_batch_s']:.0f} s{scaled} | {r['speedup']:.1f}× faster | ≥ 10×, median < 5 s |")
-        print(f"|   where a job's time goes (medians) | manifest → in_progress {r['median_admission_s']:.0f} s, "
-              f"in_progress → completed {r['median_in_progress_to_done_s']:.0f} s | | | |")
     if "steady" in results:
         r = results["steady"]
         print(f"| steady state, {r['requests']} requests | {r['dropbatch_tokens_per_s']:.0f} tok/s | "
@@ -417,6 +426,28 @@ def report(results: dict, out: Path) -> None:
         print(f"| peak RSS, runner + engine | {r['small_lines']}-line job {r['peak_small_mib']:.0f} MiB | "
               f"{r['large_jobs']} × {r['large_lines']}-line jobs {r['peak_large_mib']:.0f} MiB | "
               f"{r['growth'] * 100:+.1f}% | within 10% |")
+    if "twenty_x50" in results:
+        from timeline import STEP_NAMES
+
+        r = results["twenty_x50"]
+        print(f"\nWhere a job's time went in scenario 2, upload → results (the median job, "
+              f"{r['median_job']['latency_s']:.1f} s, and each step's median over the 20 jobs):")
+        print("| step | median job | step median |\n|---|---|---|")
+        for step in r["steps"]:
+            print(f"| {STEP_NAMES[step]} | {r['median_job'][step + '_s']:.2f} s | "
+                  f"{r['step_medians'][step + '_s']:.2f} s |")
+    if "memory" in results:
+        r = results["memory"]
+        print(f"\nPeak RSS by process kind (each kind's processes summed; {r['small_lines']}-line job, then "
+              f"{r['large_jobs']} × {r['large_lines']}-line jobs):")
+        small, large, each = r["peak_small_by_kind_mib"], r["peak_large_by_kind_mib"], r["peak_each_large_by_kind_mib"]
+        jobs = " | ".join(f"large job {i + 1} MiB" for i in range(len(each)))
+        print(f"| process | small job MiB | {jobs} | growth |\n|---|---|{'---|' * len(each)}---|")
+        for kind in sorted(set(small) | set(large), key=lambda k: -large.get(k, 0)):
+            before, after = small.get(kind, 0.0), large.get(kind, 0.0)
+            growth = f"{(after / before - 1) * 100:+.1f}%" if before else "new"
+            peaks = " | ".join(f"{job.get(kind, 0.0):.0f}" for job in each)
+            print(f"| {kind} | {before:.0f} | {peaks} | {growth} |")
     if "steady" in results:
         r = results["steady"]
         print(f"\nWhere the CPU went during the steady-state run ({r['cpu_wall_s']:.0f} s wall, "

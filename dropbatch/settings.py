@@ -307,7 +307,16 @@ class ServiceSettings(_Frozen):
     intake: Literal["auto", "sqs", "poll"] = Field(
         "auto", description="auto: SQS events when the queue exists, plus a slower listing sweep."
     )
-    poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox / runner checks the queue.")
+    poll_seconds: float = Field(2.0, description="How often the watcher lists the inbox (or long-polls SQS).")
+    runner_poll_seconds: float = Field(
+        0.5, gt=0,
+        description="How often a runner with a free slot lists the work queue (a LIST, and a GET per queued "
+        "entry): the longest a newly queued batch waits to be claimed. A group that ends wakes it at once.",
+    )
+    watcher_workers: int = Field(
+        4, ge=1,
+        description="Manifests one watcher admits at once (a burst of uploads is not admitted one after another).",
+    )
     max_running_groups: int = Field(
         4, ge=1, description="Groups of batches one runner streams into its warm engine at once."
     )
@@ -559,7 +568,9 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),
     "DROPBATCH_INTAKE": ("service", "intake", str, ()),
     "DROPBATCH_POLL_SECONDS": ("service", "poll_seconds", float, ()),
+    "DROPBATCH_RUNNER_POLL_SECONDS": ("service", "runner_poll_seconds", float, ()),
     "DROPBATCH_RUNNER_GROUPS": ("service", "max_running_groups", int, ()),
+    "DROPBATCH_WATCHER_WORKERS": ("service", "watcher_workers", int, ()),
     "DROPBATCH_SWEEP_SECONDS": ("service", "sweep_seconds", float, ()),
     "DROPBATCH_LEASE_SECONDS": ("service", "lease_seconds", int, ()),
     "DROPBATCH_ADMIN_TOKEN": ("service", "admin_token", str, ()),

@@ -1,9 +1,11 @@
-"""The runner: claim queued batches, run them together through one engine pass, finish them.
+"""The runner: claim queued batches into groups, stream each group through the warm engine, finish them.
 
-One ``run_once`` is one pipeline run over every batch it could claim (up to
-``coalesce_max_lines``), because engine start-up, not generation, dominates
-small jobs. Progress is checkpointed per chunk as results stream back; a runner
-that dies loses only its unfinished chunks, which the next lease holder reruns.
+The flow, one module per step: ``claiming`` takes a leased batch into a group (or
+settles it without the engine), ``group`` runs the group's engine passes and
+retries, ``settle`` moves counts onto the records while it runs and closes each
+batch, ``claimed`` is one batch's bookkeeping. Progress is checkpointed per chunk
+as results stream back; a runner that dies loses only its unfinished chunks, which
+the next lease holder reruns.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ import time
 from collections.abc import Sequence
 
 from dropbatch.context import Context
-from dropbatch.engine.base import Engine, LineResult, WorkChunk
-from dropbatch.engine.requests import TASK_OF_ENDPOINT
-from dropbatch.errors import DropbatchError, EngineError, NotFound, ObjectNotFound
-from dropbatch.models import BatchError, BatchRecord, BatchStatus, RequestCounts, RetryConfig
+from dropbatch.engine.base import Engine
+from dropbatch.errors import DropbatchError, EngineError
 from dropbatch.observability.metrics import Metrics
-from dropbatch.queue import Lease, QueueEntry, runner_identity
-from dropbatch.results import close_batch, read_summary
-from dropbatch.storage.keys import OutputPrefix
-from runner.claimed import Claimed, Taken
-from runner.finalize import batch_duplicates, finalize, finished_chunks, work_chunks, write_chunk_result
+from dropbatch.queue import runner_identity
+from runner import settle
+from runner.claimed import Claimed
+from runner.claiming import take
+from runner.group import GroupRun
 from runner.leases import LeaseKeeper
-from runner.observe import observe_queue, record_line
-from runner.schedule import Demand, FairShare
+from runner.observe import observe_queue
+from runner.schedule import FairShare
 
 log = logging.getLogger("dropbatch.runner")
 
@@ -35,6 +35,8 @@ QUEUE_METRICS_EVERY_SECONDS = 5.0
 
 
 class Runner:
+    """One runner process's service loop over the work queue, feeding its warm engine."""
+
     def __init__(
         self,
         ctx: Context,
@@ -49,8 +51,8 @@ class Runner:
         self.engine = engine
         self.owner = owner or runner_identity()
         self.metrics = metrics or Metrics("runner")
-        self._stop: threading.Event | None = None
-        self._sleep = sleep  # backoff between retry passes when no stop event is given (tests inject it)
+        self.stop_event: threading.Event | None = None  # set by run(); a stop ends every group's pass
+        self.sleep = sleep  # backoff between retry passes when no stop event is given (tests inject it)
         # How often a pass looks at its records (counts out, cancel/expiry/lease in). Ray hands rows
         # over in blocks, so 0 (look after every result) makes a stop land right after a given line.
         self.progress_seconds = progress_seconds
@@ -84,103 +86,10 @@ class Runner:
                 if lease is None:
                     continue
                 self._active.add(entry.batch_id)
-            if self._take(entry, lease, group, addresses) is None:
+            if take(self.ctx, self.metrics, entry, lease, group, addresses) is None:
                 with self._active_lock:
                     self._active.discard(entry.batch_id)
         return group
-
-    def _take(self, entry: QueueEntry, lease: Lease, group: list[Claimed], addresses: set[str]) -> Claimed | None:
-        """Add the leased batch to ``group`` if it needs the engine (settling it otherwise)."""
-        ctx = self.ctx
-        try:
-            record = ctx.batches.get(entry.tenant, entry.batch_id)
-        except NotFound:
-            self._done(entry, lease)
-            return None
-        if self._settle_without_engine(entry, lease, record):
-            return None
-        if not self._inputs_unchanged(record):
-            self._fail(entry, lease, record, "input_changed", "An input object changed after it was admitted.")
-            return None
-        if record.content_sha256 in addresses:
-            ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
-            return None
-        addresses.add(record.content_sha256 or "")
-        done = finished_chunks(ctx, record.id)
-        committed = RequestCounts(
-            total=record.request_counts.total,
-            completed=sum(c.completed for c in done.values()),
-            failed=sum(c.failed for c in done.values()),
-        )
-        duplicates = batch_duplicates(ctx, record)
-        remaining = {c.chunk: c for c in work_chunks(ctx, record, duplicates) if c.chunk not in done}
-        policy = record.retry_config or RetryConfig(**ctx.settings.retry.model_dump())
-        claimed = Claimed(entry, lease, record, remaining, committed, policy=policy, copies=duplicates.copy_counts(),
-                          tier=self._tier(record.tenant))
-        group.append(claimed)
-        return claimed
-
-    def _settle_without_engine(self, entry: QueueEntry, lease: Lease, record: BatchRecord) -> bool:
-        """Finish batches that need no engine run; True if ``record`` was settled here."""
-        ctx = self.ctx
-        final = None
-        if record.status.is_terminal:
-            self._done(entry, lease)
-            return True
-        if record.status == BatchStatus.CANCELLING:
-            final = BatchStatus.CANCELLED
-        elif record.expires_at is not None and ctx.now() >= record.expires_at:
-            final = BatchStatus.EXPIRED  # never start a batch already past its deadline
-        elif record.status == BatchStatus.FINALIZING:
-            final = BatchStatus.COMPLETED  # a runner died while finalizing
-        elif record.status != BatchStatus.IN_PROGRESS:
-            ctx.queue.release(lease)
-            return True
-        else:
-            summary = read_summary(ctx, OutputPrefix(record.tenant, record.content_sha256 or ""))
-            if summary is not None and not summary.partial:
-                close_batch(ctx, record, summary, cached=True)
-                ctx.quotas.release(record.tenant, record.id)  # answered from the outbox: nothing ran
-                self.metrics.batches_finished.labels(BatchStatus.COMPLETED.value).inc()
-                self._done(entry, lease)
-                return True
-            return False
-        closed = finalize(ctx, record, final=final)
-        if closed.status == BatchStatus.CANCELLED and closed.request_counts.completed == 0:
-            ctx.quotas.release(record.tenant, record.id)  # cancelled before any line ran: nothing was used
-        self.metrics.batches_finished.labels(closed.status.value).inc()
-        self._done(entry, lease)
-        return True
-
-    def _tier(self, tenant: str) -> str:
-        try:
-            return self.ctx.tenants.get(tenant).tier
-        except NotFound:
-            return ""  # a deleted tenant's queued work still runs, at the smallest share
-
-    def _inputs_unchanged(self, record: BatchRecord) -> bool:
-        """The inputs still hold the admitted bytes (each chunk is also sha256-checked when read)."""
-        for item, etag in zip(record.inputs, record.input_etags, strict=False):
-            try:
-                if self.ctx.store.head(self.ctx.inbox, item.key).etag != etag:
-                    return False
-            except ObjectNotFound:
-                return False
-        return True
-
-    def _fail(self, entry: QueueEntry, lease: Lease, record: BatchRecord, code: str, message: str) -> None:
-        error = BatchError(code=code, message=message)
-        self.ctx.batches.update(
-            record.tenant, record.id, lambda b: None if b.status.is_terminal else b.fail([error], self.ctx.now())
-        )
-        self.ctx.quotas.release(record.tenant, record.id)
-        self.metrics.batches_finished.labels(BatchStatus.FAILED.value).inc()
-        log.warning("batch failed", extra={"tenant": record.tenant, "batch_id": record.id, "code": code})
-        self._done(entry, lease)
-
-    def _done(self, entry: QueueEntry, lease: Lease) -> None:
-        self.ctx.queue.remove(entry)
-        self.ctx.queue.release(lease)
 
     # -- running ----------------------------------------------------------------------
 
@@ -197,97 +106,15 @@ class Runner:
             keeper = LeaseKeeper(self.ctx, [c.lease for c in group])
             keeper.start()
             try:
-                self._execute(group, keeper)
+                GroupRun(self, group, keeper).execute()
             finally:
                 keeper.stop()
             for claimed in group:
                 if not claimed.settled:
-                    self._settle(claimed)
+                    settle.settle(self.ctx, self.metrics, claimed)
         finally:
             with self._active_lock:
                 self._active.difference_update(c.record.id for c in group)
-
-    def _execute(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> None:
-        """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
-        by_batch = {c.record.id: c for c in group}
-        work = [chunk for claimed in group for chunk in claimed.remaining.values()]
-        log.info("engine run", extra={"batches": len(group), "lines": sum(c.lines_left for c in group)})
-        while work:
-            if self._passes(work, by_batch, group, keeper):
-                return  # a batch must stop now
-            work, wait = self._due_retries(group)
-            if work:
-                log.info("retrying failed lines", extra={"lines": sum(len(c.only) for c in work), "wait": wait})
-                if self._stop is not None and self._stop.wait(wait):
-                    return
-                if self._stop is None:
-                    self._sleep(wait)
-
-    def _passes(self, work: Sequence[WorkChunk], by_batch: dict[str, Claimed], group, keeper) -> bool:
-        """One engine pass per task type; True if a batch must stop (cancel, expiry, lease, shutdown)."""
-        by_task: dict[str, list[WorkChunk]] = {}
-        for chunk in work:
-            by_task.setdefault(TASK_OF_ENDPOINT[chunk.endpoint], []).append(chunk)
-        last_progress = started = time.monotonic()
-        first = True
-        for chunks in by_task.values():
-            if self.stamp_priorities:
-                chunks = self.fair.stamp(chunks, self._demands(by_batch))
-            stamped = {(c.batch_id, c.chunk): c for c in chunks}
-            answered: dict[tuple[str, int], int] = {}
-            results = self.engine.run(chunks)
-            try:
-                for result in results:
-                    if first:
-                        self.metrics.pipeline_start.observe(time.monotonic() - started)
-                        first = False
-                    where = (result.batch_id, result.chunk)
-                    answered[where] = answered.get(where, 0) + 1
-                    self.fair.served(stamped[where], answered[where])
-                    self._collect(by_batch[result.batch_id], result)
-                    if time.monotonic() - last_progress >= self.progress_seconds:
-                        last_progress = time.monotonic()
-                        if self._publish_progress(group, keeper):
-                            return True
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
-                self.metrics.pass_duration.observe(time.monotonic() - started)
-        return self._publish_progress(group, keeper)
-
-    @staticmethod
-    def _demands(by_batch: dict[str, Claimed]) -> dict[str, Demand]:
-        return {
-            batch_id: Demand(c.record.tenant, c.tier, c.entry.deadline, c.lines_left)
-            for batch_id, c in by_batch.items()
-        }
-
-    def _due_retries(self, group: Sequence[Claimed]) -> tuple[list[WorkChunk], float]:
-        """Every claimed batch's retry work, and the longest back-off any of it needs."""
-        work: list[WorkChunk] = []
-        wait = 0.0
-        for claimed in group:
-            chunks, delay = claimed.due_retries()
-            work += chunks
-            wait = max(wait, delay)
-        return work, wait
-
-    def _collect(self, claimed: Claimed, result: LineResult) -> None:
-        taken = claimed.take(result)
-        if taken == Taken.RETRY:
-            self.metrics.line_retries.inc()
-        if taken != Taken.KEPT:
-            return
-        self._observe(claimed.record, result)
-        lines = claimed.complete_chunk(result.chunk)
-        if lines is not None:
-            write_chunk_result(
-                self.ctx, claimed.record.id, result.chunk, lines, total=len(lines), copies=claimed.copies
-            )
-
-    def _observe(self, record: BatchRecord, result: LineResult) -> None:
-        record_line(self.metrics, record, result)
 
     def _observe_forever(self, stop: threading.Event) -> None:
         while True:
@@ -305,69 +132,10 @@ class Runner:
         if scale is not None:
             scale(queued)
 
-    def _publish_progress(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> bool:
-        """Move request_counts on the records, close finished batches; True if the engine pass must end now.
-
-        That is when a batch is cancelled or expired, a lease was lost, or the runner
-        is asked to stop (unfinished chunks are then handed back, not lost).
-        """
-        must_stop = self._stop is not None and self._stop.is_set()
-        for claimed in group:
-            if claimed.settled:
-                continue
-            if claimed.active and not claimed.remaining and claimed.lease.batch_id not in keeper.lost:
-                # Done while bigger batches of its group still run: close it now, not when they end.
-                keeper.drop(claimed.lease.batch_id)
-                self._settle(claimed)
-                claimed.settled = True
-                continue
-            if claimed.lease.batch_id in keeper.lost:
-                claimed.lost = True
-                must_stop = True
-                continue
-            if claimed.stop_as is not None:
-                continue
-            counts = claimed.counts()
-
-            def move(batch: BatchRecord, counts: RequestCounts = counts) -> None:
-                if batch.status == BatchStatus.IN_PROGRESS:
-                    batch.request_counts = counts
-
-            try:
-                record = self.ctx.batches.update(claimed.record.tenant, claimed.record.id, move)
-            except DropbatchError as exc:
-                log.warning("progress update failed", extra={"batch_id": claimed.record.id, "error": str(exc)})
-                continue
-            if record.status == BatchStatus.CANCELLING:
-                claimed.stop_as = BatchStatus.CANCELLED
-            elif record.expires_at is not None and self.ctx.now() >= record.expires_at and claimed.remaining:
-                claimed.stop_as = BatchStatus.EXPIRED
-            must_stop = must_stop or claimed.stop_as is not None
-        return must_stop
-
-    def _settle(self, claimed: Claimed) -> None:
-        """After the engine pass: finish the batch, or hand it back for another pass."""
-        ctx = self.ctx
-        if claimed.lost:
-            log.warning("lease lost; another runner finishes this batch", extra={"batch_id": claimed.record.id})
-            return
-        if claimed.stop_as is not None:
-            # Keep the lines that did finish: checkpoint partial chunks, then close early.
-            for index, lines in claimed.buffers.items():
-                write_chunk_result(ctx, claimed.record.id, index, list(lines.values()),
-                                   total=claimed.remaining[index].lines, copies=claimed.copies)
-            record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-            closed = finalize(ctx, record, final=claimed.stop_as)
-            self.metrics.batches_finished.labels(closed.status.value).inc()
-            self._done(claimed.entry, claimed.lease)
-            return
-        if claimed.remaining:
-            ctx.queue.release(claimed.lease)  # the pass ended early; the next pass continues it
-            return
-        record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-        closed = finalize(ctx, record)
-        self.metrics.batches_finished.labels(closed.status.value).inc()
-        self._done(claimed.entry, claimed.lease)
+    def publish_progress(self, group: Sequence[Claimed], keeper: LeaseKeeper) -> bool:
+        """Counts onto the records; True if the group's engine pass must end now (runner/settle.py)."""
+        stopping = self.stop_event is not None and self.stop_event.is_set()
+        return settle.publish_progress(self.ctx, self.metrics, group, keeper, stopping=stopping)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop``: claim queued work every poll and run each group in its own thread.
@@ -378,15 +146,19 @@ class Runner:
         batches of at most ``small_batch_lines``, so big batches never fill every slot).
         """
         log.info("runner started", extra={"owner": self.owner})
-        self._stop = stop
+        self.stop_event = stop
         self.metrics.engine_up.set(1)
         # Queue and SLA gauges must move while groups run.
         observer = threading.Thread(target=self._observe_forever, args=(stop,), name="queue-metrics", daemon=True)
         observer.start()
-        running: list[threading.Thread] = []
+        # Woken by a group that ends (its slot is free: claim now, not at the next poll) or by the stop.
+        wake = threading.Event()
+        threading.Thread(target=lambda: (stop.wait(), wake.set()), name="stop-wakes", daemon=True).start()
+        running: list[tuple[threading.Thread, threading.Event]] = []  # each group's thread, set once it is over
         limit = self.ctx.settings.service.max_running_groups
         while not stop.is_set():
-            running = [t for t in running if t.is_alive()]
+            wake.clear()
+            running = [(thread, over) for thread, over in running if not over.is_set()]
             group = []
             if len(running) < limit:
                 small_only = limit > 1 and len(running) == limit - 1
@@ -395,16 +167,18 @@ class Runner:
                 except DropbatchError as exc:
                     log.error("claiming failed; will retry", extra={"error": str(exc)})
             if group:
-                worker = threading.Thread(target=self._run_group_logged, args=(group,), name="group", daemon=True)
+                over = threading.Event()
+                worker = threading.Thread(target=self._run_group_logged, args=(group, over, wake), name="group",
+                                          daemon=True)
                 worker.start()
-                running.append(worker)
+                running.append((worker, over))
             else:
-                stop.wait(self.ctx.settings.service.poll_seconds)
-        for worker in running:  # each group sees the stop, checkpoints and hands its leases back
+                wake.wait(self.ctx.settings.service.runner_poll_seconds)
+        for worker, _ in running:  # each group sees the stop, checkpoints and hands its leases back
             worker.join(timeout=self.ctx.settings.service.stop_seconds)
         self.metrics.engine_up.set(0)
 
-    def _run_group_logged(self, group: Sequence[Claimed]) -> None:
+    def _run_group_logged(self, group: Sequence[Claimed], over: threading.Event, wake: threading.Event) -> None:
         try:
             self.run_group(group)
         except EngineError as exc:
@@ -412,4 +186,7 @@ class Runner:
             log.error("engine pass failed; unfinished chunks will be retried", extra={"error": str(exc)})
         except DropbatchError as exc:
             log.error("runner pass failed; will retry", extra={"error": str(exc)})
+        finally:
+            over.set()
+            wake.set()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
@@ -31,6 +33,7 @@ class Watcher:
         self.metrics = metrics or Metrics("watcher")
         self._seen: set[tuple[str, str]] = set()
         self._counted: set[str] = set()  # batch ids already counted in dropbatch_manifests_total
+        self._counted_lock = threading.Lock()  # several manifests are handled at once
         self._last_sweep = 0.0
         self._last_expiry_sweep: float | None = None
 
@@ -51,8 +54,7 @@ class Watcher:
         except DropbatchError as exc:
             log.error("admission failed; will retry", extra={"key": key, "error": str(exc)})
             return False
-        if record is not None and record.id not in self._counted and record.status != BatchStatus.VALIDATING:
-            self._counted.add(record.id)
+        if record is not None and record.status != BatchStatus.VALIDATING and self._count_once(record.id):
             if record.status == BatchStatus.FAILED:
                 reason = record.errors.data[0].code if record.errors and record.errors.data else "rejected"
                 self.metrics.manifests.labels("rejected", reason).inc()
@@ -62,27 +64,42 @@ class Watcher:
             self._seen.add((key, etag))
         return True
 
+    def _count_once(self, batch_id: str) -> bool:
+        with self._counted_lock:
+            first = batch_id not in self._counted
+            self._counted.add(batch_id)
+        return first
+
+    def _each(self, handle: Callable, items: Iterable) -> list[bool]:
+        """``handle`` over ``items``, up to ``watcher_workers`` at once (admissions are independent)."""
+        items = list(items)
+        workers = min(self.ctx.settings.service.watcher_workers, len(items))
+        if workers <= 1:
+            return [handle(item) for item in items]
+        with ThreadPoolExecutor(workers, thread_name_prefix="admit") as pool:
+            return list(pool.map(handle, items))
+
     def sweep(self) -> int:
         """List the inbox and admit every manifest not yet handled by this process."""
-        handled = 0
         self._last_sweep = time.monotonic()
-        for info in self.ctx.store.list(self.ctx.inbox):
-            # Any letter case, any depth: keys the S3 event filter (suffix /manifest.json) misses too.
-            if not is_manifest_name(info.key) or (info.key, info.etag) in self._seen:
-                continue
-            if self.handle(info.key, info.etag):
-                handled += 1
-        return handled
+        # Any letter case, any depth: keys the S3 event filter (suffix /manifest.json) misses too.
+        new = [info for info in self.ctx.store.list(self.ctx.inbox)
+               if is_manifest_name(info.key) and (info.key, info.etag) not in self._seen]
+        return sum(self._each(lambda info: self.handle(info.key, info.etag), new))
 
     def drain_events(self, wait_seconds: int = 0) -> int:
         if self.events is None:
             return 0
-        handled = 0
-        for receipt, keys in self.events.receive(wait_seconds):
+        events = self.events
+
+        def deliver(delivery) -> int:
+            receipt, keys = delivery
             if all(self.handle(key) for key in keys):
-                self.events.ack(receipt)  # else SQS redelivers it after the visibility timeout
-                handled += len(keys)
-        return handled
+                events.ack(receipt)  # else SQS redelivers it after the visibility timeout
+                return len(keys)
+            return 0
+
+        return sum(self._each(deliver, events.receive(wait_seconds)))
 
     def sweep_expired(self) -> int:
         """Delete files past their ``expires_at`` (records and bytes); returns how many went."""

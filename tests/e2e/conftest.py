@@ -151,6 +151,7 @@ def stack():
                 "DROPBATCH_MODELS": f"dropbatch-tiny={MODEL_DIR},{SECOND_MODEL}={SECOND_MODEL_DIR}",
                 "DROPBATCH_CHUNK_LINES": "50",
                 "DROPBATCH_POLL_SECONDS": "0.2",
+                "DROPBATCH_RUNNER_POLL_SECONDS": "0.2",
             }
         )
         bootstrap(settings.storage)

@@ -96,6 +96,7 @@ def test_no_secret_reaches_any_log_or_output(s3_env, tmp_path, aws, dropbatch_cl
         "DROPBATCH_ADMIN_TOKEN": ADMIN_TOKEN,
         "DROPBATCH_INTAKE": "poll",
         "DROPBATCH_POLL_SECONDS": "0.2",
+        "DROPBATCH_RUNNER_POLL_SECONDS": "0.2",
         "DROPBATCH_CHUNK_LINES": "2",
         "DROPBATCH_GATEWAY_PORT": str(gateway_port),
         "DROPBATCH_WATCHER_PORT": str(free_port()),

@@ -227,14 +227,14 @@ def test_resumed_runner_counts_copies_from_the_checkpoints(admit) -> None:
     second = EchoEngine(ctx.store, ctx.settings)
     seen: list[int] = []
     runner = Runner(ctx, second, owner="runner-b", progress_seconds=0)
-    publish = runner._publish_progress
+    publish = runner.publish_progress
 
     def watch(group, keeper):  # the counts the record shows while the batch runs
         stop = publish(group, keeper)
         seen.append(ctx.batches.get("acme", admitted.id).request_counts.completed)
         return stop
 
-    runner._publish_progress = watch
+    runner.publish_progress = watch
     assert runner.run_once() == 1
     assert second.runs == [7]  # chunks 1-3: 3 + 3 + 1 originals
     assert seen[0] >= 6 and seen == sorted(seen) and max(seen) <= 13

@@ -427,7 +427,7 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
 
 def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, submit) -> None:
     """The engine stays warm and takes several groups: a small batch never waits for a big one's pass."""
-    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01")
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_RUNNER_POLL_SECONDS="0.01")
     big = submit(ctx, "big", 6, words=3, max_tokens=2)
     big_started, gate = threading.Event(), threading.Event()
     echo = EchoEngine(ctx.store, ctx.settings)
@@ -468,7 +468,7 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
 
 def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_context, submit) -> None:
     """Two slots, one busy with a big batch: a small batch queued behind another big one still starts at once."""
-    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_RUNNER_POLL_SECONDS="0.01", DROPBATCH_RUNNER_GROUPS=2,
                        DROPBATCH_COALESCE_MAX_LINES=6, DROPBATCH_SMALL_BATCH_LINES=4)
     big = submit(ctx, "big", 6, words=3, max_tokens=2)
     started, gate = threading.Event(), threading.Event()
@@ -505,6 +505,44 @@ def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_contex
                 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert {ctx.batches.get("acme", b.id).status for b in (big, second)} == {BatchStatus.COMPLETED}
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_context, submit) -> None:
+    """One slot, a 60 s poll: the batch queued behind the running one starts when that one ends, not a poll later."""
+    ctx = make_context(DROPBATCH_RUNNER_POLL_SECONDS="60", DROPBATCH_POLL_SECONDS="60", DROPBATCH_RUNNER_GROUPS=1)
+    first = submit(ctx, "first", 2, words=3, max_tokens=2)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(i: int) -> None:
+        started.set()
+        assert gate.wait(timeout=30), "the test never opened the gate"
+
+    class Gated(Wrapped):
+        def run(self, chunks: Sequence[WorkChunk]) -> Iterator[LineResult]:
+            each = hold if any(c.batch_id == first.id for c in chunks) else self.each
+            yield from Wrapped(self.inner, each).run(chunks)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
+                              args=(stop,))
+    runner.start()
+    try:
+        assert started.wait(timeout=10)
+        second = submit(ctx, "second", 2, words=3, max_tokens=2)  # the only slot is busy: it waits
+        gate.set()
+        deadline = time.monotonic() + 10
+        while ctx.batches.get("acme", second.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctx.batches.get("acme", second.id).status == BatchStatus.COMPLETED
+        stopped = time.monotonic()
+        stop.set()
+        runner.join(timeout=10)
+        assert time.monotonic() - stopped < 10, "the idle runner waited out its poll before seeing the stop"
     finally:
         gate.set()
         stop.set()
