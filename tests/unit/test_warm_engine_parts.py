@@ -11,7 +11,7 @@ from dropbatch.engine.base import WorkChunk
 from dropbatch.errors import ConfigError
 from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
-from runner.engine import vllm_args, worker_env
+from runner.engine.flags import vllm_args, worker_env
 from runner.engine.limits import engine_limits
 from runner.engine.lines import line_result
 from runner.engine.scaling import ReplicaPlan
