@@ -1,9 +1,10 @@
 """The runner's engine: warm vLLM actors fed by Ray Data.
 
 ``build_engine(settings)`` gives a ``WarmEngine``. Entering it starts Ray and one
-long-lived ``EngineServer`` actor per replica for each served model's generate
-task (``DROPBATCH_MODELS``; a model's embeddings engine starts on its first
-embeddings batch and then stays up); every ``run`` after that streams chunks
+long-lived ``EngineServer`` actor per replica for the first kind each served model
+serves (``DROPBATCH_MODELS``; ``tasks.py``): generate for a generative model, whose
+embeddings engine starts on its first embeddings batch and then stays up; embed for an
+embedding model, which never loads a generate engine. Every ``run`` after that streams chunks
 through the running engines, each chunk to the engines of the model its lines
 name, so no batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
 threads at once: vLLM's continuous batching mixes their requests.
@@ -39,8 +40,9 @@ from runner.engine.limits import engine_limits, gpu_memory_bytes
 from runner.engine.pipeline import configure_ray_data, stream_chunks, warm_stages
 from runner.engine.reap import reap_engine_processes
 from runner.engine.scaling import ReplicaPlan
-from runner.engine.server import GENERATE, TASK_OF_URL
+from runner.engine.server import TASK_OF_URL, probe_request
 from runner.engine.stream import engine_name
+from runner.engine.tasks import served_by_model
 
 log = logging.getLogger("dropbatch.engine")
 
@@ -65,7 +67,8 @@ class WarmEngine:
         self._actors: dict[str, Any] = {}  # actor name → handle
         self._limits: dict[str, dict[str, int]] = {}  # model → planned vLLM limits
         self._replicas: dict[tuple[str, str], int] = {}  # (model, task) → replicas up
-        self._plans: dict[str, ReplicaPlan] = {}  # model → how many generate replicas it needs
+        self._tasks: dict[str, tuple[str, ...]] = {}  # model → engine kinds it serves, the first started with us
+        self._plans: dict[str, ReplicaPlan] = {}  # model → how many replicas of its first kind it needs
         self._growing: set[str] = set()  # models whose extra replicas are loading
         self._runs = 0  # runs in flight (replicas are stopped only when none is)
         self._lock = threading.Lock()
@@ -103,10 +106,14 @@ class WarmEngine:
             model: engine_limits(engine.for_model(model), device=self._device, gpu_memory_bytes=gpu_memory)
             for model in engine.served
         }
+        self._tasks = served_by_model(engine)
         try:
-            for model in engine.served:
-                self.engines(model, GENERATE)
-            warm_stages(list(self._actors), self.stall_seconds)
+            probes = [
+                (name, *probe_request(tasks[0], model))
+                for model, tasks in self._tasks.items()
+                for name in self.engines(model, tasks[0])
+            ]
+            warm_stages(self.settings, probes, self.stall_seconds)
         except BaseException:
             self.__exit__()
             raise
@@ -155,7 +162,7 @@ class WarmEngine:
     # -- scaling ----------------------------------------------------------------------
 
     def scale(self, queued_lines: Mapping[str, int]) -> None:
-        """Grow or shrink each model's generate replicas for the lines queued for it."""
+        """Grow or shrink the replicas of each model's first kind (``_tasks``) for the lines queued for it."""
         engine = self.settings.engine
         if not self.ready or engine.most_replicas == engine.replicas:
             return
@@ -163,28 +170,29 @@ class WarmEngine:
             plan = self._plans.setdefault(
                 model, ReplicaPlan(engine.replicas, engine.most_replicas, engine.scale_lines, engine.scale_down_seconds)
             )
+            task = self._tasks[model][0]
             with self._lock:
-                running = self._replicas.get((model, GENERATE), engine.replicas)
+                running = self._replicas.get((model, task), engine.replicas)
                 if model in self._growing:
                     continue
                 want = plan.want(queued_lines.get(model, 0), running)
                 if want > running:
                     self._growing.add(model)
-                    names = [engine_name(model, GENERATE, i) for i in range(running, want)]
-                    threading.Thread(target=self._grow, args=(model, names, want), name="engine-scale-up",
+                    names = [engine_name(model, task, i) for i in range(running, want)]
+                    threading.Thread(target=self._grow, args=(model, task, names, want), name="engine-scale-up",
                                      daemon=True).start()
                     continue
                 if want == running or self._runs:
                     continue  # shrink only between runs: a running one may have rows for any replica
-                self._replicas[(model, GENERATE)] = want
-                names = [engine_name(model, GENERATE, i) for i in range(want, running)]
+                self._replicas[(model, task)] = want
+                names = [engine_name(model, task, i) for i in range(want, running)]
                 retired = {name: self._actors.pop(name) for name in names if name in self._actors}
             log.info("engine scaled down", extra={"model": model, "replicas": want, "engines": names})
             stop_engines(retired)
 
-    def _grow(self, model: str, names: list[str], want: int) -> None:
+    def _grow(self, model: str, task: str, names: list[str], want: int) -> None:
         try:
-            actors = self._launch(model, GENERATE, names)
+            actors = self._launch(model, task, names)
         except Exception as exc:  # noqa: BLE001 - the replicas already up keep serving
             with self._lock:
                 self._growing.discard(model)
@@ -196,7 +204,7 @@ class WarmEngine:
                 retired = actors
             else:
                 self._actors.update(actors)
-                self._replicas[(model, GENERATE)] = want
+                self._replicas[(model, task)] = want
                 retired = {}
         if retired:
             stop_engines(retired)
@@ -238,8 +246,15 @@ class WarmEngine:
         with self._lock:
             self._runs += 1
         try:
-            engines = {(model, task): self.engines(model, task) for model, task in sorted(wanted)}
+            # A kind the model does not serve (chat to an embedding model) goes to the kind it does, whose
+            # engine answers each line with vLLM's own 400: no engine is started for it.
+            engines = {(model, task): self.engines(model, self._serving(model, task)) for model, task in sorted(wanted)}
             yield from stream_chunks(self.settings, chunks, engines)
         finally:
             with self._lock:
                 self._runs -= 1
+
+    def _serving(self, model: str, task: str) -> str:
+        """The engine kind that answers ``task`` for ``model``: itself if the model serves it."""
+        tasks = self._tasks.get(model) or (task,)
+        return task if task in tasks else tasks[0]

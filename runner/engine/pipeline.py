@@ -8,7 +8,6 @@ run at once and turns the rows that come back into ``LineResult``s.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -17,10 +16,9 @@ from typing import Any
 
 from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.errors import EngineError
-from dropbatch.settings import Settings
+from dropbatch.settings import Settings, StorageSettings
 from runner.engine.lines import line_result
-from runner.engine.server import COMPLETIONS, GENERATE
-from runner.engine.stream import ChunkReader, EngineAsker
+from runner.engine.stream import ChunkReader, EngineAsker, worker_store
 
 log = logging.getLogger("dropbatch.engine")
 
@@ -40,21 +38,21 @@ def configure_ray_data(stall_seconds: float) -> None:
     context.wait_for_min_actors_s = int(stall_seconds)
 
 
-def warm_stages(engines: Sequence[str], patience: float) -> None:
-    """Send probe rows through both Ray Data stages, so the first batch does not wait for
-    Ray to start and import the stage workers (~20 s on a busy 2-core machine)."""
+def warm_stages(settings: Settings, probes: Sequence[tuple[str, str, str]], patience: float) -> None:
+    """Send probe rows (``(engine, url, body_json)``, one per engine) through both Ray Data stages, shaped
+    as a run is (the two stages fused, as many tasks at once), so the first batch does not wait for Ray
+    to start the stage workers and for them to import Ray Data and build their S3 client (~20 s on a busy
+    2-core machine)."""
     import ray
 
-    names = [name for name in engines if f"/{GENERATE}/" in name]
     rows = [
-        {"batch_id": "warm", "chunk": i, "custom_id": f"warm-{i}", "url": COMPLETIONS, "engine": name,
-         "body_json": json.dumps({"model": name.split("/")[1], "prompt": "ping", "max_tokens": 1}),
+        {"batch_id": "warm", "chunk": i, "custom_id": f"warm-{i}", "url": url, "engine": name, "body_json": body,
          "status": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        for i, name in enumerate(names * STREAMS_PER_ENGINE)
+        for i, (name, url, body) in enumerate(list(probes) * STREAMS_PER_ENGINE)
     ]
     started = time.monotonic()
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.flat_map(_import_reader, num_cpus=STAGE_CPUS)
+    ds = ds.flat_map(StoreWarmer(settings.storage), num_cpus=STAGE_CPUS, concurrency=len(rows))
     ds = ds.map_batches(EngineAsker(patience), num_cpus=STAGE_CPUS, concurrency=len(rows))
     answered = sum(1 for row in ds.iter_rows() if int(row["status"]) == 200)
     log.info("engine stages warm", extra={"rows": len(rows), "answered": answered,
@@ -86,8 +84,12 @@ def stream_chunks(settings: Settings, chunks: Sequence[WorkChunk],
         raise EngineError(f"the engine returned {produced} of {expected} lines")
 
 
-def _import_reader(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The read stage's warm-up: import what ``ChunkReader`` needs to read S3."""
-    import dropbatch.storage.s3  # noqa: F401 - imported for its cost, once per worker
+class StoreWarmer:
+    """The read stage's warm-up: build the worker's S3 store (``worker_store``) as ``ChunkReader`` will."""
 
-    return [row]
+    def __init__(self, storage: StorageSettings) -> None:
+        self.storage = storage
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        worker_store(self.storage)
+        return [row]
