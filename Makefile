@@ -47,7 +47,7 @@ endif
 model: install
 ifndef MODEL
 	$(BIN)/python -m dropbatch.engine.tinymodel $(TINY_MODEL)
-	$(BIN)/python -m dropbatch.engine.tinymodel $(TINY_EMBED_MODEL) --seed 1
+	$(BIN)/python -m dropbatch.engine.tinymodel $(TINY_EMBED_MODEL) --seed 1 --embed
 endif
 
 demo: install model

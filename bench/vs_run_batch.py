@@ -11,7 +11,8 @@ Same machine, same requests (chat, max_tokens 32, temperature 0, the tiny model)
    against 20 runs of run_batch (``--peer-runs K`` times K runs and scales to 20, said so
    in the table), and the median job's upload → results latency;
 3. steady state: generated tokens/s on ``--steady`` requests against raw ``LLM.chat`` on
-   the same requests, generation phase only (its engine already loaded);
+   the same requests, generation phase only (its engine already loaded), with the warm
+   engine's own scheduler arguments (max_num_seqs, max_num_batched_tokens, policy);
 4. peak RSS of the runner and everything under it (Ray, the engine actors, vLLM's
    processes), during one small job and then during several large jobs in a row.
 
@@ -51,9 +52,9 @@ import json, sys, time
 def main():
     from vllm import LLM, SamplingParams
 
-    path, model, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, model, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
     conversations = [json.loads(line)["body"]["messages"] for line in open(path)]
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=512, enforce_eager=True)
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=512, enforce_eager=True, **engine)
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     llm.chat(conversations[:8], params, use_tqdm=False)  # warm
     began = time.perf_counter()
@@ -105,10 +106,11 @@ def run_batch(path: Path, out: Path) -> float:
     return time.perf_counter() - began
 
 
-def raw_generation(path: Path, workdir: Path) -> dict:
+def raw_generation(path: Path, workdir: Path, engine: dict) -> dict:
+    """Raw ``LLM.chat`` on ``path`` with ``engine``'s extra LLM arguments (the warm engine's own limits)."""
     script = workdir / "raw_vllm.py"
     script.write_text(RAW_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(path), str(MODEL_DIR), str(MAX_TOKENS)],
+    proc = subprocess.run([sys.executable, str(script), str(path), str(MODEL_DIR), str(MAX_TOKENS), json.dumps(engine)],
                           env={**os.environ, **PEER_ENV}, capture_output=True, text=True, check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
@@ -157,6 +159,17 @@ class Stack:
                     pass
             time.sleep(0.5)
         raise SystemExit("the runner never became ready")
+
+    def engine_args(self) -> dict:
+        """The scheduler settings the warm engine runs with, as ``LLM(...)`` arguments: the raw peer gets
+        the same, so the steady-state ratio measures the serving path and not a different batch size."""
+        from dropbatch.settings import Settings
+        from runner.engine.limits import engine_limits
+
+        engine = Settings.from_env(self.env).engine
+        limits = engine_limits(engine, device="cpu", gpu_memory_bytes=None)
+        caching = {} if engine.enable_prefix_caching is None else {"enable_prefix_caching": engine.enable_prefix_caching}
+        return {**limits, "scheduling_policy": engine.scheduling_policy, **caching}
 
     def runner_pid(self) -> int:
         return json.loads((self.home / "up.json").read_text())["services"]["runner"]
@@ -359,7 +372,7 @@ def steady(stack: Stack, work: Path, results: dict, n: int) -> None:
     seconds = time.perf_counter() - began
     tokens = record.usage.output_tokens if record.usage else 0
     with CpuShare() as raw_cpu:  # includes the raw run's model load: shares, not seconds, compare
-        raw = raw_generation(write_jsonl(work / "steady.jsonl", lines), work)
+        raw = raw_generation(write_jsonl(work / "steady.jsonl", lines), work, stack.engine_args())
     ours, theirs = tokens / seconds, raw["generated_tokens"] / raw["seconds"]
     results["steady"] = {"requests": n, "dropbatch_tokens_per_s": ours, "raw_tokens_per_s": theirs,
                          "ratio": ours / theirs, "dropbatch_s": seconds, "raw_generate_s": raw["seconds"],

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dropbatch.cli.common import emit, s3_uri
-from dropbatch.engine.tinymodel import TINY_MODELS
+from dropbatch.engine.tinymodel import TINY_EMBED_MODELS, TINY_MODELS
 from dropbatch.errors import ConfigError, DropbatchError, StorageUnavailable
 from dropbatch.settings import EngineSettings, Settings
 
@@ -168,7 +168,8 @@ class Stack:
             path = Path(weights)
             if path.parent != home or path.name not in TINY_MODELS:
                 continue
-            argv = [sys.executable, "-m", "dropbatch.engine.tinymodel", weights, "--seed", str(TINY_MODELS[path.name])]
+            argv = [sys.executable, "-m", "dropbatch.engine.tinymodel", weights, "--seed", str(TINY_MODELS[path.name]),
+                    *(["--embed"] if path.name in TINY_EMBED_MODELS else [])]
             log.info("checking the tiny model", extra={"model": weights})
             builder = Child.start("tinymodel", argv, self.environ, stdout=_STDERR_FD)
             while builder.exited() is None and not self.stop.wait(0.2):

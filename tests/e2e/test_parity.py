@@ -1,7 +1,7 @@
 """Parity: the same request lines through dropbatch and through vLLM's own front ends give the same bodies.
 
 Both answer with vLLM's own OpenAI serving code on the same model directory with the
-same engine flags (``runner.engine.vllm_args`` with the warm engine's planned limits),
+same engine flags (``runner.engine.flags.vllm_args`` with the warm engine's planned limits),
 so a body may differ only in ids and timestamps. run-batch serves chat and embeddings;
 /v1/completions and /v1/responses, which it lacks, go to vLLM's own server
 (``vllm.entrypoints.openai.api_server``, one engine start) line by line over HTTP.
@@ -30,7 +30,7 @@ from test_tools import TIME, WEATHER, finishing_bias
 from test_warm_engine import outputs
 
 from dropbatch.models import BatchStatus
-from runner.engine import vllm_args, worker_env
+from runner.engine.flags import vllm_args, worker_env
 
 pytestmark = pytest.mark.e2e
 

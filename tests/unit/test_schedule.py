@@ -10,7 +10,7 @@ from test_warm_engine_parts import chunk
 
 from dropbatch.engine.base import WorkChunk
 from dropbatch.settings import Settings
-from runner.engine import vllm_args
+from runner.engine.flags import vllm_args
 from runner.engine.stream import request_rows
 from runner.schedule import STRIDE, URGENT, Demand, FairShare, line_priority
 

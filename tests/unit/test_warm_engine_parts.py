@@ -8,14 +8,16 @@ import pytest
 from test_planner import TINY
 
 from dropbatch.engine.base import WorkChunk
+from dropbatch.engine.tinymodel import write_embedding_modules
 from dropbatch.errors import ConfigError
 from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
-from runner.engine import vllm_args, worker_env
+from runner.engine.flags import vllm_args, worker_env
 from runner.engine.limits import engine_limits
 from runner.engine.lines import line_result
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.stream import request_rows
+from runner.engine.tasks import served_by_model, served_tasks
 
 
 def chunk(data: bytes, **fields) -> WorkChunk:
@@ -51,6 +53,34 @@ def test_each_served_model_is_its_own_engine_and_hub_ids_go_online(tmp_path):
     assert worker_env(engine, "s")["HF_HUB_OFFLINE"] == "1"
     mixed = Settings.from_env({"DROPBATCH_MODELS": f"chat={tmp_path},qwen=Qwen/Qwen2.5-0.5B-Instruct"}).engine
     assert worker_env(mixed, "s")["HF_HUB_OFFLINE"] == "0"
+
+
+def model_dir(path, architecture: str, *, embedding_modules: bool = False):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({**TINY, "architectures": [architecture]}))
+    if embedding_modules:
+        write_embedding_modules(path)
+    return path
+
+
+def test_an_embedding_model_serves_embeddings_only_and_starts_no_generate_engine(tmp_path):
+    chat = model_dir(tmp_path / "chat", "Qwen2ForCausalLM")
+    # A sentence-transformers model on a causal-LM architecture, as the tiny embed model is built.
+    embed = model_dir(tmp_path / "embed", "Qwen2ForCausalLM", embedding_modules=True)
+    named = model_dir(tmp_path / "named", "Qwen2EmbeddingModel")
+    engine = Settings.from_env({"DROPBATCH_MODELS": f"chat={chat},embed={embed},named={named},hub=org/not-here"}).engine
+    assert served_by_model(engine) == {"chat": ("generate", "embed"), "embed": ("embed",), "named": ("embed",),
+                                       "hub": ("generate", "embed")}
+
+
+def test_a_bare_model_architecture_or_unreadable_config_stays_generative(tmp_path):
+    # vLLM's registry, not the suffix, decides "*Model" (ChatGLMModel generates): never lose chat on a guess.
+    assert served_tasks(str(model_dir(tmp_path / "glm", "ChatGLMModel"))) == ("generate", "embed")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "modules.json").write_text('{"not": "a list"}')
+    assert served_tasks(str(broken)) == ("generate", "embed")
 
 
 def test_limits_come_from_the_planner_unless_set(tmp_path):

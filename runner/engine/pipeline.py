@@ -1,0 +1,95 @@
+"""One engine run as a Ray Data pipeline, and the probe run that warms its stages.
+
+    from_items(chunks) → flat_map(ChunkReader) → map_batches(EngineAsker) → driver
+
+The stages themselves live in ``stream.py``; this module decides how many of them
+run at once and turns the rows that come back into ``LineResult``s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from dropbatch.engine.base import LineResult, WorkChunk
+from dropbatch.errors import EngineError
+from dropbatch.settings import Settings, StorageSettings
+from runner.engine.lines import line_result
+from runner.engine.stream import ChunkReader, EngineAsker, worker_store
+
+log = logging.getLogger("dropbatch.engine")
+
+STAGE_CPUS = 0.25  # Ray Data's read and ask stages: fractions, so 2 cores never deadlock
+STREAMS_PER_ENGINE = 4
+
+
+def configure_ray_data(stall_seconds: float) -> None:
+    """Ray Data settings for every run of this process: quiet, and never waiting forever for a slot."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # A run whose stage actors cannot be placed (every CPU taken) fails after the stall window
+    # and its chunks are retried, loudly, instead of waiting for resources forever (Ray's default).
+    context.wait_for_min_actors_s = int(stall_seconds)
+
+
+def warm_stages(settings: Settings, probes: Sequence[tuple[str, str, str]], patience: float) -> None:
+    """Send probe rows (``(engine, url, body_json)``, one per engine) through both Ray Data stages, shaped
+    as a run is (the two stages fused, as many tasks at once), so the first batch does not wait for Ray
+    to start the stage workers and for them to import Ray Data and build their S3 client (~20 s on a busy
+    2-core machine)."""
+    import ray
+
+    rows = [
+        {"batch_id": "warm", "chunk": i, "custom_id": f"warm-{i}", "url": url, "engine": name, "body_json": body,
+         "status": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        for i, (name, url, body) in enumerate(list(probes) * STREAMS_PER_ENGINE)
+    ]
+    started = time.monotonic()
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.flat_map(StoreWarmer(settings.storage), num_cpus=STAGE_CPUS, concurrency=len(rows))
+    ds = ds.map_batches(EngineAsker(patience), num_cpus=STAGE_CPUS, concurrency=len(rows))
+    answered = sum(1 for row in ds.iter_rows() if int(row["status"]) == 200)
+    log.info("engine stages warm", extra={"rows": len(rows), "answered": answered,
+                                          "seconds": round(time.monotonic() - started, 2)})
+
+
+def stream_chunks(settings: Settings, chunks: Sequence[WorkChunk],
+                  engines: dict[tuple[str, str], list[str]]) -> Iterator[LineResult]:
+    """Every line of ``chunks`` through the engine actors named in ``engines`` ((model, task) → names)."""
+    import ray
+
+    by_chunk = {(c.batch_id, c.chunk): c for c in chunks}
+    ds = ray.data.from_items([asdict(c) for c in chunks], override_num_blocks=len(chunks))
+    # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory,
+    # and task slots that another group's run (a small batch behind a big one) needs at once.
+    streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
+    ds = ds.flat_map(ChunkReader(settings, engines), num_cpus=STAGE_CPUS, concurrency=streams)
+    ds = ds.map_batches(EngineAsker(settings.engine.stall_seconds), batch_size=settings.engine.batch_size,
+                        num_cpus=STAGE_CPUS, concurrency=streams)
+    expected = sum(c.answers for c in chunks)
+    produced = 0
+    try:
+        for row in ds.iter_rows():
+            produced += 1
+            yield line_result(by_chunk[(row["batch_id"], int(row["chunk"]))], row)
+    except ray.exceptions.RayError as exc:
+        raise EngineError(f"the engine pipeline failed: {exc}") from exc
+    if produced < expected:
+        raise EngineError(f"the engine returned {produced} of {expected} lines")
+
+
+class StoreWarmer:
+    """The read stage's warm-up: build the worker's S3 store (``worker_store``) as ``ChunkReader`` will."""
+
+    def __init__(self, storage: StorageSettings) -> None:
+        self.storage = storage
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        worker_store(self.storage)
+        return [row]
