@@ -244,8 +244,12 @@ class Runner:
                     where = (result.batch_id, result.chunk)
                     answered[where] = answered.get(where, 0) + 1
                     self.fair.served(stamped[where], answered[where])
-                    self._collect(by_batch[result.batch_id], result)
-                    if time.monotonic() - last_progress >= self.progress_seconds:
+                    claimed = by_batch[result.batch_id]
+                    self._collect(claimed, result)
+                    # A batch whose last line just came back is closed now, not at the next progress tick
+                    # (rows of its group's bigger batches may come seconds apart).
+                    finished = not claimed.remaining and not claimed.settled
+                    if finished or time.monotonic() - last_progress >= self.progress_seconds:
                         last_progress = time.monotonic()
                         if self._publish_progress(group, keeper):
                             return True
