@@ -22,7 +22,7 @@ streams its own chunks into the engine actor, and the actor's Python front end
 first come first served, so a small batch's requests queued behind thousands of a
 big batch's waited as long as those did, whatever their priority. ``EngineGate``,
 in the engine actor, lets requests into vLLM lowest priority number first with a
-bounded number inside, so the stamps order the front end too.
+bounded number inside (``engine_gate_limit``), so the stamps order the front end too.
 """
 
 from __future__ import annotations
@@ -41,7 +41,16 @@ from dropbatch.engine.base import WorkChunk
 STRIDE = 1_000_000  # virtual time of one line at weight 1: integer steps stay exact for weights up to 10^6
 URGENT = -(2**62)  # plus the deadline (epoch seconds): below every fair-share priority, still an int64
 THROUGHPUT_WINDOW_SECONDS = 60.0
-REQUESTS_IN_ENGINE_PER_SEQ = 2  # the gate keeps this many requests per vLLM running slot inside: a full batch and its next
+
+
+def engine_gate_limit(max_num_seqs: int) -> int:
+    """Requests the gate lets inside vLLM: a full running batch and a quarter more waiting.
+
+    The quarter keeps a freed running slot from waiting for the front end. Not more: vLLM
+    schedules its own waiting requests before anything the gate lets in later, so each
+    one there is a request an urgent newcomer waits behind (a lockstep batch: a whole wave).
+    """
+    return max_num_seqs + max(1, max_num_seqs // 4)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dropbatch.errors import openai_error
-from runner.schedule import REQUESTS_IN_ENGINE_PER_SEQ, EngineGate
+from runner.schedule import EngineGate, engine_gate_limit
 
 log = logging.getLogger("dropbatch.engine")
 
@@ -132,7 +132,7 @@ class EngineServer:
         state = State()
         await init_app_state(engine, state, args, await engine.get_supported_tasks())
         self._handlers, self._request_types = _serving(state)
-        self._gate = EngineGate(REQUESTS_IN_ENGINE_PER_SEQ * (args.max_num_seqs or 256))
+        self._gate = EngineGate(engine_gate_limit(args.max_num_seqs or 256))
         self._stack, self._engine = stack, engine
 
     async def answer(self, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:

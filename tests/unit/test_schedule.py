@@ -13,7 +13,7 @@ from dropbatch.engine.base import WorkChunk
 from dropbatch.settings import Settings
 from runner.engine import vllm_args
 from runner.engine.stream import request_rows
-from runner.schedule import STRIDE, URGENT, Demand, EngineGate, FairShare, line_priority
+from runner.schedule import STRIDE, URGENT, Demand, EngineGate, FairShare, engine_gate_limit, line_priority
 
 WEIGHTS = {"free": 1.0, "basic": 2.0, "premium": 4.0, "enterprise": 8.0}
 FAR = 10**9  # a deadline nobody is near
@@ -185,4 +185,5 @@ def test_the_engine_gate_lets_the_lowest_priority_number_in_first_with_a_bound_i
 
     order, most_inside = asyncio.run(scenario())
     assert most_inside == 2
+    assert engine_gate_limit(256) == 320  # a running batch and a quarter more
     assert order == ["a0", "a1", "a2", "b0", "a3", "b1", "a4"]
