@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 
 TENANT = "e2e-sla"
 WINDOW = 60  # seconds of the "1h" window in this test's settings
+WINDOWS = {"24h": 86_400, "1h": WINDOW}
 OWNER = "e2e-sla-runner"
 
 
@@ -49,28 +50,20 @@ def test_a_1h_batch_the_measured_rate_cannot_finish_is_rejected_or_warned(stack)
     rate = measured_throughput(ctx.records, ctx.clock(), ctx.settings.limits.throughput_max_age_seconds)
     assert rate is not None and rate > 0
     lines = math.ceil(rate * WINDOW * 1.5)  # 1.5 windows of work at the measured rate
-    windows = {"24h": 86_400, "1h": WINDOW}
 
-    strict = with_limits(stack, completion_windows=windows, sla_admission="reject")
-    watcher = Watcher(strict, metrics=Metrics("watcher"))
-    rejected = submit_1h(strict, "too-late", lines)
-    watcher.run_once()
-    record = strict.batches.for_job(rejected)
+    record, counted = admit_1h(stack, "reject", "too-late", lines)
     assert record.status == BatchStatus.FAILED
     error = record.errors.data[0]
     assert (error.code, error.param) == ("deadline_unreachable", "completion_window")
     assert f"{rate:.1f} request lines/s" in error.message and "1h completion window" in error.message
-    assert watcher.metrics.manifests.labels("rejected", "deadline_unreachable")._value.get() == 1
+    assert counted.labels("rejected", "deadline_unreachable")._value.get() == 1
     assert record.id not in [e.batch_id for e in ctx.queue.entries()]
 
-    lenient = with_limits(stack, completion_windows=windows, sla_admission="warn")
-    watcher = Watcher(lenient, metrics=Metrics("watcher"))
-    warned = submit_1h(lenient, "at-risk", lines)
-    watcher.run_once()
-    record = lenient.batches.for_job(warned)
+    record, counted = admit_1h(stack, "warn", "at-risk", lines)
     assert record.status == BatchStatus.IN_PROGRESS
     assert [w.code for w in record.warnings] == ["deadline_at_risk"]
-    assert watcher.metrics.manifests.labels("admitted", "deadline_at_risk")._value.get() == 1
+    assert counted.labels("admitted", "deadline_at_risk")._value.get() == 1
+    lenient = with_limits(stack, completion_windows=WINDOWS, sla_admission="warn")
     try:
         Runner(lenient, stack.engine, owner=OWNER, metrics=runner_metrics).observe_queue()
         assert runner_metrics.projected_overrun._value.get() > 0  # DropbatchSlaAtRisk's expression holds
@@ -82,6 +75,11 @@ def test_a_1h_batch_the_measured_rate_cannot_finish_is_rejected_or_warned(stack)
     assert lenient.batches.get(TENANT, record.id).status == BatchStatus.CANCELLED
 
 
-def submit_1h(ctx: Context, job: str, lines: int):
-    """Upload ``lines`` chat lines with a signed manifest asking for the 1h window; the job's prefix."""
-    return submit(ctx, TENANT, job, request_lines(lines, job), window="1h")
+def admit_1h(stack, sla_admission: str, job: str, lines: int):
+    """Upload ``lines`` chat lines asking for the (shortened) 1h window, let a watcher with ``sla_admission``
+    take them: the batch's record and the watcher's manifest counter."""
+    ctx = with_limits(stack, completion_windows=WINDOWS, sla_admission=sla_admission)
+    watcher = Watcher(ctx, metrics=Metrics("watcher"))
+    ref = submit(ctx, TENANT, job, request_lines(lines, job), window="1h")
+    watcher.run_once()
+    return ctx.batches.for_job(ref), watcher.metrics.manifests
