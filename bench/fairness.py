@@ -1,6 +1,7 @@
 """Benchmark: a small job from tenant B behind a big job from tenant A, fair share against first come first served.
 
-    python bench/fairness.py [--a-lines 20000] [--b-lines 50] [--policies priority,fcfs] [--out bench/out]
+    python bench/fairness.py [--a-lines 20000] [--b-lines 50] [--weight-lines 5000] [--policies priority,fcfs]
+                             [--out bench/out]
 
 For each scheduling policy (``DROPBATCH_SCHEDULING_POLICY``; ``priority`` is dropbatch's
 default, ``fcfs`` is vLLM's first come first served, the behaviour before issue 12) one
@@ -10,7 +11,11 @@ gateway, the tiny model on the warm engine) runs, in this order:
 1. B's job alone on the idle system: upload → every result in the outbox;
 2. A's job alone: its lines per second (upload → done);
 3. A's job, and B's job uploaded right after it: B's latency, and A's lines per second
-   with B beside it.
+   with B beside it;
+4. tier weights (``--weight-lines``, 0 skips it): a ``basic`` tenant (weight 2) and a
+   ``premium`` one (weight 4) upload a job of the same size at once; while both run, the
+   engine should serve premium about twice the lines of basic. Measured as each job's
+   lines done when the first of them finishes.
 
 Both tenants are ``enterprise`` (equal weights: the least B can get); quotas are raised by
 setting. Every job's prompts carry a run tag, so no job is answered from the outbox.
@@ -66,16 +71,57 @@ def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
     return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_stages": stages(b_record, b_uploaded)}
 
 
-def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) -> dict:
+def weighted(stack: Stack, run: str, lines: int) -> dict:
+    """A basic and a premium tenant's equal jobs at once: how the engine split its lines between them.
+
+    Two readings: the lines each job had done when the first finished (record counts,
+    which lag by what is in flight), and the split implied by when each finished: the
+    engine's rate is constant, so with both ``N`` lines the first job's rival had done
+    ``N * (2 * t_first / t_last - 1)`` when the first finished.
+    """
+    from dropbatch.errors import NotFound
+
+    began = time.perf_counter()
+    refs = {tier: stack.submit(f"{run}-{tier}", f"{run}-{tier}-w", requests(lines, f"{run}-{tier}-w"), tier=tier)
+            for tier in ("basic", "premium")}
+    first: dict[str, int] = {}
+    done_at: dict[str, float] = {}
+    records: dict = {}
+    while len(done_at) < 2:
+        time.sleep(0.1)
+        try:
+            records = {tier: stack.ctx.batches.for_job(ref) for tier, ref in refs.items()}
+        except NotFound:
+            continue  # not admitted yet
+        for tier, record in records.items():
+            if record.status.is_terminal and tier not in done_at:
+                done_at[tier] = time.perf_counter() - began
+                first = first or {t: r.request_counts.completed for t, r in records.items()}
+    for record in records.values():
+        if record.request_counts.completed != lines:
+            raise SystemExit(f"{record.id}: {record.status.value}, {record.request_counts}")
+    weights = stack.ctx.settings.limits.tier_weights
+    leader = min(done_at, key=done_at.get)
+    rival = lines * max(2 * done_at[leader] / max(done_at.values()) - 1, 1e-9)
+    by_time = lines / rival if leader == "premium" else rival / lines
+    return {"weight_lines": lines, "basic_done": first["basic"], "premium_done": first["premium"],
+            "served_ratio": first["premium"] / max(first["basic"], 1), "served_ratio_by_time": by_time,
+            "basic_s": done_at["basic"], "premium_s": done_at["premium"],
+            "weight_ratio": weights["premium"] / weights["basic"]}
+
+
+def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, weight_lines: int = 0,
+            env: dict[str, str] | None = None) -> dict:
     run = f"fair-{policy}-{int(time.time())}"
     stack = Stack(work / f"home-{policy}", endpoint,
                   {"DROPBATCH_SCHEDULING_POLICY": policy, "DROPBATCH_TIER_QUOTAS": QUOTAS,
-                   "DROPBATCH_MAX_FILE_LINES": str(max(a_lines, 50_000))})
+                   "DROPBATCH_MAX_FILE_LINES": str(max(a_lines, 50_000)), **(env or {})})
     try:
         timed(stack, f"{run}-w", f"{run}-warm", requests(8, f"{run}-warm"))  # the first job pays Ray Data's warm-up
         idle, idle_stages = timed(stack, f"{run}-b", f"{run}-b-idle", requests(b_lines, f"{run}-b-idle"))
         alone, _ = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
         both = contended(stack, run, a_lines, b_lines)
+        tiers = weighted(stack, run, weight_lines) if weight_lines else {}
     finally:
         stack.close()
     return {
@@ -83,7 +129,7 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int) 
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
         "a_alone_lines_per_s": a_lines / alone, "a_with_b_lines_per_s": a_lines / both["a_seconds"],
         "a_drop": 1 - alone / both["a_seconds"], "b_share": b_lines / (a_lines + b_lines),
-        "b_idle_stages": idle_stages, "b_behind_a_stages": both["b_stages"],
+        "b_idle_stages": idle_stages, "b_behind_a_stages": both["b_stages"], **tiers,
     }
 
 
@@ -101,6 +147,14 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
             st = r[f"b_{when}_stages"]
             print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: upload → record {st['intake_s']:.1f} s, "
                   f"admission {st['admission_s']} s, in_progress → completed {st['queue_and_run_s']} s")
+    weighted_runs = [r for r in results if "served_ratio" in r]
+    if weighted_runs:
+        print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
+              "by counts at the first finish | by finish times | weights |\n|---|---|---|---|---|---|")
+    for r in weighted_runs:
+        print(f"| {r['policy']} | {r['weight_lines']} | {r['premium_s']:.1f} s, {r['basic_s']:.1f} s | "
+              f"{r['served_ratio']:.2f}× ({r['premium_done']} : {r['basic_done']}) | {r['served_ratio_by_time']:.2f}× | "
+              f"{r['weight_ratio']:.0f}× |")
     save_report("fairness", results, figure(results), out, docs)
 
 
@@ -131,7 +185,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a-lines", type=int, default=20_000)
     parser.add_argument("--b-lines", type=int, default=50)
+    parser.add_argument("--weight-lines", type=int, default=5_000,
+                        help="lines of each tier's job in the tier-weight scenario (0 skips it)")
     parser.add_argument("--policies", default="priority,fcfs")
+    parser.add_argument("--env", action="append", default=[], metavar="DROPBATCH_X=VALUE",
+                        help="a setting for the stack (repeatable), e.g. DROPBATCH_ENGINE_BATCH_SIZE=128")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--docs", action="store_true", help="also write the plot to docs/fairness.png")
     args = parser.parse_args()
@@ -140,7 +198,8 @@ def main() -> None:
 
     build_tiny_model(MODEL_DIR)
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
-        results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines)
+        env = dict(item.split("=", 1) for item in args.env)
+        results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines, args.weight_lines, env)
                    for policy in args.policies.split(",")]
     report(results, args.out, args.docs)
 

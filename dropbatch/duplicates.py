@@ -10,6 +10,8 @@ The watcher finds them while it reads every line at admission and writes the map
 (``work/<batch>/duplicates.json``); the runner sends only the originals to the
 engine and finalization writes each copy from its original's result, with the
 copy's own custom_id and ids. Never across batches, so never across tenants.
+A copy costs no quota: the hourly quota counts engine work, and a copy is none
+(``DuplicateFinder.saved_requests``).
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ class DuplicateFinder:
         self._first: dict[bytes, str] = {}
         self._chunks: dict[int, ChunkDuplicates] = {}
         self._current = -1
+        self._copy_cost: dict[str, int] = {}  # copy custom_id → the requests it would have cost
 
-    def add(self, chunk: int, custom_id: str, body: dict[str, Any]) -> None:
+    def add(self, chunk: int, custom_id: str, body: dict[str, Any], cost: int = 1) -> None:
+        """Note a valid line of ``chunk``; ``cost`` is what it counts against the quota."""
         if not self.enabled:
             self.sampled = self.sampled or not is_deterministic(self.endpoint, body)
             return
@@ -95,6 +99,12 @@ class DuplicateFinder:
             here.keep.append(custom_id)
         else:
             here.copies[custom_id] = original
+            self._copy_cost[custom_id] = cost
+
+    @property
+    def saved_requests(self) -> int:
+        """Quota requests the copies do not cost (final once ``result()`` has run)."""
+        return sum(self._copy_cost.values())
 
     def _drop_if_no_copies(self, chunk: int) -> None:
         if chunk in self._chunks and not self._chunks[chunk].copies:
@@ -107,6 +117,7 @@ class DuplicateFinder:
                 # The engine runs every line of a chunk with none selected: compute one copy anyway.
                 first = next(iter(found.copies))
                 del found.copies[first]
+                del self._copy_cost[first]
                 found.keep.append(first)
         return Duplicates(chunks={i: c for i, c in self._chunks.items() if c.copies})
 

@@ -68,8 +68,12 @@ class GroupRun:
                     where = (result.batch_id, result.chunk)
                     answered[where] = answered.get(where, 0) + 1
                     runner.fair.served(stamped[where], answered[where])
-                    self._collect(self.by_batch[result.batch_id], result)
-                    if time.monotonic() - last_progress >= runner.progress_seconds:
+                    claimed = self.by_batch[result.batch_id]
+                    self._collect(claimed, result)
+                    # A batch whose last line just came back is closed now, not at the next progress tick
+                    # (rows of its group's bigger batches may come seconds apart).
+                    finished = not claimed.remaining and not claimed.settled
+                    if finished or time.monotonic() - last_progress >= runner.progress_seconds:
                         last_progress = time.monotonic()
                         if runner.publish_progress(self.group, self.keeper):
                             return True

@@ -15,13 +15,25 @@ so ordering the work is stamping numbers; no feeder has to hold requests back:
 
 Pure bookkeeping on an injected clock (no I/O); the runner stamps each pass's
 chunks (``stamp``) and reports what came back (``served``).
+
+vLLM's priority orders only the requests inside it. Every group of the runner
+streams its own chunks into the engine actor, and the actor's Python front end
+(chat template, tokenizing, detokenizing; the bottleneck for a small model) works
+first come first served, so a small batch's requests queued behind thousands of a
+big batch's waited as long as those did, whatever their priority. ``EngineGate``,
+in the engine actor, lets requests into vLLM lowest priority number first with a
+bounded number inside (``engine_gate_limit``), so the stamps order the front end too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from dropbatch.engine.base import WorkChunk
@@ -29,6 +41,16 @@ from dropbatch.engine.base import WorkChunk
 STRIDE = 1_000_000  # virtual time of one line at weight 1: integer steps stay exact for weights up to 10^6
 URGENT = -(2**62)  # plus the deadline (epoch seconds): below every fair-share priority, still an int64
 THROUGHPUT_WINDOW_SECONDS = 60.0
+
+
+def engine_gate_limit(max_num_seqs: int) -> int:
+    """Requests the gate lets inside vLLM: a full running batch and a quarter more waiting.
+
+    The quarter keeps a freed running slot from waiting for the front end. Not more: vLLM
+    schedules its own waiting requests before anything the gate lets in later, so each
+    one there is a request an urgent newcomer waits behind (a lockstep batch: a whole wave).
+    """
+    return max_num_seqs + max(1, max_num_seqs // 4)
 
 
 @dataclass(frozen=True)
@@ -113,3 +135,46 @@ class FairShare:
             self._finished.append(self.clock())
             if chunk.priority_step > 0:
                 self.global_time = max(self.global_time, chunk.priority + max(done - 1, 0) * chunk.priority_step)
+
+
+class EngineGate:
+    """Lets requests into the engine lowest priority number first, at most ``limit`` inside at once.
+
+    Ties (and fcfs, where every priority is 0) go in arrival order. One per engine
+    actor, used from its event loop only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.inside = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    @asynccontextmanager
+    async def admitted(self, priority: int) -> AsyncIterator[None]:
+        await self._enter(priority)
+        try:
+            yield
+        finally:
+            self._leave()
+
+    async def _enter(self, priority: int) -> None:
+        if self.inside < self.limit and not self._waiting:
+            self.inside += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrival), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._leave()  # our turn came as we were cancelled: pass it on
+            raise
+
+    def _leave(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():  # a cancelled waiter (its request timed out) gives no turn back
+                turn.set_result(None)
+                return
+        self.inside -= 1

@@ -26,7 +26,7 @@ MAX_LISTED_ERRORS = 100
 @dataclass
 class ScanResult:
     lines: int = 0
-    requests: int = 0  # what the quota counts: embedding inputs and choices, summed over valid lines
+    requests: int = 0  # what the quota counts: embedding inputs and choices of the valid lines the engine runs
     chunks: list[Chunk] = field(default_factory=list)
     etags: list[str] = field(default_factory=list)
     errors: list[BatchError] = field(default_factory=list)
@@ -218,7 +218,7 @@ def scan_inputs(
                     )
                 )
             seen.add(request.custom_id)
-            finder.add(len(result.chunks), request.custom_id, request.body)
+            finder.add(len(result.chunks), request.custom_id, request.body, request.cost)
             # Bound memory: once too many lines, keep hashing but stop remembering ids.
             if len(seen) > limits.max_file_lines:
                 seen.clear()
@@ -236,4 +236,5 @@ def scan_inputs(
     result.sampled = finder.sampled
     if not result.errors:
         result.duplicates = finder.result()
+        result.requests -= finder.saved_requests  # computed once: a copy is no engine work
     return result

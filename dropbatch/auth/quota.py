@@ -1,7 +1,9 @@
 """The hourly request quota, per tenant, as a ledger in the control bucket.
 
 A quota counts what the engine does, not lines: each embeddings input and each
-``n`` choice is one request (``dropbatch.bodies.request_cost``). Each admitted
+``n`` choice is one request (``dropbatch.bodies.request_cost``), and a line
+identical to an earlier deterministic line of its batch is computed once, so
+it counts nothing (``dropbatch.duplicates``). Each admitted
 batch appends ``(at, batch_id, lines)`` where ``lines`` holds that count (the
 field keeps its name so existing ledgers still read); entries older than an hour
 fall out (a rolling window). The ledger is changed only by conditional writes, so
@@ -88,8 +90,7 @@ def _counted(requests: int, lines: int | None) -> str:
         return f"{requests} requests"
     return (
         f"{requests} requests (from {lines} request line{'' if lines == 1 else 's'}: each embeddings input "
-        "and each of n choices "
-        "counts as one request)"
+        "and each of n choices counts as one request; a repeat of an identical deterministic line counts none)"
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dropbatch.errors import openai_error
+from runner.schedule import EngineGate, engine_gate_limit
 
 log = logging.getLogger("dropbatch.engine")
 
@@ -100,6 +101,7 @@ class EngineServer:
         self._handlers: dict[str, Any] = {}
         self._request_types: dict[str, Any] = {}
         self._engine: Any = None
+        self._gate: EngineGate | None = None
         self.inflight = 0
         self.finished = 0
         self.last_progress = time.monotonic()
@@ -137,6 +139,7 @@ class EngineServer:
         state = State()
         await init_app_state(engine, state, args, await engine.get_supported_tasks())
         self._handlers, self._request_types = _serving(state)
+        self._gate = EngineGate(engine_gate_limit(args.max_num_seqs or 256))
         self._stack, self._engine = stack, engine
 
     async def answer(self, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -170,7 +173,8 @@ class EngineServer:
         except pydantic.ValidationError as exc:
             return _validation_answer(exc)
         try:
-            response = await handler(request, None)
+            async with self._gate.admitted(getattr(request, "priority", 0) or 0):
+                response = await handler(request, None)
         except Exception as exc:  # vLLM's server turns any handler exception into an error response too
             if self._engine is not None and getattr(self._engine, "errored", False):
                 raise  # a dead engine is the supervisor's business, not this line's

@@ -91,14 +91,14 @@ def request_lines(n: int, job: str) -> list[dict]:
 
 
 def submit(ctx: Context, tenant: str, job: str, lines: list[dict], *, endpoint: str = "/v1/chat/completions",
-           model: str = MODEL) -> JobRef:
+           model: str = MODEL, window: str = "24h") -> JobRef:
     """Upload the input and a signed manifest (the drop-box contract, via the S3 API)."""
     key = ctx.tenants.create_signing_key(tenant)
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     input_key = f"{tenant}/{job}/input.jsonl"
     ctx.store.put(ctx.inbox, input_key, data)
     manifest = Manifest(
-        tenant=tenant, job=job, key_id=key.key_id, endpoint=endpoint, model=model,
+        tenant=tenant, job=job, key_id=key.key_id, endpoint=endpoint, model=model, completion_window=window,
         created_at=int(time.time()), nonce=hashlib.sha256(job.encode()).hexdigest()[:24],
         inputs=[InputObject(key=input_key, size=len(data), sha256=hashlib.sha256(data).hexdigest())],
     )

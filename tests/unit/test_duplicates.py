@@ -68,6 +68,16 @@ def test_a_chunk_of_nothing_but_copies_still_runs_one_line() -> None:
     assert found.chunks[1].keep == ["b"] and found.chunks[1].copies == {"c": "a"}
 
 
+def test_copies_save_their_cost_except_one_kept_to_run_its_chunk() -> None:
+    finder = DuplicateFinder("/v1/embeddings")
+    finder.add(0, "a", {"input": ["x", "y"]}, cost=2)
+    finder.add(0, "b", {"input": ["x", "y"]}, cost=2)  # a copy in a chunk that runs: costs nothing
+    finder.add(1, "c", {"input": ["x", "y"]}, cost=2)  # kept: chunk 1 has nothing else to run
+    finder.add(1, "d", {"input": ["x", "y"]}, cost=2)
+    finder.result()
+    assert finder.saved_requests == 4
+
+
 def test_disabled_finder_only_tells_sampled() -> None:
     finder = DuplicateFinder(CHAT, enabled=False)
     finder.add(0, "a", {"temperature": 0})
@@ -164,9 +174,18 @@ def test_duplicates_run_once_and_every_custom_id_is_answered(admit) -> None:
         ctx.store.head(ctx.records.bucket, ControlKeys.duplicates(record.id))
 
 
+def test_duplicates_cost_the_quota_once(admit) -> None:
+    """The quota counts engine work: 13 lines of which 3 are copies reserve 10 requests."""
+    ctx, admitted = admit()
+    assert ctx.quotas.usage("acme", "premium")[0] == 10
+    sampled_ctx, _ = admit(body=lambda i, b: duplicated_body(i, b) | {"temperature": 1})
+    assert sampled_ctx.quotas.usage("acme", "premium")[0] == 13  # sampled lines all run, so all count
+
+
 def test_dedup_off_runs_every_line(admit) -> None:
     ctx, admitted = admit(DROPBATCH_DEDUP="0")
     assert admitted.duplicate_lines == 0
+    assert ctx.quotas.usage("acme", "premium")[0] == 13
     engine = EchoEngine(ctx.store, ctx.settings)
     Runner(ctx, engine).run_once()
     assert engine.runs == [13]

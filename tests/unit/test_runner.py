@@ -579,8 +579,9 @@ def test_the_runner_stamps_each_chunk_by_tenant_tier_and_deadline(make_context, 
     assert {c.priority_step for c in plain.seen[0]} == {0}
 
 
+@pytest.mark.parametrize("progress_seconds", [0, 3600])  # 3600: closed at its last line, not at a progress tick
 def test_a_small_batch_closes_while_the_big_one_of_its_group_still_runs(
-    make_context, make_tenant, make_jsonl, drop_job, submit
+    make_context, make_tenant, make_jsonl, drop_job, submit, progress_seconds
 ) -> None:
     ctx = make_context(DROPBATCH_CHUNK_LINES=5)
     small = submit(ctx, "small", 3)  # acme, enterprise
@@ -600,7 +601,7 @@ def test_a_small_batch_closes_while_the_big_one_of_its_group_still_runs(
                 seen.append(result.batch_id)
                 yield result
 
-    Runner(ctx, Watching(EchoEngine(ctx.store, ctx.settings), each), progress_seconds=0).run_once()
+    Runner(ctx, Watching(EchoEngine(ctx.store, ctx.settings), each), progress_seconds=progress_seconds).run_once()
     # Both tenants start at the same virtual time: the small batch never waits for all 40 lines.
     assert seen.index(small.id) < 10
     assert small_status_after_its_lines == [BatchStatus.COMPLETED]  # closed before the big batch's last line

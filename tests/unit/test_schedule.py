@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from dropbatch.engine.base import WorkChunk
 from dropbatch.settings import Settings
 from runner.engine.flags import vllm_args
 from runner.engine.stream import request_rows
-from runner.schedule import STRIDE, URGENT, Demand, FairShare, line_priority
+from runner.schedule import STRIDE, URGENT, Demand, EngineGate, FairShare, engine_gate_limit, line_priority
 
 WEIGHTS = {"free": 1.0, "basic": 2.0, "premium": 4.0, "enterprise": 8.0}
 FAR = 10**9  # a deadline nobody is near
@@ -150,3 +151,39 @@ def test_the_engine_runs_vllms_priority_scheduler_with_prefix_caching():
 def test_a_line_cannot_set_its_own_priority(endpoint: str) -> None:
     error = refused(endpoint, {"priority": -(2**62)})  # only the runner stamps it, after admission
     assert (error.code, error.param) == ("unknown_parameter", "body.priority")
+
+
+def test_the_engine_gate_lets_the_lowest_priority_number_in_first_with_a_bound_inside() -> None:
+    """A big batch fills the engine; a small batch arriving later goes in before the big batch's queued rest."""
+
+    async def scenario() -> tuple[list[str], int]:
+        gate = EngineGate(2)
+        order: list[str] = []
+        most_inside = 0
+        release = asyncio.Event()
+
+        async def request(name: str, priority: int) -> None:
+            nonlocal most_inside
+            async with gate.admitted(priority):
+                order.append(name)
+                most_inside = max(most_inside, gate.inside)
+                await release.wait()
+
+        big = [asyncio.create_task(request(f"a{i}", 10 + i)) for i in range(5)]
+        await asyncio.sleep(0)
+        # The small batch's stamps start where the engine has got to (a2): it interleaves with the rest,
+        # a tie going to the earlier arrival.
+        small = [asyncio.create_task(request(f"b{i}", 12 + i)) for i in range(2)]
+        timed_out = asyncio.create_task(request("gone", 0))
+        await asyncio.sleep(0)
+        timed_out.cancel()  # a request whose timeout ends while it waits gives no turn back
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*big, *small, return_exceptions=True)
+        assert gate.inside == 0
+        return order, most_inside
+
+    order, most_inside = asyncio.run(scenario())
+    assert most_inside == 2
+    assert engine_gate_limit(256) == 320  # a running batch and a quarter more
+    assert order == ["a0", "a1", "a2", "b0", "a3", "b1", "a4"]
