@@ -425,6 +425,16 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
     assert list(ctx.store.list(ctx.outbox)) == []
 
 
+def completed(ctx, *batches, seconds: float = 10) -> bool:
+    """Whether every one of ``batches`` (of tenant acme) reaches completed within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(ctx.batches.get("acme", b.id).status == BatchStatus.COMPLETED for b in batches):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, submit) -> None:
     """The engine stays warm and takes several groups: a small batch never waits for a big one's pass."""
     ctx = make_context(DROPBATCH_CHUNK_LINES=2, DROPBATCH_RUNNER_POLL_SECONDS="0.01")
@@ -449,16 +459,10 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
     try:
         assert big_started.wait(timeout=10)
         small = submit(ctx, "small", 2, words=3, max_tokens=2)
-        deadline = time.monotonic() + 10
-        while ctx.batches.get("acme", small.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ctx.batches.get("acme", small.id).status == BatchStatus.COMPLETED
+        assert completed(ctx, small)
         assert ctx.batches.get("acme", big.id).status == BatchStatus.IN_PROGRESS, "big is still held by the gate"
         gate.set()
-        deadline = time.monotonic() + 10
-        while ctx.batches.get("acme", big.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ctx.batches.get("acme", big.id).status == BatchStatus.COMPLETED
+        assert completed(ctx, big)
     finally:
         gate.set()
         stop.set()
@@ -494,17 +498,10 @@ def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_contex
         assert started.wait(timeout=10)
         second = submit(ctx, "big-2", 6, words=3, max_tokens=2)  # ahead of the small one in the queue
         small = submit(ctx, "small", 1, words=3, max_tokens=2)
-        deadline = time.monotonic() + 10
-        while ctx.batches.get("acme", small.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ctx.batches.get("acme", small.id).status == BatchStatus.COMPLETED
+        assert completed(ctx, small)
         assert second.id not in held, "the big batch was left for a later claim"
         gate.set()
-        deadline = time.monotonic() + 10
-        while any(ctx.batches.get("acme", b.id).status != BatchStatus.COMPLETED for b in (big, second)) \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert {ctx.batches.get("acme", b.id).status for b in (big, second)} == {BatchStatus.COMPLETED}
+        assert completed(ctx, big, second)
     finally:
         gate.set()
         stop.set()
@@ -535,10 +532,7 @@ def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_
         assert started.wait(timeout=10)
         second = submit(ctx, "second", 2, words=3, max_tokens=2)  # the only slot is busy: it waits
         gate.set()
-        deadline = time.monotonic() + 10
-        while ctx.batches.get("acme", second.id).status != BatchStatus.COMPLETED and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ctx.batches.get("acme", second.id).status == BatchStatus.COMPLETED
+        assert completed(ctx, second)
         stopped = time.monotonic()
         stop.set()
         runner.join(timeout=10)
