@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -425,6 +426,21 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
     assert list(ctx.store.list(ctx.outbox)) == []
 
 
+@contextmanager
+def running(runner: Runner, gate: threading.Event) -> Iterator[tuple[threading.Event, threading.Thread]]:
+    """The runner's service loop in a thread; on the way out the gate opens and the loop must stop within 30 s."""
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,))
+    thread.start()
+    try:
+        yield stop, thread
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
 def completed(ctx, *batches, seconds: float = 10) -> bool:
     """Whether every one of ``batches`` (of tenant acme) reaches completed within ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -453,21 +469,13 @@ def test_a_batch_that_arrives_while_another_runs_starts_at_once(make_context, su
             else:
                 yield from self.inner.run(chunks)
 
-    stop = threading.Event()
-    runner = threading.Thread(target=Runner(ctx, Gated(echo, lambda i: None)).run, args=(stop,))
-    runner.start()
-    try:
+    with running(Runner(ctx, Gated(echo, lambda i: None)), gate) as (stop, runner):
         assert big_started.wait(timeout=10)
         small = submit(ctx, "small", 2, words=3, max_tokens=2)
         assert completed(ctx, small)
         assert ctx.batches.get("acme", big.id).status == BatchStatus.IN_PROGRESS, "big is still held by the gate"
         gate.set()
         assert completed(ctx, big)
-    finally:
-        gate.set()
-        stop.set()
-        runner.join(timeout=30)
-    assert not runner.is_alive()
 
 
 def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_context, submit) -> None:
@@ -490,11 +498,7 @@ def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_contex
             else:
                 yield from self.inner.run(chunks)
 
-    stop = threading.Event()
-    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
-                              args=(stop,))
-    runner.start()
-    try:
+    with running(Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)), gate) as (stop, runner):
         assert started.wait(timeout=10)
         second = submit(ctx, "big-2", 6, words=3, max_tokens=2)  # ahead of the small one in the queue
         small = submit(ctx, "small", 1, words=3, max_tokens=2)
@@ -502,11 +506,6 @@ def test_the_last_free_slot_takes_a_small_batch_not_the_next_big_one(make_contex
         assert second.id not in held, "the big batch was left for a later claim"
         gate.set()
         assert completed(ctx, big, second)
-    finally:
-        gate.set()
-        stop.set()
-        runner.join(timeout=30)
-    assert not runner.is_alive()
 
 
 def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_context, submit) -> None:
@@ -524,11 +523,7 @@ def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_
             each = hold if any(c.batch_id == first.id for c in chunks) else self.each
             yield from Wrapped(self.inner, each).run(chunks)
 
-    stop = threading.Event()
-    runner = threading.Thread(target=Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)).run,
-                              args=(stop,))
-    runner.start()
-    try:
+    with running(Runner(ctx, Gated(EchoEngine(ctx.store, ctx.settings), lambda i: None)), gate) as (stop, runner):
         assert started.wait(timeout=10)
         second = submit(ctx, "second", 2, words=3, max_tokens=2)  # the only slot is busy: it waits
         gate.set()
@@ -537,11 +532,6 @@ def test_a_group_that_ends_frees_its_slot_at_once_and_a_stop_ends_the_wait(make_
         stop.set()
         runner.join(timeout=10)
         assert time.monotonic() - stopped < 10, "the idle runner waited out its poll before seeing the stop"
-    finally:
-        gate.set()
-        stop.set()
-        runner.join(timeout=30)
-    assert not runner.is_alive()
 
 
 class Recording(EchoEngine):
