@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
@@ -24,6 +25,7 @@ from watcher.admission import admit_manifest
 from watcher.rejections import reject_manifest_key
 
 log = logging.getLogger("dropbatch.watcher")
+T = TypeVar("T")
 
 
 class Watcher:
@@ -70,22 +72,29 @@ class Watcher:
             self._counted.add(batch_id)
         return first
 
-    def _each(self, handle: Callable, items: Iterable) -> list[bool]:
-        """``handle`` over ``items``, up to ``watcher_workers`` at once (admissions are independent)."""
-        items = list(items)
-        workers = min(self.ctx.settings.service.watcher_workers, len(items))
+    def _each(self, handle: Callable[[T], int], items: Iterable[T], tenant: Callable[[T], str]) -> int:
+        """``handle`` over ``items``: one tenant's in the order given, up to ``watcher_workers`` tenants at once.
+
+        Different tenants' admissions are independent; one tenant's are not (they share its
+        hourly quota), so its manifests are admitted one after another, oldest first.
+        """
+        queues: dict[str, list[T]] = {}
+        for item in items:
+            queues.setdefault(tenant(item), []).append(item)
+        workers = min(self.ctx.settings.service.watcher_workers, len(queues))
         if workers <= 1:
-            return [handle(item) for item in items]
+            return sum(handle(item) for queue in queues.values() for item in queue)
         with ThreadPoolExecutor(workers, thread_name_prefix="admit") as pool:
-            return list(pool.map(handle, items))
+            return sum(pool.map(lambda queue: sum(handle(item) for item in queue), queues.values()))
 
     def sweep(self) -> int:
         """List the inbox and admit every manifest not yet handled by this process."""
         self._last_sweep = time.monotonic()
         # Any letter case, any depth: keys the S3 event filter (suffix /manifest.json) misses too.
-        new = [info for info in self.ctx.store.list(self.ctx.inbox)
-               if is_manifest_name(info.key) and (info.key, info.etag) not in self._seen]
-        return sum(self._each(lambda info: self.handle(info.key, info.etag), new))
+        new = sorted((info for info in self.ctx.store.list(self.ctx.inbox)
+                      if is_manifest_name(info.key) and (info.key, info.etag) not in self._seen),
+                     key=lambda info: (info.last_modified, info.key))
+        return self._each(lambda info: self.handle(info.key, info.etag), new, lambda info: _tenant_of(info.key))
 
     def drain_events(self, wait_seconds: int = 0) -> int:
         if self.events is None:
@@ -99,7 +108,10 @@ class Watcher:
                 return len(keys)
             return 0
 
-        return sum(self._each(deliver, events.receive(wait_seconds)))
+        def tenant(delivery) -> str:
+            return _tenant_of(next(iter(delivery[1]), ""))  # an S3 event message names one object
+
+        return self._each(deliver, events.receive(wait_seconds), tenant)
 
     def sweep_expired(self) -> int:
         """Delete files past their ``expires_at`` (records and bytes); returns how many went."""
@@ -143,3 +155,8 @@ def _admitted_reason(record: BatchRecord) -> str:
     if any(w.code == "deadline_at_risk" for w in record.warnings):
         return "deadline_at_risk"
     return "queued"
+
+
+def _tenant_of(key: str) -> str:
+    """The tenant an inbox key is under (its first segment); a foreign key is rejected by admission itself."""
+    return key.split("/", 1)[0]
