@@ -37,7 +37,7 @@ from dropbatch.settings import Settings
 from runner.engine.actors import launch_engines, stop_engines
 from runner.engine.flags import worker_env
 from runner.engine.limits import engine_limits, gpu_memory_bytes
-from runner.engine.pipeline import configure_ray_data, stream_chunks, warm_stages
+from runner.engine.pipeline import configure_ray_data, stage_workers, stream_chunks, warm_stages
 from runner.engine.reap import reap_engine_processes
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.server import TASK_OF_URL, probe_request
@@ -97,6 +97,9 @@ class WarmEngine:
                 kwargs["address"] = engine.ray_address
             else:
                 kwargs["num_cpus"] = engine.ray_num_cpus or max(4, os.cpu_count() or 2)
+                # Keep the warmed stage workers (and the engine actors') processes alive while idle.
+                workers = kwargs["num_cpus"] + stage_workers(engine.most_replicas) + engine.most_replicas
+                kwargs["_system_config"] = {"num_workers_soft_limit": workers}
             ray.init(**kwargs)
             self._started_ray = True
         configure_ray_data(engine.stall_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
 from runner.engine.flags import vllm_args, worker_env
 from runner.engine.limits import engine_limits
+from runner.engine.pipeline import Barrier
 from runner.engine.lines import line_result
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.stream import request_rows
@@ -171,3 +173,14 @@ def test_replica_range_settings():
     assert Settings.from_env({"DROPBATCH_ENGINE_REPLICAS": "2"}).engine.most_replicas == 2
     with pytest.raises(ConfigError, match="DROPBATCH_ENGINE_REPLICAS_MAX=1 is below"):
         Settings.from_env({"DROPBATCH_ENGINE_REPLICAS": "2", "DROPBATCH_ENGINE_REPLICAS_MAX": "1"})
+
+
+def test_warm_up_tasks_wait_for_each_other_so_each_holds_a_worker_of_its_own():
+    async def scenario():
+        together = Barrier(parties=3)
+        await asyncio.wait_for(asyncio.gather(*(together.wait(timeout=30) for _ in range(3))), timeout=5)
+        short = Barrier(parties=2)  # a worker Ray cannot start delays the warm-up by the timeout, no more
+        await asyncio.wait_for(short.wait(timeout=0.05), timeout=5)
+        return together.peak(), short.peak(), together.waiting
+
+    assert asyncio.run(scenario()) == (3, 1, 0)
