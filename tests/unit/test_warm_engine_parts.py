@@ -15,8 +15,8 @@ from dropbatch.ids import completion_id, request_line_id
 from dropbatch.settings import Settings
 from runner.engine.flags import vllm_args, worker_env
 from runner.engine.limits import engine_limits
-from runner.engine.pipeline import Barrier
 from runner.engine.lines import line_result
+from runner.engine.pipeline import Barrier
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.stream import request_rows
 from runner.engine.tasks import served_by_model, served_tasks
