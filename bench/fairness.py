@@ -8,7 +8,7 @@ default, ``fcfs`` is vLLM's first come first served, the behaviour before issue 
 `dropbatch up` stack (bench/vs_run_batch.py's ``Stack``: embedded moto S3, watcher, runner,
 gateway, the tiny model on the warm engine) runs, in this order:
 
-1. B's job alone on the idle system: upload → every result in the outbox;
+1. B's job alone on the idle system, three times: upload → every result in the outbox (the median);
 2. A's job alone: its lines per second (upload → done);
 3. A's job, and B's job uploaded right after it: B's latency, and A's lines per second
    with B beside it;
@@ -38,37 +38,39 @@ from vs_run_batch import MODEL_DIR, REPO, Stack, requests, save_report  # noqa: 
 QUOTAS = "free=10000000,basic=10000000,premium=10000000,enterprise=10000000"
 
 
-def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict]:
-    """Upload → done seconds, and where they went."""
-    began, uploaded = time.perf_counter(), time.time()
+def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> float:
+    """Upload → done seconds."""
+    began = time.perf_counter()
     record = stack.wait(stack.submit(tenant, job, lines))
     if record.request_counts.completed != len(lines):
         raise SystemExit(f"{job}: {record.status.value}, {record.request_counts}")
-    return time.perf_counter() - began, stages(record, uploaded)
+    return time.perf_counter() - began
 
 
-def stages(record, uploaded: float) -> dict:
-    """Where a job's time went, from its record's own stamps (whole seconds)."""
-    return {"intake_s": record.created_at - uploaded,
-            "admission_s": (record.in_progress_at or record.created_at) - record.created_at,
-            "queue_and_run_s": (record.completed_at or 0) - (record.in_progress_at or record.created_at)}
+def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict[str, float]]:
+    """Upload → every result in the outbox, and each step's seconds (bench/timeline.py, 0.1 s looks)."""
+    from timeline import Timeline
+
+    with Timeline(stack.ctx) as timeline:
+        began = time.perf_counter()
+        timeline.add(stack.submit(tenant, job, lines), began)
+        [seen] = timeline.wait(1)
+    if seen.record.request_counts.completed != len(lines):
+        raise SystemExit(f"{job}: {seen.record.status.value}, {seen.record.request_counts}")
+    return seen.latency, seen.step_seconds()
 
 
 def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
-    """A's big job, then B's small one right after: B's latency, A's seconds."""
+    """A's big job, then B's small one right after: B's latency and steps, A's seconds."""
     began = time.perf_counter()
     a_ref = stack.submit(f"{run}-a", f"{run}-a-both", requests(a_lines, f"{run}-a-both"))
     time.sleep(1.0)  # "right after": A is admitted and running when B arrives
-    b_began, b_uploaded = time.perf_counter(), time.time()
-    b_ref = stack.submit(f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
-    b_record = stack.wait(b_ref)
-    b_seconds = time.perf_counter() - b_began
+    b_seconds, b_steps = followed(stack, f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
     a_record = stack.wait(a_ref)
     a_seconds = time.perf_counter() - began
-    for record, n in ((a_record, a_lines), (b_record, b_lines)):
-        if record.request_counts.completed != n:
-            raise SystemExit(f"{record.id}: {record.status.value}, {record.request_counts}")
-    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_stages": stages(b_record, b_uploaded)}
+    if a_record.request_counts.completed != a_lines:
+        raise SystemExit(f"{a_record.id}: {a_record.status.value}, {a_record.request_counts}")
+    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_steps": b_steps}
 
 
 def weighted(stack: Stack, run: str, lines: int) -> dict:
@@ -118,8 +120,11 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
                    "DROPBATCH_MAX_FILE_LINES": str(max(a_lines, 50_000)), **(env or {})})
     try:
         timed(stack, f"{run}-w", f"{run}-warm", requests(8, f"{run}-warm"))  # the first job pays Ray Data's warm-up
-        idle, idle_stages = timed(stack, f"{run}-b", f"{run}-b-idle", requests(b_lines, f"{run}-b-idle"))
-        alone, _ = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
+        # B alone, three times (a single 1-s job varies by a few tenths): the median run.
+        idle_runs = sorted((followed(stack, f"{run}-b", f"{run}-b-idle{i}", requests(b_lines, f"{run}-b-idle{i}"))
+                            for i in range(3)), key=lambda seen: seen[0])
+        idle, idle_steps = idle_runs[1]
+        alone = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
         both = contended(stack, run, a_lines, b_lines)
         tiers = weighted(stack, run, weight_lines) if weight_lines else {}
     finally:
@@ -129,11 +134,13 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
         "a_alone_lines_per_s": a_lines / alone, "a_with_b_lines_per_s": a_lines / both["a_seconds"],
         "a_drop": 1 - alone / both["a_seconds"], "b_share": b_lines / (a_lines + b_lines),
-        "b_idle_stages": idle_stages, "b_behind_a_stages": both["b_stages"], **tiers,
+        "b_idle_steps": idle_steps, "b_behind_a_steps": both["b_steps"], **tiers,
     }
 
 
 def report(results: list[dict], out: Path, docs: bool) -> None:
+    from timeline import STEP_NAMES
+
     print("\n| policy | B alone (idle) | B right after A | B slowdown (goal ≤ 2×) | A alone | A with B | "
           "A's drop (goal ≤ B's share) |\n|---|---|---|---|---|---|---|")
     for r in results:
@@ -141,12 +148,11 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
               f"{r['a_alone_lines_per_s']:.0f} lines/s | {r['a_with_b_lines_per_s']:.0f} lines/s | "
               f"{r['a_drop'] * 100:+.1f}% (B's share {r['b_share'] * 100:.2f}%) |")
     print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise. "
-          "Where B's time went (record stamps, whole seconds):")
+          "Where B's time went (bench/timeline.py, 0.1 s looks):")
     for r in results:
         for when in ("idle", "behind_a"):
-            st = r[f"b_{when}_stages"]
-            print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: upload → record {st['intake_s']:.1f} s, "
-                  f"admission {st['admission_s']} s, in_progress → completed {st['queue_and_run_s']} s")
+            steps = ", ".join(f"{STEP_NAMES[step]} {seconds:.1f} s" for step, seconds in r[f"b_{when}_steps"].items())
+            print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: {steps}")
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
