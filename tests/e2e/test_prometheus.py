@@ -12,7 +12,9 @@ as a runner process restarted with Prometheus watching): its last-progress gauge
 is 0 until it finishes a line, which is how DropbatchNoProgress's 15-minute
 threshold is met in a short run: the engine is stopped (SIGSTOP) before the
 runner's first line, with work queued. An expiry is provoked as in
-test_lifecycle.py, by moving the services' clock past the deadline mid-run.
+test_lifecycle.py, by moving the services' clock past the deadline mid-run. The SLA
+alert fires for a 1h batch (its window shortened to a minute by setting) queued behind
+the runner's own measured line rate, while its deadline is still ahead.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pytest
 from helpers import load_bench
 from soak import engine_processes, submit
 
+from dropbatch.context import Context
 from dropbatch.errors import DropbatchError
 from dropbatch.models import BatchStatus
 from dropbatch.observability.health import Health, ServiceHttp
@@ -45,6 +48,7 @@ from dropbatch.observability.prometheus import (
     query_range,
 )
 from runner.observe import observe_queue
+from watcher.service import Watcher
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +56,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
 MODEL = "dropbatch-tiny"
-TENANT, FREE_TENANT = "e2e-prom", "e2e-prom-free"
+TENANT, FREE_TENANT, SLA_TENANT = "e2e-prom", "e2e-prom-free", "e2e-prom-sla"
 SCRAPE = "1s"
 # Grafana's $__rate_interval: max(step + scrape interval, 4 × scrape interval), step = 1 s here.
 RATE_INTERVAL = "4s"
@@ -225,6 +229,38 @@ def test_batches_expired_fires_after_a_batch_expires(stack, observed):
     # increase() extrapolates to the window's edges: one expiry reads as 1 or a little more.
     assert 1 <= float(alert["value"]) < 2
     assert alert["annotations"]["description"].endswith("their unfinished lines got batch_expired errors.")
+
+
+def test_sla_at_risk_fires_while_the_deadline_is_still_ahead(stack, observed):
+    """A 1h batch (the window shortened to a minute by setting) queued behind a line rate that cannot
+    finish it in time: DropbatchSlaAtRisk fires through Prometheus before its deadline, not after.
+
+    The rate is the runner's own, measured from a real pass through the warm engine just before.
+    """
+    window = 60
+    settings = stack.settings.model_copy(update={"limits": stack.settings.limits.model_copy(
+        update={"completion_windows": {"24h": 86_400, "1h": window}, "sla_admission": "warn"})})
+    ctx = Context.from_settings(settings, clock=stack.clock)
+    ctx.tenants.create(SLA_TENANT, "premium")  # a tier that may use the 1h window
+    submit(ctx, SLA_TENANT, "sla-measured", chat_lines(40, "sla-measured"))
+    stack.drain()
+    rate = observed.runner.lines_rate.per_second()
+    assert rate > 0
+    lines = math.ceil(rate * window * 1.5)  # 1.5 windows of work at the measured rate
+    ref = submit(ctx, SLA_TENANT, "sla-late", chat_lines(lines, "sla-late"), window="1h")
+    Watcher(ctx, metrics=Metrics("watcher")).run_once()
+    record = ctx.batches.for_job(ref)
+    assert record.status == BatchStatus.IN_PROGRESS and record.expires_at is not None
+    try:
+        observed.wait("DropbatchSlaAtRisk firing", lambda: observed.state("DropbatchSlaAtRisk") == "firing")
+        assert record.expires_at - ctx.now() > 0, "the alert fired before the deadline"
+        alert = observed.alerts()["DropbatchSlaAtRisk"]
+        assert alert["labels"]["severity"] == "critical" and float(alert["value"]) > 0
+    finally:  # leave the queue as found: the late batch is cancelled before it runs
+        ctx.batches.update(SLA_TENANT, record.id, lambda b: b.transition(BatchStatus.CANCELLING, ctx.now()))
+        stack.drain()
+    assert ctx.batches.get(SLA_TENANT, record.id).status == BatchStatus.CANCELLED
+    observed.wait("DropbatchSlaAtRisk resolved", lambda: observed.state("DropbatchSlaAtRisk") == "inactive")
 
 
 def test_every_dashboard_query_returns_data(stack, observed):
