@@ -6,6 +6,10 @@ loop and closed by ``close()`` (the app's shutdown). botocore failures go throug
 the same table as the boto3 store (``dropbatch.storage.errors``), so callers see
 the same ``ObjectNotFound`` / ``ObjectExists`` / ``StaleWrite`` / ``StorageUnavailable``.
 
+Its ``get`` (every record read) goes first through ``SignedGet``, a plain signed
+GET a third the CPU of an aiobotocore call; what that cannot answer alone is asked
+again through the client.
+
 ``async_twin(store, …)`` picks the async store for a sync one: the S3 store gets
 this one; any other ``ObjectStore`` (the in-memory one, a test's wrapper) is
 awaited through a worker thread by ``ThreadedObjectStore``.
@@ -23,6 +27,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioCredentials
 from aiobotocore.session import get_session
 from botocore.utils import parse_timestamp
 
@@ -47,6 +52,7 @@ from dropbatch.storage.s3 import (
     put_request,
     range_request,
 )
+from dropbatch.storage.signed import SignedGet
 
 T = TypeVar("T")
 
@@ -78,6 +84,7 @@ class AsyncS3ObjectStore:
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         self._opening: asyncio.Lock | None = None
+        self._signed: SignedGet | None = None
 
     async def _s3(self) -> Any:
         if self._client is not None:
@@ -93,12 +100,27 @@ class AsyncS3ObjectStore:
                     "s3", config=AioConfig(max_pool_connections=self._pool_size, **config, **LEAN_CALLS), **options
                 )
                 stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(creator)
-                self._stack = stack
+                client = await stack.enter_async_context(creator)
+                credentials = (
+                    AioCredentials(options["aws_access_key_id"], options["aws_secret_access_key"])
+                    if options["aws_access_key_id"] and options["aws_secret_access_key"]
+                    else await session.get_credentials()
+                )
+                if credentials is not None:
+                    self._signed = SignedGet(
+                        client.meta.endpoint_url,
+                        self._settings.region,
+                        credentials,
+                        pool_size=self._pool_size,
+                        connect_timeout=config["connect_timeout"],
+                        read_timeout=config["read_timeout"],
+                    )
+                    stack.push_async_callback(self._signed.close)
+                self._client, self._stack = client, stack
         return self._client
 
     async def close(self) -> None:
-        stack, self._stack, self._client = self._stack, None, None
+        stack, self._stack, self._client, self._signed = self._stack, None, None, None
         if stack is not None:
             await stack.aclose()
 
@@ -110,10 +132,14 @@ class AsyncS3ObjectStore:
         return head_info(key, resp)
 
     async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """(body, ETag): a plain signed GET first (the hot read, a third of the CPU); aiobotocore for the rest."""
         attempt = 0
         while True:
             try:
-                resp = await (await self._s3()).get_object(Bucket=bucket, Key=key)
+                client = await self._s3()
+                if attempt == 0 and self._signed is not None and (found := await self._signed.get(bucket, key)):
+                    return found
+                resp = await client.get_object(Bucket=bucket, Key=key)
                 async with resp["Body"] as body:
                     return await body.read(), resp["ETag"]
             except BODY_CUT as exc:
