@@ -24,21 +24,25 @@ def botocore_headers(url: str, region: str, credentials: ReadOnlyCredentials) ->
     return {name.lower(): value for name, value in request.headers.items()}
 
 
+LIST_QUERY = "encoding-type=url&list-type=2&max-keys=21&prefix=batches%2Fa%20b%2B&start-after=batches%2Fa%20b%2Bx"
+
+
 @pytest.mark.parametrize(
-    ("endpoint", "key", "token"),
+    ("endpoint", "key", "query", "token"),
     [
-        ("http://127.0.0.1:8333", "batches/t/batch_1.json", None),
-        ("https://s3.eu-west-1.amazonaws.com", "tokens/ab cd+ü~x=y&z.json", None),
-        ("https://s3.amazonaws.com:443", "a//double/slash.json", "session-token"),
+        ("http://127.0.0.1:8333", "batches/t/batch_1.json", "", None),
+        ("https://s3.eu-west-1.amazonaws.com", "tokens/ab cd+ü~x=y&z.json", "", None),
+        ("https://s3.amazonaws.com:443", "a//double/slash.json", "", "session-token"),
+        ("http://127.0.0.1:8333", "", LIST_QUERY, None),  # a ListObjectsV2 page of the bucket
     ],
 )
-def test_the_signature_is_botocores(endpoint, key, token):
+def test_the_signature_is_botocores(endpoint, key, query, token):
     region = "eu-west-1"
     credentials = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-    path = f"/bucket/{quote(key, safe='/~')}"
+    path = f"/bucket/{quote(key, safe='/~')}" if key else "/bucket"
 
-    ours = GetSigner(endpoint, region, now=lambda: NOW).headers(path, credentials)
-    theirs = botocore_headers(endpoint + path, region, credentials)
+    ours = GetSigner(endpoint, region, now=lambda: NOW).headers(path, credentials, query)
+    theirs = botocore_headers(endpoint + path + (f"?{query}" if query else ""), region, credentials)
 
     assert ours["Authorization"] == theirs["authorization"]
     assert ours["x-amz-date"] == theirs["x-amz-date"] == "20261130T170509Z"
