@@ -109,6 +109,7 @@ class SignedGet:
     async def _fetch(self, path: str, query: str, operation: str) -> tuple[bytes, Any] | None:
         """(body, headers) of a 200; ``ClientError`` for a 404; None for anything else."""
         headers = self._signer.headers(self._prefix + path, await self._credentials.get_frozen_credentials(), query)
+        headers["Accept-Encoding"] = "identity"  # the object's own bytes, never a transfer-compressed copy
         if self._http is None:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool_size), timeout=self._timeout, auto_decompress=False
