@@ -297,7 +297,10 @@ class ServiceSettings(_Frozen):
     gateway_s3_pool: int = Field(
         64,
         ge=1,
-        description="S3 connections each gateway process keeps; also how many record reads one page makes at once.",
+        description=(
+            "S3 connections each gateway process keeps, for its signed reads and again for its aiobotocore "
+            "client; also how many record reads one page makes at once."
+        ),
     )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the watcher's and runner's /metrics, /health, /ready bind to."
