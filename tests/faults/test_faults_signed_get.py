@@ -1,7 +1,6 @@
-"""The gateway's hot reads are plain signed GETs; every answer they cannot give alone goes to aiobotocore.
+"""The gateway's hot read is a plain signed GET; every answer it cannot give alone goes to aiobotocore.
 
-``AsyncS3ObjectStore.get`` and each page of ``list`` answer 200 and 404 themselves (one
-request each). A throttle,
+``AsyncS3ObjectStore.get`` answers 200 and 404 itself (one request each). A throttle,
 a 5xx, a reset connection or a cut body is asked again through aiobotocore, whose
 retries then read the whole object; a permanent error reaches the caller through the
 one error table, the same as before the signed GET existed.
@@ -16,7 +15,6 @@ from proxy import DenyRule, FaultPlan, TargetedFault
 
 from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.storage.aio import AsyncS3ObjectStore
-from dropbatch.storage.base import ObjectInfo
 from dropbatch.storage.s3 import S3ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -30,18 +28,6 @@ def _read(storage, key: str) -> tuple[bytes, str]:
         store = AsyncS3ObjectStore(storage, pool_size=2)
         try:
             return await store.get(storage.control_bucket, key)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
-
-
-def _list(storage, prefix: str, *, start_after: str | None = None, page_size: int = 2) -> list[ObjectInfo]:
-    async def main() -> list[ObjectInfo]:
-        store = AsyncS3ObjectStore(storage, pool_size=2)
-        try:
-            items = store.list(storage.control_bucket, prefix, start_after=start_after, page_size=page_size)
-            return [info async for info in items]
         finally:
             await store.close()
 
@@ -87,29 +73,3 @@ def test_a_denied_read_is_the_error_aiobotocore_reports(proxied):
         _read(settings.storage, KEY)
 
     assert proxy.counts()["requests_s3"] == 2
-
-
-def test_list_pages_are_one_request_each_and_a_broken_one_is_listed_on_by_aiobotocore(proxied):
-    direct, proxy, settings = proxied
-    sync = S3ObjectStore(direct.storage)
-    for i in range(7):
-        sync.put(direct.storage.control_bucket, f"index/a b+{i}.json", b"x" * i)
-    expected = sync.list(direct.storage.control_bucket, "index/a b+", start_after="index/a b+0.json")
-    expected_infos = [(info.key, info.size, info.etag) for info in expected]
-
-    listed = _list(settings.storage, "index/a b+", start_after="index/a b+0.json")
-    assert [(info.key, info.size, info.etag) for info in listed] == expected_infos
-    assert all(info.last_modified > 0 for info in listed)
-    assert proxy.counts()["requests_s3"] == 3  # pages of 2, 2 and 2
-
-    proxy.set(targeted=[TargetedFault("slowdown", r"continuation-token=", "GET")])  # the second page
-    listed = _list(settings.storage, "index/a b+", start_after="index/a b+0.json")
-    assert [(info.key, info.size, info.etag) for info in listed] == expected_infos
-    assert proxy.faults()["slowdown"] == 1
-
-
-def test_listing_a_missing_bucket_is_object_not_found(proxied):
-    _, proxy, settings = proxied
-    with pytest.raises(ObjectNotFound):
-        _list(settings.storage.model_copy(update={"control_bucket": "no-such-bucket-5f1a"}), "x/")
-    assert proxy.counts()["requests_s3"] == 1
