@@ -97,7 +97,8 @@ class WarmEngine:
                 kwargs["address"] = engine.ray_address
             else:
                 kwargs["num_cpus"] = engine.ray_num_cpus or max(4, os.cpu_count() or 2)
-                # Keep the warmed stage workers (and the engine actors') processes alive while idle.
+                # Keep the warmed stage workers (and the engine actors') processes alive while idle. An attached
+                # cluster keeps its own limit (RAY_num_workers_soft_limit when its nodes start).
                 workers = kwargs["num_cpus"] + stage_workers(engine.most_replicas) + engine.most_replicas
                 kwargs["_system_config"] = {"num_workers_soft_limit": workers}
             ray.init(**kwargs)
