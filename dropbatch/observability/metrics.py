@@ -162,20 +162,27 @@ class _ServiceRegistry:
 
 
 class TokenRate:
-    """Generated tokens per second over a sliding minute."""
+    """Generated tokens per second over a sliding minute.
+
+    Asked once per result line, so it keeps a running total: summing the window's events on
+    every ask cost O(lines in the last minute) each time, over half of the runner driver's
+    GIL at 260 lines/s (py-spy, bench/fairness.py), which delayed every group's rows.
+    """
 
     def __init__(self, window_seconds: float = 60.0) -> None:
         self.window = window_seconds
         self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
         self._lock = Lock()
 
     def add(self, tokens: int, now: float | None = None) -> None:
         with self._lock:
             self._events.append((now if now is not None else time.monotonic(), tokens))
+            self._total += tokens
 
     def per_second(self, now: float | None = None) -> float:
         now = now if now is not None else time.monotonic()
         with self._lock:
             while self._events and self._events[0][0] < now - self.window:
-                self._events.popleft()
-            return sum(t for _, t in self._events) / self.window
+                self._total -= self._events.popleft()[1]
+            return self._total / self.window
