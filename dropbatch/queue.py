@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -74,9 +74,11 @@ class WorkQueue:
         except ObjectExists:
             pass
 
-    def entries(self) -> Iterator[QueueEntry]:
-        """Queued batches, earliest deadline first."""
+    def entries(self, *, skip: Collection[str] = ()) -> Iterator[QueueEntry]:
+        """Queued batches, earliest deadline first; those whose batch id is in ``skip`` are not read."""
         for key in self.records.list_keys(ControlKeys.QUEUE_PREFIX):
+            if skip and ControlKeys.queue_entry_batch(key) in skip:
+                continue
             entry = self.records.get(key, QueueEntry)
             if entry is not None:
                 yield entry

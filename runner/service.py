@@ -74,7 +74,9 @@ class Runner:
         limit = ctx.settings.limits.coalesce_max_lines
         group: list[Claimed] = []
         addresses: set[str] = set()
-        for entry in ctx.queue.entries():
+        with self._active_lock:
+            running = frozenset(self._active)
+        for entry in ctx.queue.entries(skip=running):  # our own running batches: one LIST, no GET each poll
             if group and sum(c.lines_left for c in group) >= limit:
                 break
             if largest is not None and entry.lines > largest:

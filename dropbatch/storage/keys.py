@@ -204,6 +204,11 @@ class ControlKeys:
         # Earliest deadline first is S3's ascending key order.
         return f"queue/{deadline:012d}_{batch_id}.json"
 
+    @staticmethod
+    def queue_entry_batch(key: str) -> str:
+        """The batch id a ``queue_entry`` key names."""
+        return key.rsplit("/", 1)[-1].split("_", 1)[-1].removesuffix(".json")
+
     LEASE_PREFIX = "leases/"
 
     @staticmethod

@@ -165,6 +165,16 @@ def test_queue_is_earliest_deadline_first_and_idempotent(make_context) -> None:
     assert [e.batch_id for e in ctx.queue.entries()] == ["c", "d", "a"]
 
 
+def test_queue_entries_skip_named_batches_without_reading_them(make_context) -> None:
+    ctx = make_context()
+    for batch_id, deadline in [("batch_run", 900), ("batch_new", 1_000)]:
+        ctx.queue.enqueue(entry(batch_id, deadline))
+    ctx.store.put(ctx.settings.storage.control_bucket, ControlKeys.queue_entry(900, "batch_run"), b"not json")
+    # A skipped entry is never read: this one would fail to parse.
+    assert [e.batch_id for e in ctx.queue.entries(skip={"batch_run"})] == ["batch_new"]
+    assert ControlKeys.queue_entry_batch(ControlKeys.queue_entry(-5, "batch_x_y")) == "batch_x_y"
+
+
 def test_claim_is_exclusive_and_renewable(make_context, make_clock) -> None:
     clock = make_clock()
     ctx = make_context(clock=clock)
