@@ -93,9 +93,13 @@ def stream_chunks(settings: Settings, chunks: Sequence[WorkChunk],
     expected = sum(c.answers for c in chunks)
     produced = 0
     try:
-        for row in ds.iter_rows():
-            produced += 1
-            yield line_result(by_chunk[(row["batch_id"], int(row["chunk"]))], row)
+        # Each answered block as soon as it is out, with no look-ahead: iter_rows() prefetches one block,
+        # so every block waited for the next one to be answered too (a small batch's rows, answered in
+        # 0.4 s, waited 3 s for the 500-line chunk its worker took next; bench/fairness.py, instrumented).
+        for block in ds.iter_batches(batch_size=None, prefetch_batches=0, batch_format="pyarrow"):
+            for row in block.to_pylist():
+                produced += 1
+                yield line_result(by_chunk[(row["batch_id"], int(row["chunk"]))], row)
     except ray.exceptions.RayError as exc:
         raise EngineError(f"the engine pipeline failed: {exc}") from exc
     if produced < expected:
