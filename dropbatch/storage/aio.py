@@ -18,13 +18,14 @@ awaited through a worker thread by ``ThreadedObjectStore``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import anyio.from_thread
 import anyio.to_thread
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioCredentials
@@ -33,7 +34,13 @@ from botocore.utils import parse_timestamp
 
 from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.settings import StorageSettings
-from dropbatch.storage.base import DEFAULT_READ_CHUNK, AsyncObjectStore, ObjectInfo, ObjectStore
+from dropbatch.storage.base import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_READ_CHUNK,
+    AsyncObjectStore,
+    ObjectInfo,
+    ObjectStore,
+)
 from dropbatch.storage.errors import (
     AWS_ERRORS,
     BODY_CUT,
@@ -45,6 +52,8 @@ from dropbatch.storage.errors import (
 from dropbatch.storage.s3 import (
     S3ObjectStore,
     client_options,
+    complete_request,
+    full_parts,
     head_info,
     list_request,
     listed_info,
@@ -208,6 +217,67 @@ class AsyncS3ObjectStore:
             conditional = "if_none_match" if if_none_match else "if_match"
             raise translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
 
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> ObjectInfo:
+        """``S3ObjectStore.upload_stream`` awaited: one PUT if it fits a part, else a multipart upload
+        holding one part in memory at a time, aborted if anything fails before it completes."""
+        buffer = bytearray()
+        parts: list[dict] = []
+        upload_id: str | None = None
+        size = 0
+        client = await self._s3()
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                for part in full_parts(buffer, part_size):
+                    if upload_id is None:
+                        upload_id = (
+                            await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
+                        )["UploadId"]
+                    etag = (
+                        await client.upload_part(
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
+                        )
+                    )["ETag"]
+                    parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            if upload_id is None:
+                data = bytes(buffer)
+                etag = await self.put(bucket, key, data, if_none_match=if_none_match, content_type=content_type)
+                return ObjectInfo(key=key, size=size, etag=etag)
+            if buffer:
+                etag = (
+                    await client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=bytes(buffer)
+                    )
+                )["ETag"]
+                parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            request = complete_request(bucket, key, upload_id, parts, if_none_match)
+            etag = (await client.complete_multipart_upload(**request))["ETag"]
+            return ObjectInfo(key=key, size=size, etag=etag)
+        except AWS_ERRORS as exc:
+            await self._abort(bucket, key, upload_id)
+            raise translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
+        except BaseException:
+            await self._abort(bucket, key, upload_id)
+            raise
+
+    async def _abort(self, bucket: str, key: str, upload_id: str | None) -> None:
+        if upload_id is None:
+            return
+        try:
+            await (await self._s3()).abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except AWS_ERRORS:
+            pass  # the bucket lifecycle rule cleans up incomplete uploads
+
     async def list(
         self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
     ) -> AsyncIterator[ObjectInfo]:
@@ -261,6 +331,33 @@ class ThreadedObjectStore:
 
     async def put(self, bucket: str, key: str, data: bytes, **kwargs: Any) -> str:
         return await self._run(self.store.put, bucket, key, data, **kwargs)
+
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> ObjectInfo:
+        """The sync store's ``upload_stream`` in a worker thread, pulling each chunk back from the event loop."""
+        source = aiter(chunks)
+
+        def pulled() -> Iterator[bytes]:
+            while (chunk := anyio.from_thread.run(anext, source, _DONE)) is not _DONE:
+                yield chunk
+
+        return await self._run(
+            self.store.upload_stream,
+            bucket,
+            key,
+            pulled(),
+            if_none_match=if_none_match,
+            content_type=content_type,
+            part_size=part_size,
+        )
 
     def list(
         self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
