@@ -4,8 +4,9 @@ An upload is parsed by Starlette into a spooled temporary file (memory up to
 1 MB, then disk), then streamed to ``inbox/<tenant>/.files/<file_id>.jsonl`` in
 1 MiB reads while its sha256 and size are computed, through the async store on
 the event loop (one PUT up to a part, a multipart upload past it); nothing holds
-more than one part of the file. Output and error files are File records the kernel created over outbox
-objects; ``/content`` streams whichever bucket a record names.
+more than one part of the file. Output and error files are File records the
+kernel created over outbox objects; ``/content`` streams whichever bucket a
+record names.
 
 Deleting a file removes its record (it can no longer be read, listed or used
 for a new batch); the bytes of an upload stay in the inbox for batches already

@@ -8,25 +8,23 @@ the same ``ObjectNotFound`` / ``ObjectExists`` / ``StaleWrite`` / ``StorageUnava
 
 Its ``get`` (every record read) goes first through ``SignedGet``, a plain signed
 GET a third the CPU of an aiobotocore call; what that cannot answer alone is asked
-again through the client.
+again through the client. ``upload_stream`` writes an upload of any size: one PUT
+up to a part, else a multipart upload holding one part at a time.
 
 ``async_twin(store, …)`` picks the async store for a sync one: the S3 store gets
 this one; any other ``ObjectStore`` (the in-memory one, a test's wrapper) is
-awaited through a worker thread by ``ThreadedObjectStore``.
+awaited through a worker thread by ``storage.threaded.ThreadedObjectStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio.from_thread
-import anyio.to_thread
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioCredentials
 from aiobotocore.session import get_session
@@ -62,8 +60,7 @@ from dropbatch.storage.s3 import (
     range_request,
 )
 from dropbatch.storage.signed import SignedGet
-
-T = TypeVar("T")
+from dropbatch.storage.threaded import ThreadedObjectStore
 
 # Per-call work the gateway's small JSON reads and writes do not need (botocore's defaults are for
 # any caller): our own code builds every request, and S3 checks the MD5 botocore sends on writes.
@@ -296,76 +293,6 @@ class AsyncS3ObjectStore:
             error = translate(exc, bucket=bucket, key=key)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
-
-
-_DONE = object()
-
-
-class ThreadedObjectStore:
-    """Any sync ``ObjectStore`` awaited through worker threads (the in-memory store, a test's wrapper)."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-
-    async def _drain(self, items: Any) -> AsyncIterator[Any]:
-        iterator = iter(items)
-        while (item := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
-            yield item
-
-    async def close(self) -> None:
-        return None
-
-    async def head(self, bucket: str, key: str) -> ObjectInfo:
-        return await self._run(self.store.head, bucket, key)
-
-    async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        return await self._run(self.store.get, bucket, key)
-
-    def iter_bytes(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, chunk_size: int = DEFAULT_READ_CHUNK
-    ) -> AsyncIterator[bytes]:
-        return self._drain(self.store.iter_bytes(bucket, key, start=start, end=end, chunk_size=chunk_size))
-
-    async def put(self, bucket: str, key: str, data: bytes, **kwargs: Any) -> str:
-        return await self._run(self.store.put, bucket, key, data, **kwargs)
-
-    async def upload_stream(
-        self,
-        bucket: str,
-        key: str,
-        chunks: AsyncIterable[bytes],
-        *,
-        if_none_match: bool = False,
-        content_type: str = "application/octet-stream",
-        part_size: int = DEFAULT_PART_SIZE,
-    ) -> ObjectInfo:
-        """The sync store's ``upload_stream`` in a worker thread, pulling each chunk back from the event loop."""
-        source = aiter(chunks)
-
-        def pulled() -> Iterator[bytes]:
-            while (chunk := anyio.from_thread.run(anext, source, _DONE)) is not _DONE:
-                yield chunk
-
-        return await self._run(
-            self.store.upload_stream,
-            bucket,
-            key,
-            pulled(),
-            if_none_match=if_none_match,
-            content_type=content_type,
-            part_size=part_size,
-        )
-
-    def list(
-        self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
-    ) -> AsyncIterator[ObjectInfo]:
-        return self._drain(self.store.list(bucket, prefix, start_after=start_after))
-
-    async def delete(self, bucket: str, key: str) -> None:
-        await self._run(self.store.delete, bucket, key)
 
 
 def async_twin(store: ObjectStore, settings: StorageSettings, *, pool_size: int) -> AsyncObjectStore:

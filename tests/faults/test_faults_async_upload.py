@@ -8,15 +8,14 @@ A transient fault on a part is retried and the upload completes.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import with_async_store
 from proxy import DenyRule, FaultPlan, TargetedFault
 
 from dropbatch.errors import ObjectExists, ObjectNotFound, PayloadTooLarge, StorageError
-from dropbatch.storage.aio import AsyncS3ObjectStore
 from dropbatch.storage.s3 import S3ObjectStore, make_client
 
 pytestmark = pytest.mark.integration
@@ -33,17 +32,13 @@ async def _chunks(data: bytes, *, fail_after: int | None = None) -> AsyncIterato
         yield data[offset : offset + MiB]
 
 
-def _upload(storage, chunks, *, if_none_match: bool = True):
-    async def main():
-        store = AsyncS3ObjectStore(storage, pool_size=2)
-        try:
-            return await store.upload_stream(
-                storage.inbox_bucket, KEY, chunks, if_none_match=if_none_match, content_type="application/jsonl"
-            )
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+def _upload(storage, chunks):
+    return with_async_store(
+        storage,
+        lambda store: store.upload_stream(
+            storage.inbox_bucket, KEY, chunks, if_none_match=True, content_type="application/jsonl"
+        ),
+    )
 
 
 @pytest.fixture

@@ -9,14 +9,16 @@ from typing import TypeVar
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
+from helpers import with_async_store
 
 from dropbatch.emulator import free_port
 from dropbatch.errors import ObjectExists, ObjectNotFound, StaleWrite, StorageError, StorageUnavailable
 from dropbatch.storage import S3ObjectStore
-from dropbatch.storage.aio import AsyncS3ObjectStore, ThreadedObjectStore, async_twin
+from dropbatch.storage.aio import AsyncS3ObjectStore, async_twin
 from dropbatch.storage.base import AsyncObjectStore
 from dropbatch.storage.errors import translate
 from dropbatch.storage.memory import MemoryObjectStore
+from dropbatch.storage.threaded import ThreadedObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +26,7 @@ T = TypeVar("T")
 
 
 def run(storage, use: Callable[[AsyncS3ObjectStore], Awaitable[T]], *, pool_size: int = 4) -> T:
-    """``use(store)`` on a fresh event loop, the store's client closed after."""
-
-    async def main() -> T:
-        store = AsyncS3ObjectStore(storage, pool_size=pool_size)
-        try:
-            return await use(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return with_async_store(storage, use, pool_size=pool_size)
 
 
 async def collect(items) -> list:
