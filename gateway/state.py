@@ -5,8 +5,8 @@ the same buckets as ``ctx``: the routes clients poll (batches and files), token
 lookups, health, uploads of any size and batch creation (file-based, inline,
 /generate_batch and /start's upload and submit) await them on the event loop.
 What still runs the sync kernel through a worker thread: admin token writes,
-compat results, cost estimates, validation, /start's grant and output checks,
-and /jobs/{id} (its result copy).
+compat results (and /generate_batch's), cost estimates, validation, /start's
+grant and output checks, and /jobs/{id} (its result copy).
 """
 
 from __future__ import annotations
