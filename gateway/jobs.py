@@ -33,6 +33,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -143,10 +144,17 @@ def _existing_etag(ctx: Context, location: S3Location) -> str | None:
     return first.etag if first is not None and first.key == location.key else None
 
 
-def _check_output(ctx: Context, targets: dict[str, S3Location], *, overwrite: bool) -> None:
+async def _listed_etag(gw: Gateway, location: S3Location) -> str | None:
+    """``_existing_etag`` awaited: one LIST of one key."""
+    async with aclosing(gw.store.list(location.bucket, location.key, page_size=1)) as listed:
+        first = await anext(listed, None)
+    return first.etag if first is not None and first.key == location.key else None
+
+
+async def _check_output(gw: Gateway, targets: dict[str, S3Location], *, overwrite: bool) -> None:
     try:
         for target in targets.values():
-            if _existing_etag(ctx, target) is not None and not overwrite:
+            if await _listed_etag(gw, target) is not None and not overwrite:
                 raise Conflict(
                     f"{target.uri} already exists; job outputs are never overwritten "
                     "unless the grant allows it (`dropbatch tenant grant … --overwrite`).",
@@ -194,27 +202,22 @@ async def _converted(
         yield out
 
 
-def _checked_locations(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[S3Location, dict[str, Any]]:
-    """The job's input once the grants allow it and its output is free; and the body of a prompt item's line."""
+async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
     source = S3Location.parse(body.input, param="input", object_key=True)
     targets = output_targets(S3Location.parse(body.output, param="output"))
     # Both decided from the URIs and the grants alone: no request has touched either location yet.
-    ctx.grants.check_read(tenant, source, param="input")
-    overwrite = ctx.grants.check_write(tenant, targets.values(), param="output")
-    _check_output(ctx, targets, overwrite=overwrite)
+    await gw.grants.check_read(tenant, source, param="input")
+    overwrite = await gw.grants.check_write(tenant, targets.values(), param="output")
+    await _check_output(gw, targets, overwrite=overwrite)
     # The same line the inline form builds, for items that are bare prompts.
     template, _ = inline_lines(
-        ctx.settings,
+        gw.settings,
         [InlineItem(prompt="-")],
         model=body.model,
         max_tokens=body.max_tokens,
         temperature=body.temperature,
     )
-    return source, {k: v for k, v in template[0]["body"].items() if k != "messages"}
-
-
-async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
-    source, settings_body = await run_in_threadpool(_checked_locations, gw.ctx, tenant, body)
+    settings_body = {k: v for k, v in template[0]["body"].items() if k != "messages"}
     endpoint: list[str] = []
     try:
         file = await store_upload(

@@ -1,12 +1,12 @@
 """What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
 
-``store``/``records``/``batches``/``files``/``tenants`` are the async twins over
-the same buckets as ``ctx``: the routes clients poll (batches and files), token
-lookups, health, uploads of any size and batch creation (file-based, inline,
-/generate_batch and /start's upload and submit) await them on the event loop.
+``store``/``records``/``batches``/``files``/``tenants``/``grants`` are the async
+twins over the same buckets as ``ctx``: the routes clients poll (batches and
+files), token lookups, health, uploads of any size and batch creation
+(file-based, inline, /generate_batch and /start) await them on the event loop.
 What still runs the sync kernel through a worker thread: admin token writes,
-compat results (and /generate_batch's), cost estimates, validation, /start's
-grant and output checks, and /jobs/{id} (its result copy).
+compat results (and /generate_batch's), cost estimates, validation, and
+/jobs/{id} (its result copy).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
+from dropbatch.auth.grants import AsyncGrants
 from dropbatch.auth.tenants import AsyncTenants
 from dropbatch.auth.tokens import Tokens
 from dropbatch.context import Context
@@ -40,12 +41,14 @@ class Gateway:
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
     tenants: AsyncTenants = field(init=False)
+    grants: AsyncGrants = field(init=False)
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
+        self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 
 def gateway_of(request: Request) -> Gateway:
