@@ -22,18 +22,21 @@ from dropbatch.models import BatchRecord, FileRecord
 from dropbatch.records import (
     JSON,
     Clock,
+    Write,
     audit_entry,
     batch_not_found,
+    batch_writes,
     conflict_pause,
     dump,
     file_not_found,
     file_writes,
     indexed_id,
+    job_pointer,
     oldest_first,
     take,
 )
 from dropbatch.storage.base import AsyncObjectStore
-from dropbatch.storage.keys import ControlKeys
+from dropbatch.storage.keys import ControlKeys, JobRef
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -50,6 +53,12 @@ class AsyncRecords:
     async def create(self, key: str, model: BaseModel) -> str:
         """Write ``model`` at ``key`` only if nothing is there (``ObjectExists`` otherwise)."""
         return await self.store.put(self.bucket, key, dump(model), if_none_match=True, content_type=JSON)
+
+    async def write(self, write: Write) -> str:
+        """One of the objects a record's creation writes (``file_writes``, ``batch_writes``)."""
+        return await self.store.put(
+            self.bucket, write.key, write.body, if_none_match=write.create_only, content_type=write.content_type
+        )
 
     async def load(self, key: str, cls: type[M]) -> tuple[M, str]:
         data, etag = await self.store.get(self.bucket, key)
@@ -140,6 +149,15 @@ class AsyncBatchStore:
     def __init__(self, records: AsyncRecords) -> None:
         self.records = records
 
+    async def create(self, record: BatchRecord) -> None:
+        """Store a new batch; raises ``ObjectExists`` if this id was already created."""
+        for write in batch_writes(record):
+            await self.records.write(write)
+
+    async def point_job(self, ref: JobRef, batch_id: str) -> None:
+        """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
+        await self.records.write(job_pointer(ref, batch_id))
+
     async def get(self, tenant: str, batch_id: str) -> BatchRecord:
         record = await self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
         if record is None:
@@ -179,9 +197,7 @@ class AsyncFileStore:
 
     async def create(self, record: FileRecord) -> None:
         for write in file_writes(record):
-            await self.records.store.put(
-                self.records.bucket, write.key, write.body, if_none_match=write.create_only, content_type=write.content_type
-            )
+            await self.records.write(write)
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
         record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)

@@ -8,7 +8,7 @@ Result line:  {"id", "custom_id", "response": {"status_code", "request_id", "bod
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +42,45 @@ def iter_lines(
     Blank lines are skipped but counted, as editors and OpenAI count them. Memory is
     bounded by ``max_line_bytes`` plus one chunk, however large the object.
     """
-    buffer = bytearray()
-    overflow = False  # the current line passed the limit; its bytes are being dropped
-    number = first_number
-    line_start = position = start_offset  # position: offset of the current chunk
+    lines = LineSplitter(max_line_bytes=max_line_bytes, start_offset=start_offset, first_number=first_number)
     for chunk in chunks:
+        yield from lines.feed(chunk)
+    yield from lines.end()
+
+
+async def aiter_lines(chunks: AsyncIterable[bytes], *, max_line_bytes: int) -> AsyncIterator[RawLine]:
+    """``iter_lines`` over chunks that are awaited (an ``AsyncObjectStore.iter_bytes``)."""
+    lines = LineSplitter(max_line_bytes=max_line_bytes)
+    async for chunk in chunks:
+        for line in lines.feed(chunk):
+            yield line
+    for line in lines.end():
+        yield line
+
+
+class LineSplitter:
+    """The line splitting of ``iter_lines``, fed one chunk at a time (so sync and async streams share it).
+
+    Each ``feed`` must be read to its end before the next chunk is fed.
+    """
+
+    def __init__(self, *, max_line_bytes: int, start_offset: int = 0, first_number: int = 1) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.buffer = bytearray()
+        self.overflow = False  # the current line passed the limit; its bytes are being dropped
+        self.number = first_number
+        self.line_start = self.position = start_offset  # position: offset of the current chunk
+
+    def feed(self, chunk: bytes) -> Iterator[RawLine]:
+        """The lines ``chunk`` completes."""
+        buffer, limit = self.buffer, self.max_line_bytes
+        overflow, number, line_start, position = self.overflow, self.number, self.line_start, self.position
         pos = 0
         while True:
             newline = chunk.find(b"\n", pos)
             end = len(chunk) if newline < 0 else newline
             if not overflow:
-                if len(buffer) + end - pos > max_line_bytes:
+                if len(buffer) + end - pos > limit:
                     overflow = True
                     buffer.clear()
                 else:
@@ -67,9 +95,13 @@ def iter_lines(
             overflow = False
             line_start = line_end + 1
             pos = newline + 1
-        position += len(chunk)
-    if overflow or buffer.strip():
-        yield RawLine(number, line_start, position - line_start, None if overflow else bytes(buffer))
+        self.overflow, self.number, self.line_start, self.position = overflow, number, line_start, position + len(chunk)
+
+    def end(self) -> Iterator[RawLine]:
+        """The last line, when the stream does not end with a newline."""
+        if self.overflow or self.buffer.strip():
+            data = None if self.overflow else bytes(self.buffer)
+            yield RawLine(self.number, self.line_start, self.position - self.line_start, data)
 
 
 @dataclass(frozen=True)

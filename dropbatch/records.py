@@ -102,10 +102,10 @@ class BatchStore:
 
     def create(self, record: BatchRecord) -> None:
         """Store a new batch; raises ``ObjectExists`` if this id was already created."""
-        self.records.create(ControlKeys.batch(record.tenant, record.id), record)
-        self.records.store.put(
-            self.records.bucket, ControlKeys.batch_index(record.tenant, record.created_at, record.id), b""
-        )
+        for write in batch_writes(record):
+            self.records.store.put(
+                self.records.bucket, write.key, write.body, if_none_match=write.create_only, content_type=write.content_type
+            )
 
     def get(self, tenant: str, batch_id: str) -> BatchRecord:
         record = self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
@@ -121,12 +121,8 @@ class BatchStore:
 
     def point_job(self, ref: JobRef, batch_id: str) -> None:
         """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
-        self.records.store.put(
-            self.records.bucket,
-            ControlKeys.job(ref),
-            json.dumps({"batch_id": batch_id}).encode(),
-            content_type=JSON,
-        )
+        write = job_pointer(ref, batch_id)
+        self.records.store.put(self.records.bucket, write.key, write.body, content_type=write.content_type)
 
     def for_job(self, ref: JobRef) -> BatchRecord:
         try:
@@ -278,6 +274,18 @@ def file_writes(record: FileRecord) -> Iterator[Write]:
         yield Write(ControlKeys.expiry(record.expires_at, record.tenant, record.id), dump(due), False, JSON)
     yield Write(ControlKeys.file(record.tenant, record.id), dump(record), True, JSON)
     yield Write(ControlKeys.file_index(record.tenant, record.created_at, record.id), b"", False, OCTETS)
+
+
+def batch_writes(record: BatchRecord) -> Iterator[Write]:
+    """What creating ``record`` writes, in order (``BatchStore.create`` and its async twin): the record
+    create-only (``ObjectExists`` for an id created before), then its entry in the newest-first index."""
+    yield Write(ControlKeys.batch(record.tenant, record.id), dump(record), True, JSON)
+    yield Write(ControlKeys.batch_index(record.tenant, record.created_at, record.id), b"", False, OCTETS)
+
+
+def job_pointer(ref: JobRef, batch_id: str) -> Write:
+    """The object that makes ``dropbatch status TENANT/JOB`` find ``batch_id``."""
+    return Write(ControlKeys.job(ref), json.dumps({"batch_id": batch_id}).encode(), False, JSON)
 
 
 def page_index(

@@ -2,18 +2,19 @@
 
 Read from the settings only, so the gateway and the watcher answer without vLLM:
 ``check_model`` at admission, ``model_object`` for ``GET /v1/models``, and
-``model_of_file`` to find the model an uploaded batch file's lines name.
+``model_of_file`` (awaited, by the gateway) to find the model an uploaded batch file's lines name.
 """
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from dropbatch.errors import NotFound
-from dropbatch.jsonl import first_model, iter_lines
+from dropbatch.jsonl import aiter_lines, first_model
 from dropbatch.settings import EngineSettings
-from dropbatch.storage.base import ObjectStore
+from dropbatch.storage.base import AsyncObjectStore
 
 OWNER = "dropbatch"
 
@@ -37,7 +38,11 @@ def model_object(engine: EngineSettings, name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": OWNER}
 
 
-def model_of_file(store: ObjectStore, bucket: str, key: str, *, max_line_bytes: int) -> str | None:
+async def model_of_file(store: AsyncObjectStore, bucket: str, key: str, *, max_line_bytes: int) -> str | None:
     """``body.model`` of the first line of a JSONL object (read: one line's worth of bytes) that names one."""
-    head = store.iter_bytes(bucket, key, end=max_line_bytes + 1)
-    return first_model(iter_lines(head, max_line_bytes=max_line_bytes))
+    async with aclosing(store.iter_bytes(bucket, key, end=max_line_bytes + 1)) as head:
+        async with aclosing(aiter_lines(head, max_line_bytes=max_line_bytes)) as lines:
+            async for line in lines:
+                if (model := first_model([line])) is not None:
+                    return model
+    return None

@@ -10,12 +10,10 @@ lines for the rest, and the watcher closes a batch it never admitted as
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dropbatch.context import Context
 from dropbatch.models import BatchRecord, BatchStatus
 from gateway import compat
 from gateway.auth import Principal, tenant_route
@@ -26,10 +24,10 @@ from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
 
 
-def create(ctx: Context, tenant: str, body: BatchCreate) -> BatchRecord:
-    file = ctx.files.get(tenant, body.input_file_id)  # another tenant's file is "no such file"
-    return submit_batch(
-        ctx,
+async def create(gw: Gateway, tenant: str, body: BatchCreate) -> BatchRecord:
+    file = await gw.files.get(tenant, body.input_file_id)  # another tenant's file is "no such file"
+    return await submit_batch(
+        gw,
         tenant,
         file,
         endpoint=body.endpoint,
@@ -47,7 +45,7 @@ async def create_batch(request: Request, principal: Principal) -> Response:
     if "input" in data and "input_file_id" not in data:
         return await compat.create_inline(gw, principal, data)
     body = validate(BatchCreate, data)
-    record = await run_in_threadpool(create, gw.ctx, principal.tenant, body)
+    record = await create(gw, principal.tenant, body)
     return JSONResponse(record.openai())
 
 

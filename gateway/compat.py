@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +118,8 @@ def inline_lines(
     return lines, warnings
 
 
-def submit_lines(
-    ctx: Context,
+async def submit_lines(
+    gw: Gateway,
     tenant: str,
     lines: list[dict[str, Any]],
     *,
@@ -128,11 +128,16 @@ def submit_lines(
     retry_config: RetryConfig | None = None,
     completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
-    file = store_upload(ctx, tenant, (encode(line) for line in lines), filename=filename)
-    return submit_batch(
-        ctx, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config,
+    file = await store_upload(gw, tenant, _encoded(lines), filename=filename)
+    return await submit_batch(
+        gw, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config,
         completion_window=completion_window,
     )
+
+
+async def _encoded(lines: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for line in lines:
+        yield encode(line)
 
 
 async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any]) -> Response:
@@ -140,9 +145,8 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
     lines, warnings = inline_lines(
         gw.settings, body.input, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
     )
-    record = await run_in_threadpool(
-        submit_lines,
-        gw.ctx,
+    record = await submit_lines(
+        gw,
         principal.tenant,
         lines,
         metadata=body.metadata,

@@ -2,9 +2,11 @@
 
 An upload is parsed by Starlette into a spooled temporary file (memory up to
 1 MB, then disk), then streamed to ``inbox/<tenant>/.files/<file_id>.jsonl`` in
-1 MiB reads while its sha256 and size are computed; nothing holds the whole
-file. Output and error files are File records the kernel created over outbox
-objects; ``/content`` streams whichever bucket a record names.
+1 MiB reads while its sha256 and size are computed, through the async store on
+the event loop (one PUT up to a part, a multipart upload past it); nothing holds
+more than one part of the file. Output and error files are File records the
+kernel created over outbox objects; ``/content`` streams whichever bucket a
+record names.
 
 Deleting a file removes its record (it can no longer be read, listed or used
 for a new batch); the bytes of an upload stay in the inbox for batches already
@@ -16,12 +18,9 @@ sweep (``dropbatch.expiry``) deletes its record and bytes.
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import AsyncIterable, AsyncIterator
 
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,7 +30,6 @@ from dropbatch.context import Context
 from dropbatch.errors import InvalidRequest, PayloadTooLarge, UnprocessableRequest
 from dropbatch.ids import new_file_id
 from dropbatch.models import ExpiresAfter, FileRecord
-from dropbatch.storage.base import DEFAULT_PART_SIZE
 from dropbatch.storage.keys import uploaded_file_key
 from gateway.auth import Principal, tenant_route
 from gateway.params import (
@@ -56,57 +54,39 @@ FILES_PAGE = 20
 MAX_FILES_PAGE = 10_000
 
 
-def read_chunks(source: BinaryIO) -> Iterator[bytes]:
-    while chunk := source.read(READ_CHUNK):
+async def upload_chunks(source: UploadFile) -> AsyncIterator[bytes]:
+    """The upload in ``READ_CHUNK`` reads (Starlette spools past 1 MB to disk and reads that in a thread)."""
+    while chunk := await source.read(READ_CHUNK):
         yield chunk
 
 
-def store_upload(
-    ctx: Context,
+async def store_upload(
+    gw: Gateway,
     tenant: str,
-    chunks: Iterable[bytes],
+    chunks: AsyncIterable[bytes],
     *,
     filename: str,
     expires_at: int | None = None,
 ) -> FileRecord:
-    """Stream ``chunks`` to a new inbox upload and record it; 413 past the size limit."""
+    """Stream ``chunks`` to a new inbox upload (one PUT, or multipart past a part) and record it;
+    413 past the size limit."""
+    ctx = gw.ctx
     limit = ctx.settings.limits.max_file_bytes
     file_id = new_file_id()
     key = uploaded_file_key(tenant, file_id)
     hasher = hashlib.sha256()
     size = 0
 
-    def counted() -> Iterator[bytes]:
+    async def counted() -> AsyncIterator[bytes]:
         nonlocal size
-        for chunk in chunks:
+        async for chunk in chunks:
             size += len(chunk)
             _check_size(size, limit)
             hasher.update(chunk)
             yield chunk
 
-    ctx.store.upload_stream(ctx.inbox, key, counted(), if_none_match=True, content_type=JSONL)
+    await gw.store.upload_stream(ctx.inbox, key, counted(), if_none_match=True, content_type=JSONL)
     record = _upload_record(ctx, tenant, file_id, size, hasher.hexdigest(), filename=filename, expires_at=expires_at)
-    ctx.files.create(record)
-    return record
-
-
-async def receive_upload(
-    gw: Gateway, tenant: str, source: UploadFile, *, filename: str, expires_at: int | None
-) -> FileRecord:
-    """``store_upload`` on the event loop: an upload of one part is one awaited PUT and the record writes.
-
-    A larger one is a multipart upload, streamed by the sync store from a worker thread.
-    """
-    ctx = gw.ctx
-    data = await source.read(DEFAULT_PART_SIZE + 1)
-    if len(data) > DEFAULT_PART_SIZE:
-        chunks = itertools.chain([data], read_chunks(source.file))
-        return await run_in_threadpool(store_upload, ctx, tenant, chunks, filename=filename, expires_at=expires_at)
-    _check_size(len(data), ctx.settings.limits.max_file_bytes)
-    file_id = new_file_id()
-    sha256 = hashlib.sha256(data).hexdigest()
-    record = _upload_record(ctx, tenant, file_id, len(data), sha256, filename=filename, expires_at=expires_at)
-    await gw.store.put(ctx.inbox, record.key, data, if_none_match=True, content_type=JSONL)
     await gw.files.create(record)
     return record
 
@@ -190,8 +170,8 @@ async def create_file(request: Request, principal: Principal) -> Response:
         if upload.size is not None and upload.size > limit:
             raise PayloadTooLarge(f"The file is {upload.size} bytes; the limit is {limit} bytes.")
         expires_at = _expires_after(form, gw.ctx.now())
-        record = await receive_upload(
-            gw, principal.tenant, upload, filename=_clean_filename(upload.filename), expires_at=expires_at
+        record = await store_upload(
+            gw, principal.tenant, upload_chunks(upload), filename=_clean_filename(upload.filename), expires_at=expires_at
         )
     return JSONResponse(record.openai())
 

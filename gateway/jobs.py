@@ -32,7 +32,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -55,7 +56,7 @@ from dropbatch.errors import (
     StorageUnavailable,
     UnprocessableRequest,
 )
-from dropbatch.jsonl import encode, iter_lines
+from dropbatch.jsonl import aiter_lines, encode
 from dropbatch.models import BatchRecord
 from dropbatch.storage.keys import ControlKeys
 from gateway.auth import Principal, tenant_route
@@ -63,7 +64,7 @@ from gateway.compat import CHAT, RESULT_STATUSES, batch_results, inline_lines, r
 from gateway.files import store_upload
 from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
-from gateway.state import gateway_of
+from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
 
 GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
@@ -84,9 +85,7 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         gw.settings, items, model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
     )
     started = time.monotonic()
-    record = await run_in_threadpool(
-        submit_lines, gw.ctx, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl"
-    )
+    record = await submit_lines(gw, principal.tenant, lines, metadata=None, filename="generate-batch.jsonl")
     deadline = started + body.timeout
     pause = GENERATE_POLL_SECONDS
     while not record.status.is_terminal and time.monotonic() < deadline:
@@ -94,7 +93,7 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         pause = min(pause * 2, GENERATE_POLL_MAX_SECONDS)
         if not gw.limiter.allows(principal.token_id, principal.tier):  # waiting costs what polling would
             break  # answer 202 now: the client polls at its own pace
-        record = await run_in_threadpool(gw.ctx.batches.get, principal.tenant, record.id)
+        record = await gw.batches.get(principal.tenant, record.id)
     answer: dict[str, Any] = {
         "batch_id": record.id,
         "status": record.status.value,
@@ -145,10 +144,17 @@ def _existing_etag(ctx: Context, location: S3Location) -> str | None:
     return first.etag if first is not None and first.key == location.key else None
 
 
-def _check_output(ctx: Context, targets: dict[str, S3Location], *, overwrite: bool) -> None:
+async def _listed_etag(gw: Gateway, location: S3Location) -> str | None:
+    """``_existing_etag`` awaited: one LIST of one key."""
+    async with aclosing(gw.store.list(location.bucket, location.key, page_size=1)) as listed:
+        first = await anext(listed, None)
+    return first.etag if first is not None and first.key == location.key else None
+
+
+async def _check_output(gw: Gateway, targets: dict[str, S3Location], *, overwrite: bool) -> None:
     try:
         for target in targets.values():
-            if _existing_etag(ctx, target) is not None and not overwrite:
+            if await _listed_etag(gw, target) is not None and not overwrite:
                 raise Conflict(
                     f"{target.uri} already exists; job outputs are never overwritten "
                     "unless the grant allows it (`dropbatch tenant grant … --overwrite`).",
@@ -168,10 +174,12 @@ def _check_output(ctx: Context, targets: dict[str, S3Location], *, overwrite: bo
         ) from None
 
 
-def _converted(ctx: Context, source: S3Location, settings_body: dict[str, Any], endpoint: list[str]) -> Iterator[bytes]:
+async def _converted(
+    gw: Gateway, source: S3Location, settings_body: dict[str, Any], endpoint: list[str]
+) -> AsyncIterator[bytes]:
     """The input object as request lines: prompt items become chat lines, the rest pass unchanged."""
-    lines = ctx.store.iter_bytes(source.bucket, source.key)
-    for raw in iter_lines(lines, max_line_bytes=ctx.settings.limits.max_line_bytes):
+    chunks = gw.store.iter_bytes(source.bucket, source.key)
+    async for raw in aiter_lines(chunks, max_line_bytes=gw.settings.limits.max_line_bytes):
         if raw.data is None:
             raise InvalidRequest(
                 f"Line {raw.number} of the input is longer than the maximum line size.",
@@ -194,16 +202,16 @@ def _converted(ctx: Context, source: S3Location, settings_body: dict[str, Any], 
         yield out
 
 
-def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
+async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[JobRecord, BatchRecord]:
     source = S3Location.parse(body.input, param="input", object_key=True)
     targets = output_targets(S3Location.parse(body.output, param="output"))
     # Both decided from the URIs and the grants alone: no request has touched either location yet.
-    ctx.grants.check_read(tenant, source, param="input")
-    overwrite = ctx.grants.check_write(tenant, targets.values(), param="output")
-    _check_output(ctx, targets, overwrite=overwrite)
+    await gw.grants.check_read(tenant, source, param="input")
+    overwrite = await gw.grants.check_write(tenant, targets.values(), param="output")
+    await _check_output(gw, targets, overwrite=overwrite)
     # The same line the inline form builds, for items that are bare prompts.
     template, _ = inline_lines(
-        ctx.settings,
+        gw.settings,
         [InlineItem(prompt="-")],
         model=body.model,
         max_tokens=body.max_tokens,
@@ -212,8 +220,8 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
     settings_body = {k: v for k, v in template[0]["body"].items() if k != "messages"}
     endpoint: list[str] = []
     try:
-        file = store_upload(
-            ctx, tenant, _converted(ctx, source, settings_body, endpoint), filename=source.key.rsplit("/", 1)[-1]
+        file = await store_upload(
+            gw, tenant, _converted(gw, source, settings_body, endpoint), filename=source.key.rsplit("/", 1)[-1]
         )
     except ObjectNotFound:
         raise NotFound(
@@ -225,16 +233,16 @@ def start_job(ctx: Context, tenant: str, body: StartJobRequest) -> tuple[JobReco
         raise InvalidRequest(
             f"The input object is not readable: {exc.message}", code="input_not_readable", param="input"
         ) from None
-    batch = submit_batch(ctx, tenant, file, endpoint=(endpoint or [CHAT])[0], metadata=body.metadata)
+    batch = await submit_batch(gw, tenant, file, endpoint=(endpoint or [CHAT])[0], metadata=body.metadata)
     job = JobRecord(
         id="job-" + secrets.token_hex(12),
         tenant=tenant,
         batch_id=batch.id,
         input=source.uri,
         output=body.output,
-        created_at=ctx.now(),
+        created_at=gw.ctx.now(),
     )
-    ctx.records.create(ControlKeys.gateway_job(tenant, job.id), job)
+    await gw.records.create(ControlKeys.gateway_job(tenant, job.id), job)
     return job, batch
 
 
@@ -302,7 +310,7 @@ def job_view(ctx: Context, tenant: str, job_id: str) -> dict[str, Any]:
 async def start(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
     body = validate(StartJobRequest, await json_object(request))
-    job, batch = await run_in_threadpool(start_job, gw.ctx, principal.tenant, body)
+    job, batch = await start_job(gw, principal.tenant, body)
     return JSONResponse(
         {
             "id": job.id,

@@ -1,10 +1,12 @@
 """What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
 
-``store``/``records``/``batches``/``files`` are the async twins over the same
-buckets as ``ctx``: the routes clients poll (batches and files), token lookups,
-health and uploads of one part await them on the event loop; the rarer write
-paths (batch creation, jobs, admin token writes, multipart uploads) run the
-sync kernel through a worker thread.
+``store``/``records``/``batches``/``files``/``tenants``/``grants`` are the async
+twins over the same buckets as ``ctx``: the routes clients poll (batches and
+files), token lookups, health, uploads of any size and batch creation
+(file-based, inline, /generate_batch and /start) await them on the event loop.
+What still runs the sync kernel through a worker thread: admin token writes,
+compat results (and /generate_batch's), cost estimates, validation, and
+/jobs/{id} (its result copy).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from starlette.requests import Request
 
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
+from dropbatch.auth.grants import AsyncGrants
+from dropbatch.auth.tenants import AsyncTenants
 from dropbatch.auth.tokens import Tokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
@@ -36,11 +40,15 @@ class Gateway:
     records: AsyncRecords
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
+    tenants: AsyncTenants = field(init=False)
+    grants: AsyncGrants = field(init=False)
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
+        self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
+        self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 
 def gateway_of(request: Request) -> Gateway:

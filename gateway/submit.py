@@ -6,6 +6,7 @@ signing key it holds for the tenant (created on first use, remembered at
 in ``validating`` under the id the watcher will derive from the manifest bytes,
 and puts the manifest at ``<tenant>/api-<hash>/manifest.json``. From there the
 watcher (SQS event or listing sweep) admits it exactly like a drop-box job.
+Every read and write here is awaited through the gateway's async stores.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from dropbatch.models import (
     InputObject,
     RetryConfig,
 )
-from dropbatch.records import audit
 from dropbatch.served import check_model, model_of_file
 from dropbatch.storage.keys import ControlKeys, JobRef
+from gateway.state import Gateway
 from manifests import Manifest, dumps, sign
 
 _KEY_ATTEMPTS = 5
@@ -43,25 +44,25 @@ class GatewayKey(BaseModel):
     created_at: int
 
 
-def signing_key_for(ctx: Context, tenant: str) -> SigningKey:
+async def signing_key_for(gw: Gateway, tenant: str) -> SigningKey:
     """The tenant's gateway signing key, created on first use; safe with many replicas racing."""
     pointer_key = ControlKeys.gateway_key(tenant)
     for _ in range(_KEY_ATTEMPTS):
-        pointer = ctx.records.get(pointer_key, GatewayKey)
+        pointer = await gw.records.get(pointer_key, GatewayKey)
         if pointer is not None:
             try:
-                key = ctx.tenants.signing_key(pointer.key_id)
+                key = await gw.tenants.signing_key(pointer.key_id)
             except NotFound:
                 key = None
             if key is not None and key.tenant == tenant and key.revoked_at is None:
                 return key
-        fresh = ctx.tenants.create_signing_key(tenant)
+        fresh = await gw.tenants.create_signing_key(tenant)
         if pointer is None:
             try:
-                ctx.records.create(pointer_key, GatewayKey(tenant=tenant, key_id=fresh.key_id, created_at=ctx.now()))
+                await gw.records.create(pointer_key, GatewayKey(tenant=tenant, key_id=fresh.key_id, created_at=gw.ctx.now()))
                 return fresh
             except ObjectExists:
-                ctx.tenants.revoke_signing_key(fresh.key_id)  # another replica's key won
+                await gw.tenants.revoke_signing_key(fresh.key_id)  # another replica's key won
                 continue
         stale = pointer.key_id
 
@@ -69,9 +70,9 @@ def signing_key_for(ctx: Context, tenant: str) -> SigningKey:
             if current.key_id == stale:
                 current.key_id = fresh_id
 
-        if ctx.records.update(pointer_key, GatewayKey, replace).key_id == fresh.key_id:
+        if (await gw.records.update(pointer_key, GatewayKey, replace)).key_id == fresh.key_id:
             return fresh
-        ctx.tenants.revoke_signing_key(fresh.key_id)
+        await gw.tenants.revoke_signing_key(fresh.key_id)
     raise InvalidRequest(f"Could not settle a signing key for tenant {tenant!r}; retry.", code="signing_key_race")
 
 
@@ -86,18 +87,18 @@ def check_input_file(ctx: Context, file: FileRecord) -> InputObject:
     return InputObject(key=file.key, size=file.bytes, sha256=file.sha256)
 
 
-def batch_model(ctx: Context, file: FileRecord) -> str:
+async def batch_model(gw: Gateway, file: FileRecord) -> str:
     """The served model the file's lines name (a batch runs on one); 400 naming the served models if not served."""
-    named = model_of_file(ctx.store, file.bucket, file.key, max_line_bytes=ctx.settings.limits.max_line_bytes)
+    named = await model_of_file(gw.store, file.bucket, file.key, max_line_bytes=gw.settings.limits.max_line_bytes)
     try:
-        return check_model(ctx.settings.engine, named)
+        return check_model(gw.settings.engine, named)
     except NotFound as exc:
         raise InvalidRequest(f"The input file's lines name a model this deployment does not serve: {exc.message}",
                              code="model_not_found", param="input_file_id") from None
 
 
-def submit_batch(
-    ctx: Context,
+async def submit_batch(
+    gw: Gateway,
     tenant: str,
     file: FileRecord,
     *,
@@ -108,11 +109,12 @@ def submit_batch(
     completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
     """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
+    ctx = gw.ctx
     if completion_window != DEFAULT_WINDOW:
-        check_window(ctx.settings.limits, completion_window, ctx.tenants.get(tenant).tier)
+        check_window(ctx.settings.limits, completion_window, (await gw.tenants.get(tenant)).tier)
     source = check_input_file(ctx, file)
-    model = batch_model(ctx, file)
-    key = signing_key_for(ctx, tenant)
+    model = await batch_model(gw, file)
+    key = await signing_key_for(gw, tenant)
     nonce = secrets.token_urlsafe(18)
     job = "api-" + hashlib.sha256(nonce.encode()).hexdigest()[:16]
     now = ctx.now()
@@ -155,18 +157,18 @@ def submit_batch(
         updated_at=now,
     )
     # Record before manifest: the watcher finds the record and keeps its input_file_id and metadata.
-    ctx.batches.create(record)
-    ctx.batches.point_job(ref, record.id)
+    await gw.batches.create(record)
+    await gw.batches.point_job(ref, record.id)
     try:
-        ctx.store.put(ctx.inbox, ref.manifest_key, data, if_none_match=True, content_type="application/json")
+        await gw.store.put(ctx.inbox, ref.manifest_key, data, if_none_match=True, content_type="application/json")
     except DropbatchError:
         # No manifest, so no watcher will ever look at this record: fail it rather than leave it validating.
         error = BatchError(
             code="submit_failed", message="The batch could not be handed to the watcher; submit it again."
         )
-        ctx.batches.update(
+        await gw.batches.update(
             tenant, record.id, lambda b: b.fail([error], ctx.now()) if not b.status.is_terminal else None
         )
         raise
-    audit(ctx.records, "batch.submitted", now=ctx.clock(), tenant=tenant, batch_id=record.id, job=job, source="api")
+    await gw.records.audit("batch.submitted", now=ctx.clock(), tenant=tenant, batch_id=record.id, job=job, source="api")
     return record

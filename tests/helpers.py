@@ -6,6 +6,7 @@ Import them as ``from helpers import ...`` (``tests/`` is on ``sys.path`` throug
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.util
 import json
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,20 @@ def audit_events(ctx: Context, event: str) -> list[dict[str, Any]]:
     bucket = ctx.settings.storage.control_bucket
     entries = [json.loads(ctx.store.get(bucket, key)[0]) for key in control_keys(ctx, "audit/")]
     return [entry for entry in entries if entry["event"] == event]
+
+
+def with_async_store(storage: Any, use: Callable[[Any], Awaitable[Any]], *, pool_size: int = 2) -> Any:
+    """``use(store)`` on a fresh event loop with an ``AsyncS3ObjectStore`` over ``storage``, closed after."""
+    from dropbatch.storage.aio import AsyncS3ObjectStore
+
+    async def main() -> Any:
+        store = AsyncS3ObjectStore(storage, pool_size=pool_size)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def unavailable(reason: str) -> None:

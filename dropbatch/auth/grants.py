@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from dropbatch.aiorecords import AsyncRecords
 from dropbatch.auth.tenants import TenantRegistry
 from dropbatch.errors import InvalidRequest, LocationNotGranted, NotFound
 from dropbatch.records import Clock, Records, audit
@@ -202,12 +203,44 @@ class Grants:
         return all(grant.overwrite for grant in self._covering(tenant, list(locations), param=param, write=True))
 
     def _covering(self, tenant: str, locations: list[S3Location], *, param: str, write: bool) -> list[Grant]:
-        grants = [g for g in self.active(tenant) if (g.write if write else g.read)]
-        chosen = []
-        for location in locations:
-            # A grant on a dropbatch bucket is refused when created; one written some other way counts for nothing.
-            covering = [g for g in grants if g.covers(location) and g.bucket not in self.dropbatch_buckets]
-            if not covering:
-                raise LocationNotGranted(NOT_GRANTED, param=param)
-            chosen.append(max(covering, key=lambda g: g.overwrite))
-        return chosen
+        return covering(self.active(tenant), locations, self.dropbatch_buckets, param=param, write=write)
+
+
+class AsyncGrants:
+    """``Grants``' read and write checks awaited (the gateway's ``/start``), over the same records."""
+
+    def __init__(self, records: AsyncRecords, *, storage: StorageSettings) -> None:
+        self.records = records
+        self.own_buckets = (storage.inbox_bucket, storage.outbox_bucket)
+        self.dropbatch_buckets = frozenset((*self.own_buckets, storage.control_bucket))
+
+    async def active(self, tenant: str) -> list[Grant]:
+        """``Grants.active`` awaited: the tenant's unrevoked grants in id order, read concurrently."""
+        prefix = ControlKeys.grant_prefix(check_name(tenant, "tenant"))
+        keys = [key async for key in self.records.list_keys(prefix)]
+        grants = await self.records.gather(self.records.get(key, Grant) for key in keys)
+        return [grant for grant in grants if grant is not None and grant.revoked_at is None]
+
+    async def check_read(self, tenant: str, location: S3Location, *, param: str) -> None:
+        if location.bucket in self.own_buckets and location.key.startswith(f"{tenant}/"):
+            return
+        covering(await self.active(tenant), [location], self.dropbatch_buckets, param=param, write=False)
+
+    async def check_write(self, tenant: str, locations: Iterable[S3Location], *, param: str) -> bool:
+        chosen = covering(await self.active(tenant), list(locations), self.dropbatch_buckets, param=param, write=True)
+        return all(grant.overwrite for grant in chosen)
+
+
+def covering(
+    active: list[Grant], locations: list[S3Location], dropbatch_buckets: frozenset[str], *, param: str, write: bool
+) -> list[Grant]:
+    """For each location the active grant that covers it (one that overwrites, if any); else ``LocationNotGranted``."""
+    grants = [g for g in active if (g.write if write else g.read)]
+    chosen = []
+    for location in locations:
+        # A grant on a dropbatch bucket is refused when created; one written some other way counts for nothing.
+        found = [g for g in grants if g.covers(location) and g.bucket not in dropbatch_buckets]
+        if not found:
+            raise LocationNotGranted(NOT_GRANTED, param=param)
+        chosen.append(max(found, key=lambda g: g.overwrite))
+    return chosen

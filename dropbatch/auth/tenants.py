@@ -8,9 +8,11 @@ control bucket (encrypted at rest by the bucket) and is shown to the client once
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
+from dropbatch.aiorecords import AsyncRecords
 from dropbatch.errors import Conflict, InvalidRequest, NotFound, ObjectExists
 from dropbatch.records import Clock, Records, audit
 from dropbatch.storage.keys import ControlKeys, check_name
@@ -55,7 +57,7 @@ class TenantRegistry:
     def get(self, name: str) -> Tenant:
         tenant = self.records.get(ControlKeys.tenant(name), Tenant)
         if tenant is None:
-            raise NotFound(f"tenant {name!r} does not exist", param="tenant")
+            raise tenant_not_found(name)
         return tenant
 
     def set_tier(self, name: str, tier: str) -> Tenant:
@@ -70,32 +72,80 @@ class TenantRegistry:
     def create_signing_key(self, tenant: str) -> SigningKey:
         """A new key for ``tenant``; the caller shows ``secret`` once and never again."""
         self.get(tenant)
-        key = SigningKey(
-            key_id="key_" + secrets.token_hex(8),
-            tenant=tenant,
-            secret=secrets.token_urlsafe(32),
-            created_at=int(self.clock()),
-        )
+        key = new_signing_key(tenant, int(self.clock()))
         self.records.create(ControlKeys.signing_key(key.key_id), key)
         audit(self.records, "signing_key.created", now=self.clock(), tenant=tenant, key_id=key.key_id)
         return key
 
     def signing_key(self, key_id: str) -> SigningKey:
-        key = None
-        if isinstance(key_id, str) and key_id.startswith("key_") and key_id[4:].isalnum():
-            key = self.records.get(ControlKeys.signing_key(key_id), SigningKey)
+        key = self.records.get(ControlKeys.signing_key(key_id), SigningKey) if is_key_id(key_id) else None
         if key is None:
-            raise NotFound(f"signing key {key_id!r} does not exist", param="key_id")
+            raise signing_key_not_found(key_id)
         return key
 
     def revoke_signing_key(self, key_id: str) -> SigningKey:
         now = int(self.clock())
-
-        def revoke(key: SigningKey) -> None:
-            if key.revoked_at is None:
-                key.revoked_at = now
-
         self.signing_key(key_id)
-        key = self.records.update(ControlKeys.signing_key(key_id), SigningKey, revoke)
+        key = self.records.update(ControlKeys.signing_key(key_id), SigningKey, revoker(now))
         audit(self.records, "signing_key.revoked", now=now, tenant=key.tenant, key_id=key_id)
         return key
+
+
+class AsyncTenants:
+    """What the gateway's batch creation needs of ``TenantRegistry``, awaited: the same records and audit events."""
+
+    def __init__(self, records: AsyncRecords, *, clock: Clock) -> None:
+        self.records = records
+        self.clock = clock
+
+    async def get(self, name: str) -> Tenant:
+        tenant = await self.records.get(ControlKeys.tenant(name), Tenant)
+        if tenant is None:
+            raise tenant_not_found(name)
+        return tenant
+
+    async def create_signing_key(self, tenant: str) -> SigningKey:
+        await self.get(tenant)
+        key = new_signing_key(tenant, int(self.clock()))
+        await self.records.create(ControlKeys.signing_key(key.key_id), key)
+        await self.records.audit("signing_key.created", now=self.clock(), tenant=tenant, key_id=key.key_id)
+        return key
+
+    async def signing_key(self, key_id: str) -> SigningKey:
+        key = await self.records.get(ControlKeys.signing_key(key_id), SigningKey) if is_key_id(key_id) else None
+        if key is None:
+            raise signing_key_not_found(key_id)
+        return key
+
+    async def revoke_signing_key(self, key_id: str) -> SigningKey:
+        now = int(self.clock())
+        await self.signing_key(key_id)
+        key = await self.records.update(ControlKeys.signing_key(key_id), SigningKey, revoker(now))
+        await self.records.audit("signing_key.revoked", now=now, tenant=key.tenant, key_id=key_id)
+        return key
+
+
+def tenant_not_found(name: str) -> NotFound:
+    return NotFound(f"tenant {name!r} does not exist", param="tenant")
+
+
+def signing_key_not_found(key_id: str) -> NotFound:
+    return NotFound(f"signing key {key_id!r} does not exist", param="key_id")
+
+
+def is_key_id(key_id: object) -> bool:
+    return isinstance(key_id, str) and key_id.startswith("key_") and key_id[4:].isalnum()
+
+
+def new_signing_key(tenant: str, now: int) -> SigningKey:
+    return SigningKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, secret=secrets.token_urlsafe(32), created_at=now)
+
+
+def revoker(now: int) -> Callable[[SigningKey], None]:
+    """The change that revokes a key at ``now`` (a key revoked already keeps its time)."""
+
+    def revoke(key: SigningKey) -> None:
+        if key.revoked_at is None:
+            key.revoked_at = now
+
+    return revoke

@@ -8,24 +8,23 @@ the same ``ObjectNotFound`` / ``ObjectExists`` / ``StaleWrite`` / ``StorageUnava
 
 Its ``get`` (every record read) goes first through ``SignedGet``, a plain signed
 GET a third the CPU of an aiobotocore call; what that cannot answer alone is asked
-again through the client.
+again through the client. ``upload_stream`` writes an upload of any size: one PUT
+up to a part, else a multipart upload holding one part at a time.
 
 ``async_twin(store, …)`` picks the async store for a sync one: the S3 store gets
 this one; any other ``ObjectStore`` (the in-memory one, a test's wrapper) is
-awaited through a worker thread by ``ThreadedObjectStore``.
+awaited through a worker thread by ``storage.threaded.ThreadedObjectStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio.to_thread
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioCredentials
 from aiobotocore.session import get_session
@@ -33,7 +32,13 @@ from botocore.utils import parse_timestamp
 
 from dropbatch.errors import ObjectNotFound, StorageError
 from dropbatch.settings import StorageSettings
-from dropbatch.storage.base import DEFAULT_READ_CHUNK, AsyncObjectStore, ObjectInfo, ObjectStore
+from dropbatch.storage.base import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_READ_CHUNK,
+    AsyncObjectStore,
+    ObjectInfo,
+    ObjectStore,
+)
 from dropbatch.storage.errors import (
     AWS_ERRORS,
     BODY_CUT,
@@ -45,6 +50,8 @@ from dropbatch.storage.errors import (
 from dropbatch.storage.s3 import (
     S3ObjectStore,
     client_options,
+    complete_request,
+    full_parts,
     head_info,
     list_request,
     listed_info,
@@ -53,8 +60,7 @@ from dropbatch.storage.s3 import (
     range_request,
 )
 from dropbatch.storage.signed import SignedGet
-
-T = TypeVar("T")
+from dropbatch.storage.threaded import ThreadedObjectStore
 
 # Per-call work the gateway's small JSON reads and writes do not need (botocore's defaults are for
 # any caller): our own code builds every request, and S3 checks the MD5 botocore sends on writes.
@@ -208,6 +214,67 @@ class AsyncS3ObjectStore:
             conditional = "if_none_match" if if_none_match else "if_match"
             raise translate(exc, bucket=bucket, key=key, conditional=conditional) from exc
 
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> ObjectInfo:
+        """``S3ObjectStore.upload_stream`` awaited: one PUT if it fits a part, else a multipart upload
+        holding one part in memory at a time, aborted if anything fails before it completes."""
+        buffer = bytearray()
+        parts: list[dict] = []
+        upload_id: str | None = None
+        size = 0
+        client = await self._s3()
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                for part in full_parts(buffer, part_size):
+                    if upload_id is None:
+                        upload_id = (
+                            await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
+                        )["UploadId"]
+                    etag = (
+                        await client.upload_part(
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
+                        )
+                    )["ETag"]
+                    parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            if upload_id is None:
+                data = bytes(buffer)
+                etag = await self.put(bucket, key, data, if_none_match=if_none_match, content_type=content_type)
+                return ObjectInfo(key=key, size=size, etag=etag)
+            if buffer:
+                etag = (
+                    await client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=bytes(buffer)
+                    )
+                )["ETag"]
+                parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
+            request = complete_request(bucket, key, upload_id, parts, if_none_match)
+            etag = (await client.complete_multipart_upload(**request))["ETag"]
+            return ObjectInfo(key=key, size=size, etag=etag)
+        except AWS_ERRORS as exc:
+            await self._abort(bucket, key, upload_id)
+            raise translate(exc, bucket=bucket, key=key, conditional="if_none_match") from exc
+        except BaseException:
+            await self._abort(bucket, key, upload_id)
+            raise
+
+    async def _abort(self, bucket: str, key: str, upload_id: str | None) -> None:
+        if upload_id is None:
+            return
+        try:
+            await (await self._s3()).abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except AWS_ERRORS:
+            pass  # the bucket lifecycle rule cleans up incomplete uploads
+
     async def list(
         self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
     ) -> AsyncIterator[ObjectInfo]:
@@ -226,49 +293,6 @@ class AsyncS3ObjectStore:
             error = translate(exc, bucket=bucket, key=key)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
-
-
-_DONE = object()
-
-
-class ThreadedObjectStore:
-    """Any sync ``ObjectStore`` awaited through worker threads (the in-memory store, a test's wrapper)."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-
-    async def _drain(self, items: Any) -> AsyncIterator[Any]:
-        iterator = iter(items)
-        while (item := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
-            yield item
-
-    async def close(self) -> None:
-        return None
-
-    async def head(self, bucket: str, key: str) -> ObjectInfo:
-        return await self._run(self.store.head, bucket, key)
-
-    async def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        return await self._run(self.store.get, bucket, key)
-
-    def iter_bytes(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, chunk_size: int = DEFAULT_READ_CHUNK
-    ) -> AsyncIterator[bytes]:
-        return self._drain(self.store.iter_bytes(bucket, key, start=start, end=end, chunk_size=chunk_size))
-
-    async def put(self, bucket: str, key: str, data: bytes, **kwargs: Any) -> str:
-        return await self._run(self.store.put, bucket, key, data, **kwargs)
-
-    def list(
-        self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000
-    ) -> AsyncIterator[ObjectInfo]:
-        return self._drain(self.store.list(bucket, prefix, start_after=start_after))
-
-    async def delete(self, bucket: str, key: str) -> None:
-        await self._run(self.store.delete, bucket, key)
 
 
 def async_twin(store: ObjectStore, settings: StorageSettings, *, pool_size: int) -> AsyncObjectStore:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -94,10 +94,10 @@ class ObjectStore(Protocol):
 
 @runtime_checkable
 class AsyncObjectStore(Protocol):
-    """The async twin of ``ObjectStore`` for code on an event loop (the gateway's reads and record writes).
+    """The async twin of ``ObjectStore`` for code on an event loop (the gateway's reads, uploads and writes).
 
     Same semantics and the same errors (both translate through ``storage.errors``);
-    large uploads and copies stay on the sync store.
+    copies stay on the sync store.
     """
 
     async def head(self, bucket: str, key: str) -> ObjectInfo: ...
@@ -125,6 +125,19 @@ class AsyncObjectStore(Protocol):
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
     ) -> str: ...
+
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> ObjectInfo:
+        """Like ``ObjectStore.upload_stream``: ``chunks`` awaited, one part in memory at a time."""
+        ...
 
     def list(
         self, bucket: str, prefix: str = "", *, start_after: str | None = None, page_size: int = 1000

@@ -152,13 +152,11 @@ class S3ObjectStore:
             for chunk in chunks:
                 buffer += chunk
                 size += len(chunk)
-                while len(buffer) >= part_size:
+                for part in full_parts(buffer, part_size):
                     if upload_id is None:
                         upload_id = client.create_multipart_upload(
                             Bucket=bucket, Key=key, ContentType=content_type
                         )["UploadId"]
-                    part = bytes(buffer[:part_size])
-                    del buffer[:part_size]
                     etag = client.upload_part(
                         Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
                     )["ETag"]
@@ -171,10 +169,9 @@ class S3ObjectStore:
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=bytes(buffer)
                 )["ETag"]
                 parts.append({"ETag": etag, "PartNumber": len(parts) + 1})
-            kwargs: dict = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
-            if if_none_match:
-                kwargs["IfNoneMatch"] = "*"
-            etag = client.complete_multipart_upload(**kwargs)["ETag"]
+            etag = client.complete_multipart_upload(**complete_request(bucket, key, upload_id, parts, if_none_match))[
+                "ETag"
+            ]
             return ObjectInfo(key=key, size=size, etag=etag)
         except AWS_ERRORS as exc:
             self._abort(bucket, key, upload_id)
@@ -239,6 +236,22 @@ def put_request(
         request["IfMatch"] = if_match
     if metadata:
         request["Metadata"] = metadata
+    return request
+
+
+def full_parts(buffer: bytearray, part_size: int) -> Iterator[bytes]:
+    """Cut every whole part off the front of ``buffer`` (a multipart upload's pending bytes)."""
+    while len(buffer) >= part_size:
+        part = bytes(buffer[:part_size])
+        del buffer[:part_size]
+        yield part
+
+
+def complete_request(bucket: str, key: str, upload_id: str, parts: list[dict], if_none_match: bool) -> dict:
+    """CompleteMultipartUpload's arguments; ``if_none_match`` makes the completion create-only."""
+    request: dict = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
+    if if_none_match:
+        request["IfNoneMatch"] = "*"
     return request
 
 

@@ -8,13 +8,11 @@ one error table, the same as before the signed GET existed.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from helpers import with_async_store
 from proxy import DenyRule, FaultPlan, TargetedFault
 
 from dropbatch.errors import ObjectNotFound, StorageError
-from dropbatch.storage.aio import AsyncS3ObjectStore
 from dropbatch.storage.s3 import S3ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -24,14 +22,7 @@ KEY = "batches/t/rec ord+1.json"  # a key that must be percent-encoded the way b
 
 
 def _read(storage, key: str) -> tuple[bytes, str]:
-    async def main() -> tuple[bytes, str]:
-        store = AsyncS3ObjectStore(storage, pool_size=2)
-        try:
-            return await store.get(storage.control_bucket, key)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return with_async_store(storage, lambda store: store.get(storage.control_bucket, key))
 
 
 @pytest.fixture

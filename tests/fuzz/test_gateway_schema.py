@@ -13,6 +13,7 @@ conform to the schema, invalid data is rejected, auth is not ignored, and every
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -68,11 +69,6 @@ def build_world() -> World:
     )
     ctx.tenants.create("acme", "basic")
     token = ctx.tokens.create("acme").token
-    data = b"".join(encode_line(chat_line(f"r-{i}", f"hello {i}")) + b"\n" for i in range(3))
-    file = store_upload(ctx, "acme", [data], filename="input.jsonl")
-    submit_batch(ctx, "acme", file, endpoint="/v1/chat/completions", metadata={"k": "v"})
-    Watcher(ctx).run_once()
-    Runner(ctx, EchoEngine(ctx.store, settings)).run_once()
     app = create_app(
         settings,
         ctx=ctx,
@@ -80,7 +76,19 @@ def build_world() -> World:
         rate_limits={t: GENEROUS for t in ("free", "basic", "premium", "enterprise")},
         attempt_rate=GENEROUS,  # failed authentication per address: tested in tests/security
     )
+    data = b"".join(encode_line(chat_line(f"r-{i}", f"hello {i}")) + b"\n" for i in range(3))
+    asyncio.run(submit_file(app.state.gateway, data))
+    Watcher(ctx).run_once()
+    Runner(ctx, EchoEngine(ctx.store, settings)).run_once()
     return World(app=app, token=token)
+
+
+async def submit_file(gw, data: bytes) -> None:
+    async def chunks():
+        yield data
+
+    file = await store_upload(gw, "acme", chunks(), filename="input.jsonl")
+    await submit_batch(gw, "acme", file, endpoint="/v1/chat/completions", metadata={"k": "v"})
 
 
 # Loaded at collection: schemathesis' fixture-based loader (`schemathesis.pytest.from_fixture`)

@@ -261,7 +261,7 @@ def test_retry_config_on_creation_reaches_the_signed_manifest_and_the_record(set
 
 
 def test_an_upload_larger_than_one_part_is_a_multipart_upload_with_the_same_record(live, tenant_token, sdk) -> None:
-    """One part is one awaited PUT; past it the sync store streams a multipart upload from a thread."""
+    """One part is one awaited PUT; past it the async store streams a multipart upload; a batch is made from it."""
     from dropbatch.storage.base import DEFAULT_PART_SIZE
 
     client = sdk(live, tenant_token(live.ctx, "acme").token)
@@ -274,3 +274,5 @@ def test_an_upload_larger_than_one_part_is_a_multipart_upload_with_the_same_reco
     stored = live.ctx.store.head(live.ctx.inbox, uploaded_file_key("acme", uploaded.id))
     assert stored.size == len(data) and "-" in stored.etag.strip('"')  # assembled from parts
     assert client.files.list().data[0].id == uploaded.id  # indexed like a small upload
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert (batch.status, batch.input_file_id) == ("validating", uploaded.id)

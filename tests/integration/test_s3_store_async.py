@@ -9,14 +9,16 @@ from typing import TypeVar
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
+from helpers import with_async_store
 
 from dropbatch.emulator import free_port
 from dropbatch.errors import ObjectExists, ObjectNotFound, StaleWrite, StorageError, StorageUnavailable
 from dropbatch.storage import S3ObjectStore
-from dropbatch.storage.aio import AsyncS3ObjectStore, ThreadedObjectStore, async_twin
+from dropbatch.storage.aio import AsyncS3ObjectStore, async_twin
 from dropbatch.storage.base import AsyncObjectStore
 from dropbatch.storage.errors import translate
 from dropbatch.storage.memory import MemoryObjectStore
+from dropbatch.storage.threaded import ThreadedObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +26,7 @@ T = TypeVar("T")
 
 
 def run(storage, use: Callable[[AsyncS3ObjectStore], Awaitable[T]], *, pool_size: int = 4) -> T:
-    """``use(store)`` on a fresh event loop, the store's client closed after."""
-
-    async def main() -> T:
-        store = AsyncS3ObjectStore(storage, pool_size=pool_size)
-        try:
-            return await use(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return with_async_store(storage, use, pool_size=pool_size)
 
 
 async def collect(items) -> list:
@@ -144,3 +137,45 @@ def test_the_async_twin_of_each_store(storage):
         assert [i.key for i in await collect(memory.list("b"))] == ["k"]
 
     asyncio.run(use())
+
+
+async def chunked(data: bytes, size: int):
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+def test_a_streamed_upload_of_one_part_is_one_put_like_the_sync_store(storage):
+    bucket = storage.inbox_bucket
+    data = b'{"custom_id": "a"}\n' * 1000
+
+    async def use(store: AsyncS3ObjectStore):
+        info = await store.upload_stream(bucket, "t/.files/one.jsonl", chunked(data, 4096), if_none_match=True)
+        with pytest.raises(ObjectExists):
+            await store.upload_stream(bucket, "t/.files/one.jsonl", chunked(b"other\n", 4096), if_none_match=True)
+        return info
+
+    info = run(storage, use)
+    sync = S3ObjectStore(storage)
+    assert (info.size, info.etag) == (len(data), sync.put(bucket, "t/.files/same.jsonl", data))  # the plain MD5 ETag
+    assert sync.get(bucket, "t/.files/one.jsonl") == (data, info.etag)
+
+
+def test_the_threaded_twin_streams_awaited_chunks_into_the_sync_store():
+    memory = MemoryObjectStore(["b"])
+    store = ThreadedObjectStore(memory)
+
+    async def failing():
+        yield b"first\n"
+        raise StorageUnavailable("the upload's source went away")
+
+    async def use() -> None:
+        info = await store.upload_stream("b", "k", chunked(b"abc\n" * 10, 3), if_none_match=True)
+        assert (info.size, memory.get("b", "k")[0]) == (40, b"abc\n" * 10)
+        with pytest.raises(ObjectExists):
+            await store.upload_stream("b", "k", chunked(b"x", 1), if_none_match=True)
+        with pytest.raises(StorageUnavailable, match="went away"):
+            await store.upload_stream("b", "k2", failing())
+
+    asyncio.run(use())
+    with pytest.raises(ObjectNotFound):
+        memory.head("b", "k2")

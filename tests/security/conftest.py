@@ -26,6 +26,7 @@ from dropbatch.storage.base import ObjectStore
 from dropbatch.storage.s3 import S3ObjectStore
 from gateway.app import create_app
 from gateway.ratelimit import TierRate
+from gateway.state import Gateway
 
 GENEROUS = TierRate(per_minute=10**9, burst=10**9)
 
@@ -83,6 +84,7 @@ def dropbatch_cli(transcript: Transcript) -> Callable[..., subprocess.CompletedP
 class LiveGateway:
     url: str
     ctx: Context
+    gateway: Gateway  # the app's shared state: its async stores are the ones its routes await
 
 
 @pytest.fixture
@@ -92,8 +94,9 @@ def live_gateway(make_context) -> Iterator[Callable[..., LiveGateway]]:
         def start(settings: Settings, *, ctx: Context | None = None, **app_kwargs: Any) -> LiveGateway:
             ctx = ctx or make_context(settings)
             app_kwargs.setdefault("rate_limits", {tier: GENEROUS for tier in settings.limits.tier_quotas})
-            url = servers.enter_context(live_app(create_app(settings, ctx=ctx, **app_kwargs)))
-            return LiveGateway(url=url, ctx=ctx)
+            app = create_app(settings, ctx=ctx, **app_kwargs)
+            url = servers.enter_context(live_app(app))
+            return LiveGateway(url=url, ctx=ctx, gateway=app.state.gateway)
 
         yield start
 

@@ -21,8 +21,8 @@ from dropbatch.aiorecords import AsyncRecords
 from dropbatch.context import Context
 from dropbatch.errors import AuthenticationFailed, RateLimited
 from dropbatch.settings import Settings
-from dropbatch.storage.aio import ThreadedObjectStore
 from dropbatch.storage.memory import MemoryObjectStore
+from dropbatch.storage.threaded import ThreadedObjectStore
 from gateway.auth import TokenAuth, client_address
 from gateway.ratelimit import ATTEMPT_RATE, AttemptLimiter, TierRate
 

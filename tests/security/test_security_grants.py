@@ -57,18 +57,24 @@ class World:
             runner.run_once()
 
 
-def _observe(ctx: Context, monkeypatch: pytest.MonkeyPatch, touched: list[tuple[str, str]]) -> None:
-    """Record which bucket every call of the gateway's object store names (and let the call through)."""
-    for name in STORE_METHODS:
-        original = getattr(ctx.store, name)
+def _observe(stores: list[object], monkeypatch: pytest.MonkeyPatch, touched: list[tuple[str, str]]) -> None:
+    """Record which bucket every call of the gateway's object stores names (and let the call through).
 
-        def observed(bucket, *args, _name=name, _original=original, **kwargs):
-            touched.append((_name, bucket))
-            if _name == "copy":
-                touched.append((_name, args[1]))  # the destination bucket
-            return _original(bucket, *args, **kwargs)
+    Both stores: the sync one its worker threads use, and the async one its routes await
+    (the observer records the call when it is made, before the request is awaited)."""
+    for store in stores:
+        for name in STORE_METHODS:
+            original = getattr(store, name, None)
+            if original is None:  # the async store has no copy
+                continue
 
-        monkeypatch.setattr(ctx.store, name, observed)
+            def observed(bucket, *args, _name=name, _original=original, **kwargs):
+                touched.append((_name, bucket))
+                if _name == "copy":
+                    touched.append((_name, args[1]))  # the destination bucket
+                return _original(bucket, *args, **kwargs)
+
+            monkeypatch.setattr(store, name, observed)
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def world(make_settings, live_gateway, monkeypatch) -> Iterator[World]:
     ctx.grants.create("a", f"s3://{A_BUCKET}/in", read=True, write=False)
     ctx.grants.create("a", f"s3://{A_BUCKET}/out", read=False, write=True)
     touched: list[tuple[str, str]] = []
-    _observe(ctx, monkeypatch, touched)
+    _observe([ctx.store, live.gateway.store], monkeypatch, touched)
     clients = [
         httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {t}"}, timeout=60) for t in tokens.values()
     ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from dropbatch.ids import request_line_id, response_request_id
 from dropbatch.jsonl import (
     MAX_CUSTOM_ID_LENGTH,
     RawLine,
+    aiter_lines,
     encode,
     error_line,
     is_success,
@@ -71,6 +73,23 @@ def test_iter_lines_drops_overlong_lines(data: bytes, cuts: list[int], limit: in
     assert lines == expected_lines(data, limit)
     for line in lines:
         assert line.data is None or len(line.data) <= limit
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    data=_BYTES,
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    limit=st.integers(min_value=0, max_value=12),
+)
+def test_aiter_lines_splits_awaited_chunks_as_iter_lines_does(data: bytes, cuts: list[int], limit: int) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in split_into(data, cuts):
+            yield chunk
+
+    async def lines() -> list[RawLine]:
+        return [line async for line in aiter_lines(chunks(), max_line_bytes=limit)]
+
+    assert asyncio.run(lines()) == expected_lines(data, limit)
 
 
 @settings(max_examples=100, deadline=None, database=None)
