@@ -192,12 +192,6 @@ class Grants:
         audit(self.records, "grant.revoked", now=now, tenant=tenant, grant_id=grant_id, uri=grant.uri)
         return grant
 
-    def check_read(self, tenant: str, location: S3Location, *, param: str) -> None:
-        """Pass if ``tenant`` may read ``location``: its own inbox/outbox prefix, or a read grant."""
-        if location.bucket in self.own_buckets and location.key.startswith(f"{tenant}/"):
-            return
-        self._covering(tenant, [location], param=param, write=False)
-
     def check_write(self, tenant: str, locations: Iterable[S3Location], *, param: str) -> bool:
         """Pass if write grants cover every one of ``locations``; True if they also allow overwriting them all."""
         return all(grant.overwrite for grant in self._covering(tenant, list(locations), param=param, write=True))
@@ -222,6 +216,7 @@ class AsyncGrants:
         return [grant for grant in grants if grant is not None and grant.revoked_at is None]
 
     async def check_read(self, tenant: str, location: S3Location, *, param: str) -> None:
+        """Pass if ``tenant`` may read ``location``: its own inbox/outbox prefix, or a read grant."""
         if location.bucket in self.own_buckets and location.key.startswith(f"{tenant}/"):
             return
         covering(await self.active(tenant), [location], self.dropbatch_buckets, param=param, write=False)

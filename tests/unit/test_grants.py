@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from dropbatch.auth.grants import Grant, S3Location
+from dropbatch.aiorecords import AsyncRecords
+from dropbatch.auth.grants import AsyncGrants, Grant, S3Location
 from dropbatch.errors import InvalidRequest, LocationNotGranted, NotFound
 from dropbatch.storage.keys import ControlKeys
+from dropbatch.storage.threaded import ThreadedObjectStore
+
+
+def check_read(ctx, tenant: str, location: S3Location, *, param: str) -> None:
+    """The gateway's read check (``AsyncGrants``, what /start awaits) over ``ctx``'s records."""
+    records = AsyncRecords(ThreadedObjectStore(ctx.store), ctx.settings.storage.control_bucket)
+    asyncio.run(AsyncGrants(records, storage=ctx.settings.storage).check_read(tenant, location, param=param))
 
 
 def grant(prefix: str, bucket: str = "data") -> Grant:
@@ -160,7 +170,7 @@ def test_read_and_write_decisions(make_context) -> None:
 
     def readable(tenant: str, uri: str) -> bool:
         try:
-            ctx.grants.check_read(tenant, S3Location.parse(uri, param="input"), param="input")
+            check_read(ctx, tenant, S3Location.parse(uri, param="input"), param="input")
         except LocationNotGranted as exc:
             assert (exc.status_code, exc.param) == (403, "input")
             return False
@@ -198,7 +208,7 @@ def test_refusals_are_one_answer(make_context) -> None:
     answers = set()
     for uri in ("s3://dropbatch-control/tokens/x", "s3://dropbatch-inbox/b/x", "s3://nope/x", "s3://data/x"):
         with pytest.raises(LocationNotGranted) as info:
-            ctx.grants.check_read("a", S3Location.parse(uri, param="input"), param="input")
+            check_read(ctx, "a", S3Location.parse(uri, param="input"), param="input")
         answers.add(str(info.value.to_openai()))
     assert len(answers) == 1
 
@@ -208,9 +218,9 @@ def test_revoked_grants_cover_nothing(make_context) -> None:
     ctx.tenants.create("a", "basic")
     made = ctx.grants.create("a", "s3://data/in", read=True, write=True)
     location = S3Location("data", "in/x")
-    ctx.grants.check_read("a", location, param="input")
+    check_read(ctx, "a", location, param="input")
     ctx.grants.revoke("a", made.id)
     with pytest.raises(LocationNotGranted):
-        ctx.grants.check_read("a", location, param="input")
+        check_read(ctx, "a", location, param="input")
     with pytest.raises(LocationNotGranted):
         ctx.grants.check_write("a", [location], param="output")
