@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from typing import IO
 
 from dropbatch.context import Context
 from dropbatch.duplicates import Duplicates, copy_result, load_duplicates
@@ -26,6 +28,9 @@ from dropbatch.storage.keys import ControlKeys, OutputPrefix
 from runner.claimed import settled_counts
 
 log = logging.getLogger("dropbatch.runner")
+
+_ERRORS_IN_MEMORY = 8 * 1024 * 1024  # error lines past this spill to a temporary file while the output uploads
+_ERRORS_PART = 1024 * 1024
 
 _UNFINISHED = {
     BatchStatus.EXPIRED: ("batch_expired", EXPIRED_MESSAGE),
@@ -133,23 +138,25 @@ def _write_outputs(ctx: Context, record: BatchRecord, prefix: OutputPrefix, fina
     chunks = work_chunks(ctx, record, duplicates)
     wanted = set(duplicates.copy_counts())
 
-    def lines(want_success: bool) -> Iterator[bytes]:
+    def successes(errors: IO[bytes]) -> Iterator[bytes]:
+        """One pass over the chunk results: success lines are yielded, error lines spooled to ``errors``."""
         originals: dict[str, dict] = {}  # result lines of originals with copies (they come first)
         for chunk in chunks:
             copies = duplicates.chunks[chunk.chunk].copies if chunk.chunk in duplicates.chunks else {}
             for line in _chunk_lines(ctx, record, chunk, final, copies, originals, wanted):
-                if is_success(line) != want_success:
-                    continue
-                if want_success:
-                    counts.completed += 1
-                    body_usage = (line["response"]["body"] or {}).get("usage") or {}
-                    usage.add(body_usage.get("prompt_tokens", 0), body_usage.get("completion_tokens", 0))
-                else:
+                if not is_success(line):
                     counts.failed += 1
+                    errors.write(encode(line))
+                    continue
+                counts.completed += 1
+                body_usage = (line["response"]["body"] or {}).get("usage") or {}
+                usage.add(body_usage.get("prompt_tokens", 0), body_usage.get("completion_tokens", 0))
                 yield encode(line)
 
-    output = _upload_once(ctx, prefix.output_key, lines(True))
-    errors = _upload_once(ctx, prefix.errors_key, lines(False))
+    with tempfile.SpooledTemporaryFile(max_size=_ERRORS_IN_MEMORY) as spool:
+        output = _upload_once(ctx, prefix.output_key, successes(spool))
+        spool.seek(0)
+        errors = _upload_once(ctx, prefix.errors_key, iter(lambda: spool.read(_ERRORS_PART), b""))
     summary = Summary(
         content_sha256=record.content_sha256 or "",
         tenant=record.tenant,

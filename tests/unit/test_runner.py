@@ -134,6 +134,33 @@ def test_over_long_prompt_is_one_error_line(make_context, submit) -> None:
     assert record.error_file_id is not None
 
 
+def test_results_and_errors_come_from_one_read_of_each_chunk(make_context, submit, monkeypatch) -> None:
+    import runner.finalize
+
+    monkeypatch.setattr(runner.finalize, "_ERRORS_IN_MEMORY", 64)  # the error lines spill to disk
+    monkeypatch.setattr(runner.finalize, "_ERRORS_PART", 100)
+    ctx = make_context(DROPBATCH_MAX_MODEL_LEN=10, DROPBATCH_CHUNK_LINES=3)
+    long = {"role": "user", "content": "word " * 50}
+    admitted = submit(ctx, "j1", 11, body=lambda i, b: {**b, "messages": [long]} if i % 2 else b)
+    reads: list[str] = []
+    get = ctx.store.get
+
+    def counted(bucket: str, key: str, **kwargs: Any):
+        reads.append(key)
+        return get(bucket, key, **kwargs)
+
+    monkeypatch.setattr(ctx.store, "get", counted)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    output, errors = results(ctx, record)
+    assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(0, 11, 2)]
+    assert [line["custom_id"] for line in errors] == [f"req-{i}" for i in range(1, 11, 2)]
+    assert {line["response"]["body"]["error"]["code"] for line in errors} == {"context_length_exceeded"}
+    assert (record.request_counts.completed, record.request_counts.failed) == (6, 5)
+    chunk_reads = sorted(key for key in reads if "/chunks/" in key)
+    assert chunk_reads == sorted(ControlKeys.chunk_result(record.id, n) for n in range(4))
+
+
 def test_unservable_line_is_refused_at_admission(make_context, submit) -> None:
     ctx = make_context()
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]
