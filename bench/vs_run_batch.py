@@ -315,6 +315,8 @@ class CpuShare:
                     continue
                 if proc.pid not in self._first:
                     self._first[proc.pid] = (self.kind(proc), used)
+                elif self._first[proc.pid][0] == "other":  # a spawned process names itself after it starts
+                    self._first[proc.pid] = (self.kind(proc), self._first[proc.pid][1])
                 self._last[proc.pid] = used
             if self._stop.wait(0.5):
                 return
