@@ -152,7 +152,8 @@ class EngineServer:
             self.last_progress = time.monotonic()  # idle time before work arrived is not a stall
         self.inflight += 1
         try:
-            return await asyncio.wait_for(self._serve(url, body), timeout=self.spec.request_timeout_s)
+            async with asyncio.timeout(self.spec.request_timeout_s):  # no task of its own, unlike wait_for
+                return await self._serve(url, body)
         except TimeoutError:
             return error_answer(503, f"The engine did not answer within {self.spec.request_timeout_s:.0f} s.",
                                 code="engine_timeout", type_="server_error")

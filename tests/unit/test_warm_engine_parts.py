@@ -184,3 +184,23 @@ def test_warm_up_tasks_wait_for_each_other_so_each_holds_a_worker_of_its_own():
         return together.peak(), short.peak(), together.waiting
 
     assert asyncio.run(scenario()) == (3, 1, 0)
+
+
+def test_a_request_past_its_timeout_is_a_503_line_and_leaves_the_counts_straight():
+    from runner.engine.server import EngineServer, EngineSpec
+
+    server = EngineServer(EngineSpec(model="m", served_name="m", task="generate", cli_args=(), request_timeout_s=0.05))
+
+    async def serve(url: str, body: str):
+        await asyncio.sleep(0 if body == "fast" else 5)
+        return "answered"
+
+    server._serve = serve
+
+    async def scenario():
+        return await asyncio.gather(server._one("/v1/chat/completions", "slow"), server._one("/v1/chat/completions", "fast"))
+
+    slow, fast = asyncio.run(scenario())
+    assert fast == "answered"
+    assert slow.status == 503 and slow.body["error"]["code"] == "engine_timeout"
+    assert (server.inflight, server.finished) == (0, 2)
