@@ -70,15 +70,13 @@ def settle(ctx: Context, metrics: Metrics, claimed: Claimed) -> None:
         for index, lines in claimed.buffers.items():
             write_chunk_result(ctx, claimed.record.id, index, list(lines.values()),
                                total=claimed.remaining[index].lines, copies=claimed.copies)
-        record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-        closed = finalize(ctx, record, final=claimed.stop_as)
+        closed = finalize(ctx, claimed.record, final=claimed.stop_as)
         metrics.batches_finished.labels(closed.status.value).inc()
         done(ctx, claimed.entry, claimed.lease)
         return
     if claimed.remaining:
         ctx.queue.release(claimed.lease)  # the pass ended early; the next pass continues it
         return
-    record = ctx.batches.get(claimed.record.tenant, claimed.record.id)
-    closed = finalize(ctx, record)
+    closed = finalize(ctx, claimed.record)  # its status moves by conditional updates, read fresh there
     metrics.batches_finished.labels(closed.status.value).inc()
     done(ctx, claimed.entry, claimed.lease)
