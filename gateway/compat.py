@@ -128,9 +128,8 @@ async def submit_lines(
     retry_config: RetryConfig | None = None,
     completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
-    file = await store_upload(gw, tenant, _encoded(lines), filename=filename)
     return await submit_batch(
-        gw, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config,
+        gw, tenant, store_upload(gw, tenant, _encoded(lines), filename=filename), endpoint=CHAT, metadata=metadata, retry_config=retry_config,
         completion_window=completion_window,
     )
 

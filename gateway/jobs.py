@@ -66,6 +66,7 @@ from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
 from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
+from gateway.together import in_order
 
 GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
 GENERATE_POLL_MAX_SECONDS = 2.0  # ... up to this
@@ -206,8 +207,10 @@ async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[Jo
     source = S3Location.parse(body.input, param="input", object_key=True)
     targets = output_targets(S3Location.parse(body.output, param="output"))
     # Both decided from the URIs and the grants alone: no request has touched either location yet.
-    await gw.grants.check_read(tenant, source, param="input")
-    overwrite = await gw.grants.check_write(tenant, targets.values(), param="output")
+    _, overwrite = await in_order(
+        gw.grants.check_read(tenant, source, param="input"),
+        gw.grants.check_write(tenant, targets.values(), param="output"),
+    )
     await _check_output(gw, targets, overwrite=overwrite)
     # The same line the inline form builds, for items that are bare prompts.
     template, _ = inline_lines(
