@@ -40,7 +40,7 @@ from dropbatch.errors import (
     OutputFileDeleted,
     UnprocessableRequest,
 )
-from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
+from dropbatch.jsonl import RawLine, aiter_lines, encode, first_url, iter_lines, parse_request_line
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
 from dropbatch.served import check_model
 from dropbatch.settings import Settings
@@ -50,6 +50,7 @@ from gateway.params import json_object, path_id, validate
 from gateway.schemas import MAX_INLINE_ITEMS, CostEstimateRequest, InlineBatchCreate, InlineItem
 from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
+from gateway.together import in_order
 from gateway.tokenize import TokenCounter, load_counter
 
 CHAT = "/v1/chat/completions"
@@ -159,14 +160,19 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
 # -- reading request and result lines ------------------------------------------------
 
 
-def iter_json_lines(ctx: Context, bucket: str, key: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(line number, parsed object or None if it is not a JSON object) for each non-blank line."""
-    for raw in iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes):
-        try:
-            obj = json.loads(raw.data or b"")
-        except (ValueError, RecursionError):
-            obj = None
-        yield raw.number, obj if isinstance(obj, dict) else None
+async def json_lines(gw: Gateway, bucket: str, key: str) -> AsyncIterator[dict[str, Any] | None]:
+    """The parsed object of each non-blank line, or None where it is not a JSON object."""
+    chunks = gw.store.iter_bytes(bucket, key)
+    async for raw in aiter_lines(chunks, max_line_bytes=gw.settings.limits.max_line_bytes):
+        yield _json_object(raw)
+
+
+def _json_object(raw: RawLine) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw.data or b"")
+    except (ValueError, RecursionError):
+        obj = None
+    return obj if isinstance(obj, dict) else None
 
 
 def _text(content: Any) -> str:
@@ -233,47 +239,67 @@ def _deleted(batch: BatchRecord, kind: str, file_id: str) -> OutputFileDeleted:
     )
 
 
-def result_file(ctx: Context, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
+async def result_file(gw: Gateway, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
     """The ``kind`` ("output" or "error") file of a finished batch; ``OutputFileDeleted`` once it was deleted."""
     try:
-        return ctx.files.get(batch.tenant, file_id)
+        return await gw.files.get(batch.tenant, file_id)
     except NotFound:
         raise _deleted(batch, kind, file_id) from None
 
 
-def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
-    """The compat results of a finished batch, in input order (kept in memory: small batches)."""
-    record = ctx.batches.get(tenant, batch_id)
+async def _outcomes(gw: Gateway, batch: BatchRecord, kind: str, file_id: str | None) -> dict[str, dict[str, Any]]:
+    """Each custom_id's outcome in the batch's ``kind`` file (none if it has no such file)."""
+    if file_id is None:
+        return {}
+    file = await result_file(gw, batch, kind, file_id)
+    outcomes: dict[str, dict[str, Any]] = {}
+    try:
+        async for line in json_lines(gw, file.bucket, file.key):
+            if line is not None and isinstance(line.get("custom_id"), str):
+                outcomes[line["custom_id"]] = outcome_of(line)
+    except ObjectNotFound:
+        raise _deleted(batch, kind, file_id) from None
+    return outcomes
+
+
+async def _prompts(gw: Gateway, key: str) -> list[tuple[str, str]]:
+    """(custom_id, prompt) of each request line of an input object (only what the results show)."""
+    return [
+        (request["custom_id"], prompt_of(request.get("body")))
+        async for request in json_lines(gw, gw.ctx.inbox, key)
+        if request is not None and isinstance(request.get("custom_id"), str)
+    ]
+
+
+async def batch_results(gw: Gateway, tenant: str, batch_id: str) -> dict[str, Any]:
+    """The compat results of a finished batch, in input order (kept in memory: small batches).
+
+    The output file, the error file and the input objects are read together.
+    """
+    record = await gw.batches.get(tenant, batch_id)
     if record.status not in RESULT_STATUSES:
         raise Conflict(
             f"Batch {batch_id} is {record.status.value}; results are available once it is "
             f"{', '.join(s.value for s in RESULT_STATUSES)}.",
             code="batch_not_finished",
         )
-    outcomes: dict[str, dict[str, Any]] = {}
-    for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)):
-        if file_id is None:
-            continue
-        file = result_file(ctx, record, kind, file_id)
-        try:
-            for _, line in iter_json_lines(ctx, file.bucket, file.key):
-                if line is not None and isinstance(line.get("custom_id"), str):
-                    outcomes[line["custom_id"]] = outcome_of(line)
-        except ObjectNotFound:
-            raise _deleted(record, kind, file_id) from None
-    data = []
-    for item in record.inputs:
-        for _, request in iter_json_lines(ctx, ctx.inbox, item.key):
-            if request is None or not isinstance(request.get("custom_id"), str):
-                continue
-            custom_id = request["custom_id"]
-            outcome = outcomes.get(custom_id) or {
-                "output_text": None,
-                "tokens_generated": 0,
-                "finish_reason": None,
-                "error": {"code": "no_result", "message": "No result line exists for this request."},
-            }
-            data.append({"custom_id": custom_id, "input": {"prompt": prompt_of(request.get("body"))}, **outcome})
+    output, errors, *inputs = await in_order(
+        _outcomes(gw, record, "output", record.output_file_id),
+        _outcomes(gw, record, "error", record.error_file_id),
+        *(_prompts(gw, item.key) for item in record.inputs),
+    )
+    outcomes = {**output, **errors}
+    no_result = {
+        "output_text": None,
+        "tokens_generated": 0,
+        "finish_reason": None,
+        "error": {"code": "no_result", "message": "No result line exists for this request."},
+    }
+    data = [
+        {"custom_id": custom_id, "input": {"prompt": prompt}, **(outcomes.get(custom_id) or no_result)}
+        for prompts in inputs
+        for custom_id, prompt in prompts
+    ]
     return {
         "object": "list",
         "batch_id": record.id,
@@ -288,8 +314,7 @@ def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
 @tenant_route
 async def get_results(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    results = await run_in_threadpool(batch_results, gw.ctx, principal.tenant, path_id(request, "batch_id"))
-    return JSONResponse(results)
+    return JSONResponse(await batch_results(gw, principal.tenant, path_id(request, "batch_id")))
 
 
 # -- cost estimate ---------------------------------------------------------------------
