@@ -70,7 +70,6 @@ def create_app(
     authentication attempts per client address (``gateway.ratelimit``).
     """
     ctx = ctx or Context.from_settings(settings)
-    tokens = ctx.tokens
     registry = Metrics("gateway")
     pool = settings.service.gateway_s3_pool
     store = async_twin(ctx.store, settings.storage, pool_size=pool)
@@ -97,8 +96,7 @@ def create_app(
     app.state.gateway = Gateway(
         settings=settings,
         ctx=ctx,
-        tokens=tokens,
-        auth=TokenAuth(tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
+        auth=TokenAuth(ctx.tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
         store=store,

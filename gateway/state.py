@@ -19,7 +19,7 @@ from starlette.requests import Request
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
 from dropbatch.auth.grants import AsyncGrants
 from dropbatch.auth.tenants import AsyncTenants
-from dropbatch.auth.tokens import Tokens
+from dropbatch.auth.tokens import AsyncTokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
@@ -32,12 +32,12 @@ from gateway.ratelimit import RateLimiter
 class Gateway:
     settings: Settings
     ctx: Context
-    tokens: Tokens
     auth: TokenAuth
     limiter: RateLimiter
     metrics: Metrics
     store: AsyncObjectStore
     records: AsyncRecords
+    tokens: AsyncTokens = field(init=False)
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
     tenants: AsyncTenants = field(init=False)
@@ -48,6 +48,7 @@ class Gateway:
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
+        self.tokens = AsyncTokens(self.records, self.tenants, tiers=self.settings.limits.tier_quotas, clock=self.ctx.clock)
         self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 
