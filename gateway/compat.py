@@ -13,71 +13,43 @@
   Once the batch's output or error file was deleted: 404 ``output_file_deleted``
   naming the file.
 - ``POST /v1/batches/validate``: see ``gateway.validation``.
-- ``POST /v1/batches/cost-estimate``: prompt tokens counted by the model's own
-  ``tokenizer.json`` (``gateway.tokenize``) priced with ``PRICES``.
+- ``POST /v1/batches/cost-estimate``: see ``gateway.estimate``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dropbatch.bodies import EMBEDDINGS, body_limits
-from dropbatch.context import Context
 from dropbatch.deadlines import DEFAULT_WINDOW
 from dropbatch.errors import (
     Conflict,
-    InvalidRequest,
     NotFound,
     ObjectNotFound,
     OutputFileDeleted,
     UnprocessableRequest,
 )
-from dropbatch.jsonl import RawLine, aiter_lines, encode, first_url, iter_lines, parse_request_line
+from dropbatch.jsonl import RawLine, aiter_lines, encode
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
 from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
-from gateway.params import json_object, path_id, validate
-from gateway.schemas import MAX_INLINE_ITEMS, CostEstimateRequest, InlineBatchCreate, InlineItem
+from gateway.params import path_id, validate
+from gateway.schemas import MAX_INLINE_ITEMS, InlineBatchCreate, InlineItem
 from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
 from gateway.together import in_order
-from gateway.tokenize import TokenCounter, load_counter
 
 CHAT = "/v1/chat/completions"
 
 
-@dataclass(frozen=True)
-class Price:
-    """USD per million tokens."""
-
-    input: float
-    output: float
-
-
-# Per-model prices for cost estimates, USD per 1M tokens, keyed by the served model
-# name (DROPBATCH_MODEL_NAME) or the weights (DROPBATCH_MODEL). Self-hosted models
-# have no list price: these are nominal figures for capacity planning. Belongs in
-# Settings (a `prices` group) once the kernel grows one; until then, here.
-PRICES: dict[str, Price] = {
-    "dropbatch-tiny": Price(input=0.01, output=0.02),
-    "Qwen/Qwen2.5-0.5B-Instruct": Price(input=0.02, output=0.04),
-    "default": Price(input=0.10, output=0.40),
-}
 RESULT_STATUSES = (BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-
-
-def price_for(settings: Settings, model: str) -> Price:
-    return PRICES.get(model) or PRICES.get(settings.engine.model) or PRICES["default"]
 
 
 def resolve_model(settings: Settings, model: str | None) -> str:
@@ -317,89 +289,6 @@ async def get_results(request: Request, principal: Principal) -> Response:
     return JSONResponse(await batch_results(gw, principal.tenant, path_id(request, "batch_id")))
 
 
-# -- cost estimate ---------------------------------------------------------------------
-
-
-def token_counter(gw: Gateway) -> TokenCounter:
-    counter = gw.caches.get("token_counter")
-    if counter is None:
-        counter = gw.caches["token_counter"] = load_counter(gw.settings.engine)
-    return counter
-
-
-def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Iterator[tuple[str, int | None, int]]:
-    """(prompt text, max tokens per choice, choices) per line of one of ``tenant``'s files.
-
-    Each line is checked as the watcher checks it, so a value no batch would admit
-    (a max_tokens past the context, a bool, a negative) is a 400 naming the line and field.
-    """
-    file = ctx.files.get(tenant, file_id)
-    limits = body_limits(ctx.settings)
-    endpoint = first_url(_file_lines(ctx, file.bucket, file.key)) or CHAT
-    for raw in _file_lines(ctx, file.bucket, file.key):
-        try:
-            request = parse_request_line(raw, endpoint=endpoint, model=model, limits=limits)
-        except InvalidRequest as exc:
-            raise InvalidRequest(
-                f"File {file_id}: {exc.message}", code=exc.code, param=exc.param, line=exc.line
-            ) from None
-        body = request.body
-        if endpoint == EMBEDDINGS:
-            yield all_text_of(body), 0, 0
-        else:
-            budget = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-            yield all_text_of(body), budget, request.cost
-
-
-def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:
-    return iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes)
-
-
-def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[str, Any]:
-    """Prompt tokens (really tokenized when possible) and the most output the batch could produce."""
-    if (body.input is None) == (body.input_file_id is None):
-        raise UnprocessableRequest("Give exactly one of 'input' or 'input_file_id'.", param="input")
-    model = resolve_model(gw.settings, body.model)
-    counter = token_counter(gw)
-    default = body.max_tokens or gw.settings.engine.default_max_tokens
-    if body.input is not None:
-        requests: Iterator[tuple[str, int | None, int]] = (
-            (item.prompt, default, 1) for item in body.input[:MAX_INLINE_ITEMS]
-        )
-    else:
-        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "", model)
-    items = input_tokens = max_output = 0
-    pending: list[str] = []
-    for text, per_choice, choices in requests:
-        items += 1
-        max_output += (body.max_tokens or per_choice or default) * choices
-        pending.append(text)
-        if len(pending) >= 1024:
-            input_tokens += sum(counter.count(pending))
-            pending.clear()
-    input_tokens += sum(counter.count(pending))
-    price = price_for(gw.settings, model)
-    cost = input_tokens / 1e6 * price.input + max_output / 1e6 * price.output
-    return {
-        "object": "dropbatch.cost_estimate",
-        "model": model,
-        "items": items,
-        "input_tokens": input_tokens,
-        "max_output_tokens": max_output,
-        "estimated_cost_usd": round(cost, 8),
-        "pricing": {"input_per_million_usd": price.input, "output_per_million_usd": price.output},
-        "tokenizer": counter.source,
-    }
-
-
-@tenant_route
-async def cost_estimate(request: Request, principal: Principal) -> Response:
-    gw = gateway_of(request)
-    body = validate(CostEstimateRequest, await json_object(request))
-    return JSONResponse(await run_in_threadpool(estimate_cost, gw, principal.tenant, body))
-
-
 ROUTES = [
-    Route("/v1/batches/cost-estimate", cost_estimate, methods=["POST"]),
     Route("/v1/batches/{batch_id}/results", get_results, methods=["GET"]),
 ]
