@@ -49,7 +49,8 @@ class Gateway:
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
-        self.tokens = AsyncTokens(self.records, self.tenants, tiers=self.settings.limits.tier_quotas, clock=self.ctx.clock)
+        tiers = self.settings.limits.tier_quotas
+        self.tokens = AsyncTokens(self.records, self.tenants, tiers=tiers, clock=self.ctx.clock)
         self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 
