@@ -246,7 +246,8 @@ async def _copy_one(gw: Gateway, source: S3Location, target: S3Location, *, over
         await gw.store.copy(source.bucket, source.key, target.bucket, target.key, if_none_match=not overwrite)
     except ObjectExists:
         # Our own earlier copy (a concurrent read of the job, or a retry) holds the same bytes.
-        if len(set(await in_order(_listed_etag(gw, target), _listed_etag(gw, source)))) != 1:
+        target_etag, source_etag = await in_order(_listed_etag(gw, target), _listed_etag(gw, source))
+        if target_etag != source_etag:
             raise Conflict(f"{target.uri} already exists; job outputs are never overwritten.") from None
 
 
