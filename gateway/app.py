@@ -38,7 +38,7 @@ from dropbatch.observability.logging import configure_logging
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
 from dropbatch.storage.aio import async_twin
-from gateway import admin, batches, compat, files, health, jobs, metrics, models, openapi, validation
+from gateway import admin, batches, compat, estimate, files, health, jobs, metrics, models, openapi, validation
 from gateway.auth import TOKEN_CACHE_SECONDS, TokenAuth
 from gateway.errors import (
     handle_client_disconnect,
@@ -53,7 +53,7 @@ from gateway.state import Gateway
 log = logging.getLogger("dropbatch.gateway")
 
 # Compat routes first: /v1/batches/validate must not be taken for a batch id.
-ROUTE_MODULES = (health, metrics, openapi, validation, compat, files, batches, jobs, models, admin)
+ROUTE_MODULES = (health, metrics, openapi, validation, compat, estimate, files, batches, jobs, models, admin)
 
 
 def create_app(
@@ -70,7 +70,6 @@ def create_app(
     authentication attempts per client address (``gateway.ratelimit``).
     """
     ctx = ctx or Context.from_settings(settings)
-    tokens = ctx.tokens
     registry = Metrics("gateway")
     pool = settings.service.gateway_s3_pool
     store = async_twin(ctx.store, settings.storage, pool_size=pool)
@@ -97,8 +96,7 @@ def create_app(
     app.state.gateway = Gateway(
         settings=settings,
         ctx=ctx,
-        tokens=tokens,
-        auth=TokenAuth(tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
+        auth=TokenAuth(ctx.tokens, records, cache_seconds=token_cache_seconds, attempts=AttemptLimiter(attempt_rate)),
         limiter=RateLimiter(rate_limits),
         metrics=registry,
         store=store,

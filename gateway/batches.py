@@ -25,11 +25,10 @@ from gateway.submit import submit_batch
 
 
 async def create(gw: Gateway, tenant: str, body: BatchCreate) -> BatchRecord:
-    file = await gw.files.get(tenant, body.input_file_id)  # another tenant's file is "no such file"
     return await submit_batch(
         gw,
         tenant,
-        file,
+        gw.files.get(tenant, body.input_file_id),  # another tenant's file is "no such file"
         endpoint=body.endpoint,
         metadata=body.metadata,
         retry_config=body.retry_config,

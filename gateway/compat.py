@@ -13,70 +13,43 @@
   Once the batch's output or error file was deleted: 404 ``output_file_deleted``
   naming the file.
 - ``POST /v1/batches/validate``: see ``gateway.validation``.
-- ``POST /v1/batches/cost-estimate``: prompt tokens counted by the model's own
-  ``tokenizer.json`` (``gateway.tokenize``) priced with ``PRICES``.
+- ``POST /v1/batches/cost-estimate``: see ``gateway.estimate``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dropbatch.bodies import EMBEDDINGS, body_limits
-from dropbatch.context import Context
 from dropbatch.deadlines import DEFAULT_WINDOW
 from dropbatch.errors import (
     Conflict,
-    InvalidRequest,
     NotFound,
     ObjectNotFound,
     OutputFileDeleted,
     UnprocessableRequest,
 )
-from dropbatch.jsonl import RawLine, encode, first_url, iter_lines, parse_request_line
+from dropbatch.jsonl import RawLine, aiter_lines, encode
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
 from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
 from gateway.files import store_upload
-from gateway.params import json_object, path_id, validate
-from gateway.schemas import MAX_INLINE_ITEMS, CostEstimateRequest, InlineBatchCreate, InlineItem
+from gateway.params import path_id, validate
+from gateway.schemas import MAX_INLINE_ITEMS, InlineBatchCreate, InlineItem
 from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
-from gateway.tokenize import TokenCounter, load_counter
+from gateway.together import in_order
 
 CHAT = "/v1/chat/completions"
 
 
-@dataclass(frozen=True)
-class Price:
-    """USD per million tokens."""
-
-    input: float
-    output: float
-
-
-# Per-model prices for cost estimates, USD per 1M tokens, keyed by the served model
-# name (DROPBATCH_MODEL_NAME) or the weights (DROPBATCH_MODEL). Self-hosted models
-# have no list price: these are nominal figures for capacity planning. Belongs in
-# Settings (a `prices` group) once the kernel grows one; until then, here.
-PRICES: dict[str, Price] = {
-    "dropbatch-tiny": Price(input=0.01, output=0.02),
-    "Qwen/Qwen2.5-0.5B-Instruct": Price(input=0.02, output=0.04),
-    "default": Price(input=0.10, output=0.40),
-}
 RESULT_STATUSES = (BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-
-
-def price_for(settings: Settings, model: str) -> Price:
-    return PRICES.get(model) or PRICES.get(settings.engine.model) or PRICES["default"]
 
 
 def resolve_model(settings: Settings, model: str | None) -> str:
@@ -128,9 +101,8 @@ async def submit_lines(
     retry_config: RetryConfig | None = None,
     completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
-    file = await store_upload(gw, tenant, _encoded(lines), filename=filename)
     return await submit_batch(
-        gw, tenant, file, endpoint=CHAT, metadata=metadata, retry_config=retry_config,
+        gw, tenant, store_upload(gw, tenant, _encoded(lines), filename=filename), endpoint=CHAT, metadata=metadata, retry_config=retry_config,
         completion_window=completion_window,
     )
 
@@ -160,14 +132,19 @@ async def create_inline(gw: Gateway, principal: Principal, data: dict[str, Any])
 # -- reading request and result lines ------------------------------------------------
 
 
-def iter_json_lines(ctx: Context, bucket: str, key: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(line number, parsed object or None if it is not a JSON object) for each non-blank line."""
-    for raw in iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes):
-        try:
-            obj = json.loads(raw.data or b"")
-        except (ValueError, RecursionError):
-            obj = None
-        yield raw.number, obj if isinstance(obj, dict) else None
+async def json_lines(gw: Gateway, bucket: str, key: str) -> AsyncIterator[dict[str, Any] | None]:
+    """The parsed object of each non-blank line, or None where it is not a JSON object."""
+    chunks = gw.store.iter_bytes(bucket, key)
+    async for raw in aiter_lines(chunks, max_line_bytes=gw.settings.limits.max_line_bytes):
+        yield _json_object(raw)
+
+
+def _json_object(raw: RawLine) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw.data or b"")
+    except (ValueError, RecursionError):
+        obj = None
+    return obj if isinstance(obj, dict) else None
 
 
 def _text(content: Any) -> str:
@@ -234,47 +211,67 @@ def _deleted(batch: BatchRecord, kind: str, file_id: str) -> OutputFileDeleted:
     )
 
 
-def result_file(ctx: Context, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
+async def result_file(gw: Gateway, batch: BatchRecord, kind: str, file_id: str) -> FileRecord:
     """The ``kind`` ("output" or "error") file of a finished batch; ``OutputFileDeleted`` once it was deleted."""
     try:
-        return ctx.files.get(batch.tenant, file_id)
+        return await gw.files.get(batch.tenant, file_id)
     except NotFound:
         raise _deleted(batch, kind, file_id) from None
 
 
-def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
-    """The compat results of a finished batch, in input order (kept in memory: small batches)."""
-    record = ctx.batches.get(tenant, batch_id)
+async def _outcomes(gw: Gateway, batch: BatchRecord, kind: str, file_id: str | None) -> dict[str, dict[str, Any]]:
+    """Each custom_id's outcome in the batch's ``kind`` file (none if it has no such file)."""
+    if file_id is None:
+        return {}
+    file = await result_file(gw, batch, kind, file_id)
+    outcomes: dict[str, dict[str, Any]] = {}
+    try:
+        async for line in json_lines(gw, file.bucket, file.key):
+            if line is not None and isinstance(line.get("custom_id"), str):
+                outcomes[line["custom_id"]] = outcome_of(line)
+    except ObjectNotFound:
+        raise _deleted(batch, kind, file_id) from None
+    return outcomes
+
+
+async def _prompts(gw: Gateway, key: str) -> list[tuple[str, str]]:
+    """(custom_id, prompt) of each request line of an input object (only what the results show)."""
+    return [
+        (request["custom_id"], prompt_of(request.get("body")))
+        async for request in json_lines(gw, gw.ctx.inbox, key)
+        if request is not None and isinstance(request.get("custom_id"), str)
+    ]
+
+
+async def batch_results(gw: Gateway, tenant: str, batch_id: str) -> dict[str, Any]:
+    """The compat results of a finished batch, in input order (kept in memory: small batches).
+
+    The output file, the error file and the input objects are read together.
+    """
+    record = await gw.batches.get(tenant, batch_id)
     if record.status not in RESULT_STATUSES:
         raise Conflict(
             f"Batch {batch_id} is {record.status.value}; results are available once it is "
             f"{', '.join(s.value for s in RESULT_STATUSES)}.",
             code="batch_not_finished",
         )
-    outcomes: dict[str, dict[str, Any]] = {}
-    for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)):
-        if file_id is None:
-            continue
-        file = result_file(ctx, record, kind, file_id)
-        try:
-            for _, line in iter_json_lines(ctx, file.bucket, file.key):
-                if line is not None and isinstance(line.get("custom_id"), str):
-                    outcomes[line["custom_id"]] = outcome_of(line)
-        except ObjectNotFound:
-            raise _deleted(record, kind, file_id) from None
-    data = []
-    for item in record.inputs:
-        for _, request in iter_json_lines(ctx, ctx.inbox, item.key):
-            if request is None or not isinstance(request.get("custom_id"), str):
-                continue
-            custom_id = request["custom_id"]
-            outcome = outcomes.get(custom_id) or {
-                "output_text": None,
-                "tokens_generated": 0,
-                "finish_reason": None,
-                "error": {"code": "no_result", "message": "No result line exists for this request."},
-            }
-            data.append({"custom_id": custom_id, "input": {"prompt": prompt_of(request.get("body"))}, **outcome})
+    output, errors, *inputs = await in_order(
+        _outcomes(gw, record, "output", record.output_file_id),
+        _outcomes(gw, record, "error", record.error_file_id),
+        *(_prompts(gw, item.key) for item in record.inputs),
+    )
+    outcomes = {**output, **errors}
+    no_result = {
+        "output_text": None,
+        "tokens_generated": 0,
+        "finish_reason": None,
+        "error": {"code": "no_result", "message": "No result line exists for this request."},
+    }
+    data = [
+        {"custom_id": custom_id, "input": {"prompt": prompt}, **(outcomes.get(custom_id) or no_result)}
+        for prompts in inputs
+        for custom_id, prompt in prompts
+    ]
     return {
         "object": "list",
         "batch_id": record.id,
@@ -289,93 +286,9 @@ def batch_results(ctx: Context, tenant: str, batch_id: str) -> dict[str, Any]:
 @tenant_route
 async def get_results(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    results = await run_in_threadpool(batch_results, gw.ctx, principal.tenant, path_id(request, "batch_id"))
-    return JSONResponse(results)
-
-
-# -- cost estimate ---------------------------------------------------------------------
-
-
-def token_counter(gw: Gateway) -> TokenCounter:
-    counter = gw.caches.get("token_counter")
-    if counter is None:
-        counter = gw.caches["token_counter"] = load_counter(gw.settings.engine)
-    return counter
-
-
-def _file_requests(ctx: Context, tenant: str, file_id: str, model: str) -> Iterator[tuple[str, int | None, int]]:
-    """(prompt text, max tokens per choice, choices) per line of one of ``tenant``'s files.
-
-    Each line is checked as the watcher checks it, so a value no batch would admit
-    (a max_tokens past the context, a bool, a negative) is a 400 naming the line and field.
-    """
-    file = ctx.files.get(tenant, file_id)
-    limits = body_limits(ctx.settings)
-    endpoint = first_url(_file_lines(ctx, file.bucket, file.key)) or CHAT
-    for raw in _file_lines(ctx, file.bucket, file.key):
-        try:
-            request = parse_request_line(raw, endpoint=endpoint, model=model, limits=limits)
-        except InvalidRequest as exc:
-            raise InvalidRequest(
-                f"File {file_id}: {exc.message}", code=exc.code, param=exc.param, line=exc.line
-            ) from None
-        body = request.body
-        if endpoint == EMBEDDINGS:
-            yield all_text_of(body), 0, 0
-        else:
-            budget = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-            yield all_text_of(body), budget, request.cost
-
-
-def _file_lines(ctx: Context, bucket: str, key: str) -> Iterator[RawLine]:
-    return iter_lines(ctx.store.iter_bytes(bucket, key), max_line_bytes=ctx.settings.limits.max_line_bytes)
-
-
-def estimate_cost(gw: Gateway, tenant: str, body: CostEstimateRequest) -> dict[str, Any]:
-    """Prompt tokens (really tokenized when possible) and the most output the batch could produce."""
-    if (body.input is None) == (body.input_file_id is None):
-        raise UnprocessableRequest("Give exactly one of 'input' or 'input_file_id'.", param="input")
-    model = resolve_model(gw.settings, body.model)
-    counter = token_counter(gw)
-    default = body.max_tokens or gw.settings.engine.default_max_tokens
-    if body.input is not None:
-        requests: Iterator[tuple[str, int | None, int]] = (
-            (item.prompt, default, 1) for item in body.input[:MAX_INLINE_ITEMS]
-        )
-    else:
-        requests = _file_requests(gw.ctx, tenant, body.input_file_id or "", model)
-    items = input_tokens = max_output = 0
-    pending: list[str] = []
-    for text, per_choice, choices in requests:
-        items += 1
-        max_output += (body.max_tokens or per_choice or default) * choices
-        pending.append(text)
-        if len(pending) >= 1024:
-            input_tokens += sum(counter.count(pending))
-            pending.clear()
-    input_tokens += sum(counter.count(pending))
-    price = price_for(gw.settings, model)
-    cost = input_tokens / 1e6 * price.input + max_output / 1e6 * price.output
-    return {
-        "object": "dropbatch.cost_estimate",
-        "model": model,
-        "items": items,
-        "input_tokens": input_tokens,
-        "max_output_tokens": max_output,
-        "estimated_cost_usd": round(cost, 8),
-        "pricing": {"input_per_million_usd": price.input, "output_per_million_usd": price.output},
-        "tokenizer": counter.source,
-    }
-
-
-@tenant_route
-async def cost_estimate(request: Request, principal: Principal) -> Response:
-    gw = gateway_of(request)
-    body = validate(CostEstimateRequest, await json_object(request))
-    return JSONResponse(await run_in_threadpool(estimate_cost, gw, principal.tenant, body))
+    return JSONResponse(await batch_results(gw, principal.tenant, path_id(request, "batch_id")))
 
 
 ROUTES = [
-    Route("/v1/batches/cost-estimate", cost_estimate, methods=["POST"]),
     Route("/v1/batches/{batch_id}/results", get_results, methods=["GET"]),
 ]

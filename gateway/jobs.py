@@ -38,13 +38,11 @@ from typing import Any
 
 import anyio
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dropbatch.auth.grants import S3Location
-from dropbatch.context import Context
 from dropbatch.errors import (
     Conflict,
     DropbatchError,
@@ -66,6 +64,7 @@ from gateway.params import json_object, path_id, validate
 from gateway.schemas import GenerateBatchRequest, InlineItem, StartJobRequest
 from gateway.state import Gateway, gateway_of
 from gateway.submit import submit_batch
+from gateway.together import in_order
 
 GENERATE_POLL_SECONDS = 0.25  # first wait between reads of the batch, doubling ...
 GENERATE_POLL_MAX_SECONDS = 2.0  # ... up to this
@@ -101,7 +100,7 @@ async def generate_batch(request: Request, principal: Principal) -> Response:
         "warnings": warnings,
     }
     if record.status in RESULT_STATUSES:
-        results = await run_in_threadpool(batch_results, gw.ctx, principal.tenant, record.id)
+        results = await batch_results(gw, principal.tenant, record.id)
         answer["results"] = results["data"]
     else:
         answer["results"] = []
@@ -138,14 +137,8 @@ def output_targets(output: S3Location) -> dict[str, S3Location]:
     return {"output": output, "errors": output.child(".errors.jsonl")}
 
 
-def _existing_etag(ctx: Context, location: S3Location) -> str | None:
-    """The ETag of the object at ``location``, or None. A listing, so a write grant's ListBucket suffices."""
-    first = next(iter(ctx.store.list(location.bucket, location.key)), None)
-    return first.etag if first is not None and first.key == location.key else None
-
-
 async def _listed_etag(gw: Gateway, location: S3Location) -> str | None:
-    """``_existing_etag`` awaited: one LIST of one key."""
+    """The ETag of the object at ``location``, or None. One LIST of one key, so a write grant's ListBucket suffices."""
     async with aclosing(gw.store.list(location.bucket, location.key, page_size=1)) as listed:
         first = await anext(listed, None)
     return first.etag if first is not None and first.key == location.key else None
@@ -206,8 +199,10 @@ async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[Jo
     source = S3Location.parse(body.input, param="input", object_key=True)
     targets = output_targets(S3Location.parse(body.output, param="output"))
     # Both decided from the URIs and the grants alone: no request has touched either location yet.
-    await gw.grants.check_read(tenant, source, param="input")
-    overwrite = await gw.grants.check_write(tenant, targets.values(), param="output")
+    _, overwrite = await in_order(
+        gw.grants.check_read(tenant, source, param="input"),
+        gw.grants.check_write(tenant, targets.values(), param="output"),
+    )
     await _check_output(gw, targets, overwrite=overwrite)
     # The same line the inline form builds, for items that are bare prompts.
     template, _ = inline_lines(
@@ -246,31 +241,32 @@ async def start_job(gw: Gateway, tenant: str, body: StartJobRequest) -> tuple[Jo
     return job, batch
 
 
-def _copy_one(ctx: Context, source: S3Location, target: S3Location, *, overwrite: bool) -> None:
+async def _copy_one(gw: Gateway, source: S3Location, target: S3Location, *, overwrite: bool) -> None:
     try:
-        ctx.store.copy(source.bucket, source.key, target.bucket, target.key, if_none_match=not overwrite)
+        await gw.store.copy(source.bucket, source.key, target.bucket, target.key, if_none_match=not overwrite)
     except ObjectExists:
         # Our own earlier copy (a concurrent read of the job, or a retry) holds the same bytes.
-        if _existing_etag(ctx, target) != _existing_etag(ctx, source):
+        target_etag, source_etag = await in_order(_listed_etag(gw, target), _listed_etag(gw, source))
+        if target_etag != source_etag:
             raise Conflict(f"{target.uri} already exists; job outputs are never overwritten.") from None
 
 
-def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord:
+async def _copy_results(gw: Gateway, job: JobRecord, batch: BatchRecord) -> JobRecord:
     targets = output_targets(S3Location.parse(job.output, param="output"))
     outputs: dict[str, str] = {}
     error = None
     try:
         # Grants may have been revoked since /start: they decide again, before the copy.
-        overwrite = ctx.grants.check_write(job.tenant, targets.values(), param="output")
+        overwrite = await gw.grants.check_write(job.tenant, targets.values(), param="output")
         for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if file_id is None or kind in job.outputs:
                 continue
-            file = result_file(ctx, batch, "error" if kind == "errors" else kind, file_id)
-            _copy_one(ctx, S3Location(file.bucket, file.key), targets[kind], overwrite=overwrite)
+            file = await result_file(gw, batch, "error" if kind == "errors" else kind, file_id)
+            await _copy_one(gw, S3Location(file.bucket, file.key), targets[kind], overwrite=overwrite)
             outputs[kind] = targets[kind].uri
     except DropbatchError as exc:
         error = exc.message
-    now = ctx.now()
+    now = gw.ctx.now()
 
     def settle(current: JobRecord) -> None:
         if current.copied_at is None:
@@ -279,16 +275,16 @@ def _copy_results(ctx: Context, job: JobRecord, batch: BatchRecord) -> JobRecord
             if error is None:
                 current.copied_at = now
 
-    return ctx.records.update(ControlKeys.gateway_job(job.tenant, job.id), JobRecord, settle)
+    return await gw.records.update(ControlKeys.gateway_job(job.tenant, job.id), JobRecord, settle)
 
 
-def job_view(ctx: Context, tenant: str, job_id: str) -> dict[str, Any]:
-    job = ctx.records.get(ControlKeys.gateway_job(tenant, job_id), JobRecord) if job_id.startswith("job-") else None
+async def job_view(gw: Gateway, tenant: str, job_id: str) -> dict[str, Any]:
+    job = await gw.records.get(ControlKeys.gateway_job(tenant, job_id), JobRecord) if job_id.startswith("job-") else None
     if job is None:
         raise NotFound(f"No job found with id '{job_id}'.", param="job_id")
-    batch = ctx.batches.get(tenant, job.batch_id)
+    batch = await gw.batches.get(tenant, job.batch_id)
     if batch.status.is_terminal and job.copied_at is None:
-        job = _copy_results(ctx, job, batch)
+        job = await _copy_results(gw, job, batch)
     return {
         "id": job.id,
         "object": "dropbatch.job",
@@ -327,7 +323,7 @@ async def start(request: Request, principal: Principal) -> Response:
 @tenant_route
 async def get_job(request: Request, principal: Principal) -> Response:
     gw = gateway_of(request)
-    return JSONResponse(await run_in_threadpool(job_view, gw.ctx, principal.tenant, path_id(request, "job_id")))
+    return JSONResponse(await job_view(gw, principal.tenant, path_id(request, "job_id")))
 
 
 ROUTES = [

@@ -1,12 +1,13 @@
 """What every route shares, built once per app: settings, the kernel Context, async stores, auth, limits.
 
-``store``/``records``/``batches``/``files``/``tenants``/``grants`` are the async
-twins over the same buckets as ``ctx``: the routes clients poll (batches and
-files), token lookups, health, uploads of any size and batch creation
-(file-based, inline, /generate_batch and /start) await them on the event loop.
-What still runs the sync kernel through a worker thread: admin token writes,
-compat results (and /generate_batch's), cost estimates, validation, and
-/jobs/{id} (its result copy).
+``store``/``records``/``batches``/``files``/``tenants``/``grants``/``tokens`` are
+the async twins over the same buckets as ``ctx``: every route awaits S3 through
+them on the event loop (polls, lists, uploads, batch creation, results, jobs,
+cost estimates, admin tokens), the independent calls of one request together
+(``gateway.together``). A worker thread takes only CPU work that would stall
+the loop: validating a request body (``gateway.validation``), and parsing and
+tokenizing a cost estimate's lines (``gateway.estimate``). ``ctx`` itself is
+read by no route for S3; it gives the clock, settings and the token check.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
 from dropbatch.auth.grants import AsyncGrants
 from dropbatch.auth.tenants import AsyncTenants
-from dropbatch.auth.tokens import Tokens
+from dropbatch.auth.tokens import AsyncTokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
@@ -32,12 +33,12 @@ from gateway.ratelimit import RateLimiter
 class Gateway:
     settings: Settings
     ctx: Context
-    tokens: Tokens
     auth: TokenAuth
     limiter: RateLimiter
     metrics: Metrics
     store: AsyncObjectStore
     records: AsyncRecords
+    tokens: AsyncTokens = field(init=False)
     batches: AsyncBatchStore = field(init=False)
     files: AsyncFileStore = field(init=False)
     tenants: AsyncTenants = field(init=False)
@@ -48,6 +49,8 @@ class Gateway:
         self.batches = AsyncBatchStore(self.records)
         self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
+        tiers = self.settings.limits.tier_quotas
+        self.tokens = AsyncTokens(self.records, self.tenants, tiers=tiers, clock=self.ctx.clock)
         self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 

@@ -6,13 +6,16 @@ signing key it holds for the tenant (created on first use, remembered at
 in ``validating`` under the id the watcher will derive from the manifest bytes,
 and puts the manifest at ``<tenant>/api-<hash>/manifest.json``. From there the
 watcher (SQS event or listing sweep) admits it exactly like a drop-box job.
-Every read and write here is awaited through the gateway's async stores.
+Every read and write here is awaited through the gateway's async stores, the
+independent ones together (``gateway.together.in_order``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+from collections.abc import Awaitable
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,6 +36,7 @@ from dropbatch.models import (
 from dropbatch.served import check_model, model_of_file
 from dropbatch.storage.keys import ControlKeys, JobRef
 from gateway.state import Gateway
+from gateway.together import in_order
 from manifests import Manifest, dumps, sign
 
 _KEY_ATTEMPTS = 5
@@ -44,18 +48,30 @@ class GatewayKey(BaseModel):
     created_at: int
 
 
+async def _usable_key(gw: Gateway, tenant: str, pointer: GatewayKey | None) -> SigningKey | None:
+    if pointer is None:
+        return None
+    try:
+        key = await gw.tenants.signing_key(pointer.key_id)
+    except NotFound:
+        return None
+    return key if key.tenant == tenant and key.revoked_at is None else None
+
+
+async def settled_key(gw: Gateway, tenant: str) -> SigningKey | None:
+    """The tenant's usable gateway signing key, or None if there is none yet; reads only, so it can run
+    beside a submission's checks (creating a key writes and audits, so that waits until they pass)."""
+    return await _usable_key(gw, tenant, await gw.records.get(ControlKeys.gateway_key(tenant), GatewayKey))
+
+
 async def signing_key_for(gw: Gateway, tenant: str) -> SigningKey:
     """The tenant's gateway signing key, created on first use; safe with many replicas racing."""
     pointer_key = ControlKeys.gateway_key(tenant)
     for _ in range(_KEY_ATTEMPTS):
         pointer = await gw.records.get(pointer_key, GatewayKey)
-        if pointer is not None:
-            try:
-                key = await gw.tenants.signing_key(pointer.key_id)
-            except NotFound:
-                key = None
-            if key is not None and key.tenant == tenant and key.revoked_at is None:
-                return key
+        key = await _usable_key(gw, tenant, pointer)
+        if key is not None:
+            return key
         fresh = await gw.tenants.create_signing_key(tenant)
         if pointer is None:
             try:
@@ -74,6 +90,10 @@ async def signing_key_for(gw: Gateway, tenant: str) -> SigningKey:
             return fresh
         await gw.tenants.revoke_signing_key(fresh.key_id)
     raise InvalidRequest(f"Could not settle a signing key for tenant {tenant!r}; retry.", code="signing_key_race")
+
+
+async def _given(file: FileRecord) -> FileRecord:
+    return file
 
 
 def check_input_file(ctx: Context, file: FileRecord) -> InputObject:
@@ -100,7 +120,7 @@ async def batch_model(gw: Gateway, file: FileRecord) -> str:
 async def submit_batch(
     gw: Gateway,
     tenant: str,
-    file: FileRecord,
+    file: FileRecord | Awaitable[FileRecord],
     *,
     endpoint: str,
     metadata: dict[str, str] | None,
@@ -108,13 +128,29 @@ async def submit_batch(
     output_expires_after: ExpiresAfter | None = None,
     completion_window: str = DEFAULT_WINDOW,
 ) -> BatchRecord:
-    """Create the batch record and drop its signed manifest; returns the record (``validating``)."""
+    """Create the batch record and drop its signed manifest; returns the record (``validating``).
+
+    ``file`` is the input file's record or what produces it (its lookup, an upload):
+    it is awaited together with the other checks and lookups (``in_order``), and its
+    error, if any, comes first.
+    """
     ctx = gw.ctx
-    if completion_window != DEFAULT_WINDOW:
-        check_window(ctx.settings.limits, completion_window, (await gw.tenants.get(tenant)).tier)
-    source = check_input_file(ctx, file)
-    model = await batch_model(gw, file)
-    key = await signing_key_for(gw, tenant)
+    produced = asyncio.ensure_future(_given(file) if isinstance(file, FileRecord) else file)
+
+    async def window() -> None:
+        if completion_window != DEFAULT_WINDOW:
+            check_window(ctx.settings.limits, completion_window, (await gw.tenants.get(tenant)).tier)
+
+    async def source_and_model() -> tuple[InputObject, str]:
+        # Shielded: a later step's failure cancels this one, never the upload the caller asked for.
+        input_file = await asyncio.shield(produced)
+        return check_input_file(ctx, input_file), await batch_model(gw, input_file)
+
+    # The order the checks ran in one by one, so the same request gets the same first error.
+    input_file, _, (source, model), settled = await in_order(
+        produced, window(), source_and_model(), settled_key(gw, tenant)
+    )
+    key = settled or await signing_key_for(gw, tenant)
     nonce = secrets.token_urlsafe(18)
     job = "api-" + hashlib.sha256(nonce.encode()).hexdigest()[:16]
     now = ctx.now()
@@ -141,7 +177,7 @@ async def submit_batch(
     record = BatchRecord(
         id=batch_id_for(tenant, job, hashlib.sha256(data).hexdigest()),
         endpoint=endpoint,
-        input_file_id=file.id,
+        input_file_id=input_file.id,
         status=BatchStatus.VALIDATING,
         created_at=now,
         completion_window=completion_window,
@@ -156,9 +192,9 @@ async def submit_batch(
         output_expires_after=output_expires_after,
         updated_at=now,
     )
-    # Record before manifest: the watcher finds the record and keeps its input_file_id and metadata.
-    await gw.batches.create(record)
-    await gw.batches.point_job(ref, record.id)
+    # Record and job pointer before the manifest: the watcher finds the record and keeps its
+    # input_file_id and metadata. Nothing orders the two, so they are written together.
+    await in_order(gw.batches.create(record), gw.batches.point_job(ref, record.id))
     try:
         await gw.store.put(ctx.inbox, ref.manifest_key, data, if_none_match=True, content_type="application/json")
     except DropbatchError:

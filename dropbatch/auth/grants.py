@@ -118,14 +118,13 @@ class Grant(BaseModel):
 
 
 class Grants:
-    """Create, list and revoke grants, and decide what a tenant may read and write."""
+    """Create, list and revoke grants (the operator's CLI); ``AsyncGrants`` decides what a tenant may read and write."""
 
     def __init__(self, records: Records, tenants: TenantRegistry, *, storage: StorageSettings, clock: Clock) -> None:
         self.records = records
         self.tenants = tenants
         self.clock = clock
-        self.own_buckets = (storage.inbox_bucket, storage.outbox_bucket)
-        self.dropbatch_buckets = frozenset((*self.own_buckets, storage.control_bucket))
+        self.dropbatch_buckets = frozenset((storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket))
 
     def create(self, tenant: str, uri: str, *, read: bool, write: bool, overwrite: bool = False) -> Grant:
         """Grant ``tenant`` read and/or write (``overwrite``: replace existing objects) under ``uri``."""
@@ -192,16 +191,9 @@ class Grants:
         audit(self.records, "grant.revoked", now=now, tenant=tenant, grant_id=grant_id, uri=grant.uri)
         return grant
 
-    def check_write(self, tenant: str, locations: Iterable[S3Location], *, param: str) -> bool:
-        """Pass if write grants cover every one of ``locations``; True if they also allow overwriting them all."""
-        return all(grant.overwrite for grant in self._covering(tenant, list(locations), param=param, write=True))
-
-    def _covering(self, tenant: str, locations: list[S3Location], *, param: str, write: bool) -> list[Grant]:
-        return covering(self.active(tenant), locations, self.dropbatch_buckets, param=param, write=write)
-
 
 class AsyncGrants:
-    """``Grants``' read and write checks awaited (the gateway's ``/start``), over the same records."""
+    """What a tenant may read and write, decided over ``Grants``' records (the gateway's ``/start`` and ``/jobs``)."""
 
     def __init__(self, records: AsyncRecords, *, storage: StorageSettings) -> None:
         self.records = records
@@ -222,6 +214,7 @@ class AsyncGrants:
         covering(await self.active(tenant), [location], self.dropbatch_buckets, param=param, write=False)
 
     async def check_write(self, tenant: str, locations: Iterable[S3Location], *, param: str) -> bool:
+        """Pass if write grants cover every one of ``locations``; True if they also allow overwriting them all."""
         chosen = covering(await self.active(tenant), list(locations), self.dropbatch_buckets, param=param, write=True)
         return all(grant.overwrite for grant in chosen)
 

@@ -8,7 +8,7 @@ control bucket (encrypted at rest by the bucket) and is shown to the client once
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel
 
@@ -39,11 +39,7 @@ class TenantRegistry:
         self.clock = clock
 
     def check_tier(self, tier: str) -> str:
-        if tier not in self.tiers:
-            raise InvalidRequest(
-                f"unknown tier {tier!r}; tiers are {', '.join(self.tiers)}", code="invalid_tier", param="tier"
-            )
-        return tier
+        return check_tier(self.tiers, tier)
 
     def create(self, name: str, tier: str) -> Tenant:
         tenant = Tenant(name=check_name(name, "tenant"), tier=self.check_tier(tier), created_at=int(self.clock()))
@@ -123,6 +119,13 @@ class AsyncTenants:
         key = await self.records.update(ControlKeys.signing_key(key_id), SigningKey, revoker(now))
         await self.records.audit("signing_key.revoked", now=now, tenant=key.tenant, key_id=key_id)
         return key
+
+
+def check_tier(tiers: Iterable[str], tier: str) -> str:
+    """``tier`` if it is one of ``tiers``; else a 400 naming them."""
+    if tier not in tiers:
+        raise InvalidRequest(f"unknown tier {tier!r}; tiers are {', '.join(tiers)}", code="invalid_tier", param="tier")
+    return tier
 
 
 def tenant_not_found(name: str) -> NotFound:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from dropbatch.auth.tenants import TenantRegistry
+from dropbatch.aiorecords import AsyncRecords
+from dropbatch.auth.tenants import AsyncTenants, Tenant, TenantRegistry, check_tier
 from dropbatch.errors import AuthenticationFailed, InvalidRequest, NotFound
 from dropbatch.records import Clock, Records, audit
 from dropbatch.storage.keys import ControlKeys, check_name
@@ -114,6 +115,49 @@ def last_used_stamp(now: int) -> Callable[[TokenRecord], None]:
     return stamp
 
 
+def new_token(owner: Tenant, tier: str, *, expires_in: int | None, now: int) -> IssuedToken:
+    """A fresh token for ``owner`` at ``tier`` (already checked); nothing is stored yet."""
+    if expires_in is not None and expires_in <= 0:
+        raise InvalidRequest("expires_in must be a positive number of seconds.", param="expires_in")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = TokenRecord(
+        id="tok_" + secrets.token_hex(_TOKEN_ID_LENGTH // 2),
+        token_hash=hash_token(token),
+        tenant=owner.name,
+        tier=tier,
+        created_at=now,
+        expires_at=now + expires_in if expires_in is not None else None,
+    )
+    return IssuedToken(record=record, token=token)
+
+
+def token_writes(record: TokenRecord) -> list[tuple[str, TokenRecord | TokenIndex]]:
+    """What issuing ``record`` creates, in order: the record first, so an id in the index always leads to one."""
+    return [
+        (ControlKeys.token(record.token_hash), record),
+        (ControlKeys.token_id(record.id), TokenIndex(id=record.id, token_hash=record.token_hash)),
+    ]
+
+
+def token_not_found(token_id: str) -> NotFound:
+    return NotFound(f"No token found with id '{token_id}'.", param="token_id")
+
+
+def listed(record: TokenRecord, tenant: str | None) -> bool:
+    """Whether a listing of ``tenant``'s tokens (everyone's if None) shows ``record``."""
+    return tenant is None or record.tenant == tenant
+
+
+def revoked_stamp(now: int) -> Callable[[TokenRecord], None]:
+    """The update that revokes a token (a no-op if it was revoked before: revoking is idempotent)."""
+
+    def revoke(current: TokenRecord) -> None:
+        if current.revoked_at is None:
+            current.revoked_at = now
+
+    return revoke
+
+
 class Tokens:
     """Issue, look up, list and revoke bearer tokens in the control bucket."""
 
@@ -126,23 +170,12 @@ class Tokens:
         """A token for an existing ``tenant``; ``tier`` (default: the tenant's) sets its API rate limit."""
         owner = self.tenants.get(check_name(tenant, "tenant"))
         tier = self.tenants.check_tier(tier) if tier is not None else owner.tier
-        if expires_in is not None and expires_in <= 0:
-            raise InvalidRequest("expires_in must be a positive number of seconds.", param="expires_in")
         now = int(self.clock())
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = TokenRecord(
-            id="tok_" + secrets.token_hex(_TOKEN_ID_LENGTH // 2),
-            token_hash=hash_token(token),
-            tenant=owner.name,
-            tier=tier,
-            created_at=now,
-            expires_at=now + expires_in if expires_in is not None else None,
-        )
-        # The record first: an id in the index always leads to a record.
-        self.records.create(ControlKeys.token(record.token_hash), record)
-        self.records.create(ControlKeys.token_id(record.id), TokenIndex(id=record.id, token_hash=record.token_hash))
-        audit(self.records, "token.created", now=now, tenant=owner.name, token_id=record.id, tier=tier)
-        return IssuedToken(record=record, token=token)
+        issued = new_token(owner, tier, expires_in=expires_in, now=now)
+        for key, document in token_writes(issued.record):
+            self.records.create(key, document)
+        audit(self.records, "token.created", now=now, tenant=owner.name, token_id=issued.record.id, tier=tier)
+        return issued
 
     def lookup(self, token: str) -> TokenRecord | None:
         """The record for ``token`` as stored (revoked or expired included), or None if unknown."""
@@ -166,7 +199,7 @@ class Tokens:
         index = self.records.get(ControlKeys.token_id(token_id), TokenIndex) if _valid_token_id(token_id) else None
         record = self.records.get(ControlKeys.token(index.token_hash), TokenRecord) if index else None
         if record is None:
-            raise NotFound(f"No token found with id '{token_id}'.", param="token_id")
+            raise token_not_found(token_id)
         return record
 
     def list(self, tenant: str | None = None) -> Iterator[TokenRecord]:
@@ -174,18 +207,57 @@ class Tokens:
         for key in self.records.list_keys(ControlKeys.TOKEN_ID_PREFIX):
             index = self.records.get(key, TokenIndex)
             record = self.records.get(ControlKeys.token(index.token_hash), TokenRecord) if index else None
-            if record is not None and (tenant is None or record.tenant == tenant):
+            if record is not None and listed(record, tenant):
                 yield record
 
     def revoke(self, token_id: str) -> TokenRecord:
         """Revoke ``token_id`` (idempotent): every later lookup of it fails."""
         record = self.get(token_id)
         now = int(self.clock())
-
-        def revoke(current: TokenRecord) -> None:
-            if current.revoked_at is None:
-                current.revoked_at = now
-
-        record = self.records.update(ControlKeys.token(record.token_hash), TokenRecord, revoke)
+        record = self.records.update(ControlKeys.token(record.token_hash), TokenRecord, revoked_stamp(now))
         audit(self.records, "token.revoked", now=now, tenant=record.tenant, token_id=record.id)
+        return record
+
+
+class AsyncTokens:
+    """``Tokens``' operator side awaited (the gateway's /admin/tokens): the same records and audit events."""
+
+    def __init__(self, records: AsyncRecords, tenants: AsyncTenants, *, tiers: Iterable[str], clock: Clock) -> None:
+        self.records = records
+        self.tenants = tenants
+        self.tiers = tuple(tiers)
+        self.clock = clock
+
+    async def create(self, tenant: str, *, tier: str | None = None, expires_in: int | None = None) -> IssuedToken:
+        """``Tokens.create`` awaited."""
+        owner = await self.tenants.get(check_name(tenant, "tenant"))
+        tier = check_tier(self.tiers, tier) if tier is not None else owner.tier
+        now = int(self.clock())
+        issued = new_token(owner, tier, expires_in=expires_in, now=now)
+        for key, document in token_writes(issued.record):
+            await self.records.create(key, document)
+        await self.records.audit("token.created", now=now, tenant=owner.name, token_id=issued.record.id, tier=tier)
+        return issued
+
+    async def get(self, token_id: str) -> TokenRecord:
+        index = await self.records.get(ControlKeys.token_id(token_id), TokenIndex) if _valid_token_id(token_id) else None
+        record = await self.records.get(ControlKeys.token(index.token_hash), TokenRecord) if index else None
+        if record is None:
+            raise token_not_found(token_id)
+        return record
+
+    async def list(self, tenant: str | None = None) -> list[TokenRecord]:
+        """``Tokens.list`` awaited: one listing, then the index entries and the records each read concurrently."""
+        keys = [key async for key in self.records.list_keys(ControlKeys.TOKEN_ID_PREFIX)]
+        indexes = await self.records.gather(self.records.get(key, TokenIndex) for key in keys)
+        hashes = [index.token_hash for index in indexes if index is not None]
+        records = await self.records.gather(self.records.get(ControlKeys.token(h), TokenRecord) for h in hashes)
+        return [record for record in records if record is not None and listed(record, tenant)]
+
+    async def revoke(self, token_id: str) -> TokenRecord:
+        """``Tokens.revoke`` awaited."""
+        record = await self.get(token_id)
+        now = int(self.clock())
+        record = await self.records.update(ControlKeys.token(record.token_hash), TokenRecord, revoked_stamp(now))
+        await self.records.audit("token.revoked", now=now, tenant=record.tenant, token_id=record.id)
         return record

@@ -51,6 +51,7 @@ from dropbatch.storage.s3 import (
     S3ObjectStore,
     client_options,
     complete_request,
+    copy_request,
     full_parts,
     head_info,
     list_request,
@@ -293,6 +294,15 @@ class AsyncS3ObjectStore:
             error = translate(exc, bucket=bucket, key=key)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
+
+    async def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
+        if if_none_match:  # streamed through a conditional PUT, as ``S3ObjectStore.copy`` says why
+            return (await self.upload_stream(dest_bucket, dest_key, self.iter_bytes(bucket, key), if_none_match=True)).etag
+        try:
+            resp = await (await self._s3()).copy_object(**copy_request(bucket, key, dest_bucket, dest_key))
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket=dest_bucket, key=dest_key) from exc
+        return resp["CopyObjectResult"]["ETag"]
 
 
 def async_twin(store: ObjectStore, settings: StorageSettings, *, pool_size: int) -> AsyncObjectStore:

@@ -96,8 +96,7 @@ class ObjectStore(Protocol):
 class AsyncObjectStore(Protocol):
     """The async twin of ``ObjectStore`` for code on an event loop (the gateway's reads, uploads and writes).
 
-    Same semantics and the same errors (both translate through ``storage.errors``);
-    copies stay on the sync store.
+    Same semantics and the same errors (both translate through ``storage.errors``).
     """
 
     async def head(self, bucket: str, key: str) -> ObjectInfo: ...
@@ -146,6 +145,10 @@ class AsyncObjectStore(Protocol):
         ...
 
     async def delete(self, bucket: str, key: str) -> None: ...
+
+    async def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
+        """Like ``ObjectStore.copy``: the destination's ETag; create-only with ``if_none_match``."""
+        ...
 
     async def close(self) -> None:
         """Release the connection pool (the app's shutdown)."""

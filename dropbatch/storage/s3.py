@@ -212,11 +212,15 @@ class S3ObjectStore:
             # stores, which would overwrite silently. A conditional PUT (or multipart completion) is
             # honoured everywhere dropbatch runs, so a create-only copy streams through one.
             return self.upload_stream(dest_bucket, dest_key, self.iter_bytes(bucket, key), if_none_match=True).etag
-        kwargs: dict = {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
         try:
-            return self._client().copy_object(**kwargs)["CopyObjectResult"]["ETag"]
+            return self._client().copy_object(**copy_request(bucket, key, dest_bucket, dest_key))["CopyObjectResult"]["ETag"]
         except AWS_ERRORS as exc:
             raise translate(exc, bucket=dest_bucket, key=dest_key) from exc
+
+
+def copy_request(bucket: str, key: str, dest_bucket: str, dest_key: str) -> dict:
+    """CopyObject's arguments (an unconditional copy; a create-only one streams through a conditional PUT)."""
+    return {"Bucket": dest_bucket, "Key": dest_key, "CopySource": {"Bucket": bucket, "Key": key}}
 
 
 def put_request(

@@ -86,3 +86,6 @@ class ThreadedObjectStore:
 
     async def delete(self, bucket: str, key: str) -> None:
         await self._run(self.store.delete, bucket, key)
+
+    async def copy(self, bucket: str, key: str, dest_bucket: str, dest_key: str, *, if_none_match: bool = False) -> str:
+        return await self._run(self.store.copy, bucket, key, dest_bucket, dest_key, if_none_match=if_none_match)

@@ -94,6 +94,31 @@ def test_list_pages_ranges_and_head(storage):
     assert empty == []
 
 
+def test_copies_create_only_or_replace_like_the_sync_store(storage):
+    source, dest = storage.outbox_bucket, storage.inbox_bucket
+
+    async def use(store: AsyncS3ObjectStore) -> tuple[str, str]:
+        await store.put(source, "a/output.jsonl", b"one\n")
+        created = await store.copy(source, "a/output.jsonl", dest, "t/out.jsonl", if_none_match=True)
+        await store.put(source, "a/output.jsonl", b"two\n")
+        with pytest.raises(ObjectExists):  # never replaces what is there
+            await store.copy(source, "a/output.jsonl", dest, "t/out.jsonl", if_none_match=True)
+        kept = (await store.get(dest, "t/out.jsonl"))[0]
+        replaced = await store.copy(source, "a/output.jsonl", dest, "t/out.jsonl")
+        with pytest.raises(ObjectNotFound):
+            await store.copy(source, "a/missing.jsonl", dest, "t/other.jsonl", if_none_match=True)
+        with pytest.raises(ObjectNotFound):
+            await store.copy(source, "a/missing.jsonl", dest, "t/other.jsonl")
+        assert kept == b"one\n"
+        return created, replaced
+
+    created, replaced = run(storage, use)
+    sync = S3ObjectStore(storage)
+    assert created == sync.put(storage.control_bucket, "x/one", b"one\n")  # the plain MD5 ETag of the bytes
+    assert sync.get(dest, "t/out.jsonl") == (b"two\n", replaced)
+    assert list(sync.list(dest, "t/other")) == []
+
+
 def test_an_unreachable_server_is_storage_unavailable(make_settings):
     storage = make_settings().storage.model_copy(
         update={"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 1}

@@ -13,10 +13,18 @@ from dropbatch.storage.keys import ControlKeys
 from dropbatch.storage.threaded import ThreadedObjectStore
 
 
-def check_read(ctx, tenant: str, location: S3Location, *, param: str) -> None:
-    """The gateway's read check (``AsyncGrants``, what /start awaits) over ``ctx``'s records."""
+def async_grants(ctx) -> AsyncGrants:
+    """The gateway's grant checks (``AsyncGrants``, what /start and /jobs await) over ``ctx``'s records."""
     records = AsyncRecords(ThreadedObjectStore(ctx.store), ctx.settings.storage.control_bucket)
-    asyncio.run(AsyncGrants(records, storage=ctx.settings.storage).check_read(tenant, location, param=param))
+    return AsyncGrants(records, storage=ctx.settings.storage)
+
+
+def check_read(ctx, tenant: str, location: S3Location, *, param: str) -> None:
+    asyncio.run(async_grants(ctx).check_read(tenant, location, param=param))
+
+
+def check_write(ctx, tenant: str, locations: list[S3Location], *, param: str) -> bool:
+    return asyncio.run(async_grants(ctx).check_write(tenant, locations, param=param))
 
 
 def grant(prefix: str, bucket: str = "data") -> Grant:
@@ -188,7 +196,7 @@ def test_read_and_write_decisions(make_context) -> None:
 
     def writable(tenant: str, *keys: str) -> bool | None:
         try:
-            return ctx.grants.check_write(tenant, [S3Location("data", k) for k in keys], param="output")
+            return check_write(ctx, tenant, [S3Location("data", k) for k in keys], param="output")
         except LocationNotGranted:
             return None
 
@@ -199,7 +207,7 @@ def test_read_and_write_decisions(make_context) -> None:
     assert writable("a", "in/o.jsonl") is None  # read-only
     assert writable("b", "out/o.jsonl") is None
     with pytest.raises(LocationNotGranted):
-        ctx.grants.check_write("a", [S3Location("dropbatch-outbox", "a/x")], param="output")
+        check_write(ctx, "a", [S3Location("dropbatch-outbox", "a/x")], param="output")
 
 
 def test_refusals_are_one_answer(make_context) -> None:
@@ -223,4 +231,4 @@ def test_revoked_grants_cover_nothing(make_context) -> None:
     with pytest.raises(LocationNotGranted):
         check_read(ctx, "a", location, param="input")
     with pytest.raises(LocationNotGranted):
-        ctx.grants.check_write("a", [location], param="output")
+        check_write(ctx, "a", [location], param="output")
