@@ -1,7 +1,7 @@
 """Benchmark: a small job from tenant B behind a big job from tenant A, fair share against first come first served.
 
     python bench/fairness.py [--a-lines 20000] [--b-lines 50] [--weight-lines 5000] [--policies priority,fcfs]
-                             [--out bench/out]
+                             [--pairs 1] [--out bench/out]
 
 For each scheduling policy (``DROPBATCH_SCHEDULING_POLICY``; ``priority`` is dropbatch's
 default, ``fcfs`` is vLLM's first come first served, the behaviour before issue 12) one
@@ -11,7 +11,7 @@ gateway, the tiny model on the warm engine) runs, in this order:
 1. B's job alone on the idle system, three times: upload → every result in the outbox (the median);
 2. A's job alone: its lines per second (upload → done);
 3. A's job, and B's job uploaded right after it: B's latency, and A's lines per second
-   with B beside it;
+   with B beside it (2 and 3 in turn ``--pairs`` times; the medians compare);
 4. tier weights (``--weight-lines``, 0 skips it): a ``basic`` tenant (weight 2) and a
    ``premium`` one (weight 4) upload a job of the same size at once; while both run, the
    engine should serve premium about twice the lines of basic. Measured as each job's
@@ -27,6 +27,7 @@ share of the lines. Prints a table, writes ``fairness.json`` and ``fairness.png`
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -113,7 +114,7 @@ def weighted(stack: Stack, run: str, lines: int) -> dict:
 
 
 def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, weight_lines: int = 0,
-            env: dict[str, str] | None = None) -> dict:
+            env: dict[str, str] | None = None, pairs: int = 1) -> dict:
     run = f"fair-{policy}-{int(time.time())}"
     stack = Stack(work / f"home-{policy}", endpoint,
                   {"DROPBATCH_SCHEDULING_POLICY": policy, "DROPBATCH_TIER_QUOTAS": QUOTAS,
@@ -124,16 +125,24 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         idle_runs = sorted((followed(stack, f"{run}-b", f"{run}-b-idle{i}", requests(b_lines, f"{run}-b-idle{i}"))
                             for i in range(3)), key=lambda seen: seen[0])
         idle, idle_steps = idle_runs[1]
-        alone = timed(stack, f"{run}-a", f"{run}-a-alone", requests(a_lines, f"{run}-a-alone"))
-        both = contended(stack, run, a_lines, b_lines)
+        # A alone and A with B, in turn, ``pairs`` times: A's drop is a few percent at most, below one
+        # run's noise, so it is the medians that compare (and every run is kept in the JSON).
+        alone, pairs_run = [], []
+        for i in range(pairs):
+            alone.append(timed(stack, f"{run}-a", f"{run}-a-alone{i}", requests(a_lines, f"{run}-a-alone{i}")))
+            pairs_run.append(contended(stack, f"{run}-{i}", a_lines, b_lines))
         tiers = weighted(stack, run, weight_lines) if weight_lines else {}
     finally:
         stack.close()
+    both = sorted(pairs_run, key=lambda r: r["b_latency_s"])[(len(pairs_run) - 1) // 2]  # B's median run
+    alone_s, with_b_s = statistics.median(alone), statistics.median(r["a_seconds"] for r in pairs_run)
     return {
-        "policy": policy, "a_lines": a_lines, "b_lines": b_lines,
+        "policy": policy, "a_lines": a_lines, "b_lines": b_lines, "pairs": pairs,
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
-        "a_alone_lines_per_s": a_lines / alone, "a_with_b_lines_per_s": a_lines / both["a_seconds"],
-        "a_drop": 1 - alone / both["a_seconds"], "b_share": b_lines / (a_lines + b_lines),
+        "b_behind_a_runs_s": [r["b_latency_s"] for r in pairs_run],
+        "a_alone_lines_per_s": a_lines / alone_s, "a_with_b_lines_per_s": a_lines / with_b_s,
+        "a_alone_runs_s": alone, "a_with_b_runs_s": [r["a_seconds"] for r in pairs_run],
+        "a_drop": 1 - alone_s / with_b_s, "b_share": b_lines / (a_lines + b_lines),
         "b_idle_steps": idle_steps, "b_behind_a_steps": both["b_steps"], **tiers,
     }
 
@@ -147,6 +156,12 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
         print(f"| {r['policy']} | {r['b_idle_s']:.1f} s | {r['b_behind_a_s']:.1f} s | {r['b_slowdown']:.2f}× | "
               f"{r['a_alone_lines_per_s']:.0f} lines/s | {r['a_with_b_lines_per_s']:.0f} lines/s | "
               f"{r['a_drop'] * 100:+.1f}% (B's share {r['b_share'] * 100:.2f}%) |")
+    for r in results:
+        if r["pairs"] > 1:
+            print(f"  {r['policy']}: {r['pairs']} pairs (medians above); B right after A "
+                  f"{', '.join(f'{s:.1f}' for s in r['b_behind_a_runs_s'])} s; A alone "
+                  f"{', '.join(f'{s:.1f}' for s in r['a_alone_runs_s'])} s; A with B "
+                  f"{', '.join(f'{s:.1f}' for s in r['a_with_b_runs_s'])} s")
     print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise. "
           "Where B's time went (bench/timeline.py, 0.1 s looks):")
     for r in results:
@@ -194,6 +209,8 @@ def main() -> None:
     parser.add_argument("--weight-lines", type=int, default=5_000,
                         help="lines of each tier's job in the tier-weight scenario (0 skips it)")
     parser.add_argument("--policies", default="priority,fcfs")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="runs of A alone and of A with B, in turn (the medians compare)")
     parser.add_argument("--env", action="append", default=[], metavar="DROPBATCH_X=VALUE",
                         help="a setting for the stack (repeatable), e.g. DROPBATCH_ENGINE_BATCH_SIZE=128")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
@@ -205,8 +222,8 @@ def main() -> None:
     build_tiny_model(MODEL_DIR)
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
         env = dict(item.split("=", 1) for item in args.env)
-        results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines, args.weight_lines, env)
-                   for policy in args.policies.split(",")]
+        results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines, args.weight_lines, env,
+                           args.pairs) for policy in args.policies.split(",")]
     report(results, args.out, args.docs)
 
 
