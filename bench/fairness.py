@@ -1,7 +1,7 @@
 """Benchmark: a small job from tenant B behind a big job from tenant A, fair share against first come first served.
 
     python bench/fairness.py [--a-lines 20000] [--b-lines 50] [--weight-lines 5000] [--policies priority,fcfs]
-                             [--pairs 1] [--out bench/out]
+                             [--pairs 1] [--b-delay 1] [--out bench/out]
 
 For each scheduling policy (``DROPBATCH_SCHEDULING_POLICY``; ``priority`` is dropbatch's
 default, ``fcfs`` is vLLM's first come first served, the behaviour before issue 12) one
@@ -61,11 +61,12 @@ def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[fl
     return seen.latency, seen.step_seconds()
 
 
-def contended(stack: Stack, run: str, a_lines: int, b_lines: int) -> dict:
+def contended(stack: Stack, run: str, a_lines: int, b_lines: int, b_delay: float = 1.0) -> dict:
     """A's big job, then B's small one right after: B's latency and steps, A's seconds."""
+    stack.tenant(f"{run}-b")  # as for B alone: creating a tenant is not part of its job's latency
     began = time.perf_counter()
     a_ref = stack.submit(f"{run}-a", f"{run}-a-both", requests(a_lines, f"{run}-a-both"))
-    time.sleep(1.0)  # "right after": A is admitted and running when B arrives
+    time.sleep(b_delay)  # "right after" (1 s): A is admitted and starting when B arrives; later: A in full flow
     b_seconds, b_steps = followed(stack, f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
     a_record = stack.wait(a_ref)
     a_seconds = time.perf_counter() - began
@@ -114,7 +115,7 @@ def weighted(stack: Stack, run: str, lines: int) -> dict:
 
 
 def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, weight_lines: int = 0,
-            env: dict[str, str] | None = None, pairs: int = 1) -> dict:
+            env: dict[str, str] | None = None, pairs: int = 1, b_delay: float = 1.0) -> dict:
     run = f"fair-{policy}-{int(time.time())}"
     stack = Stack(work / f"home-{policy}", endpoint,
                   {"DROPBATCH_SCHEDULING_POLICY": policy, "DROPBATCH_TIER_QUOTAS": QUOTAS,
@@ -130,16 +131,17 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         alone, pairs_run = [], []
         for i in range(pairs):
             alone.append(timed(stack, f"{run}-a", f"{run}-a-alone{i}", requests(a_lines, f"{run}-a-alone{i}")))
-            pairs_run.append(contended(stack, f"{run}-{i}", a_lines, b_lines))
+            pairs_run.append(contended(stack, f"{run}-{i}", a_lines, b_lines, b_delay))
         tiers = weighted(stack, run, weight_lines) if weight_lines else {}
     finally:
         stack.close()
     both = sorted(pairs_run, key=lambda r: r["b_latency_s"])[(len(pairs_run) - 1) // 2]  # B's median run
     alone_s, with_b_s = statistics.median(alone), statistics.median(r["a_seconds"] for r in pairs_run)
     return {
-        "policy": policy, "a_lines": a_lines, "b_lines": b_lines, "pairs": pairs,
+        "policy": policy, "a_lines": a_lines, "b_lines": b_lines, "pairs": pairs, "b_delay_s": b_delay,
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
         "b_behind_a_runs_s": [r["b_latency_s"] for r in pairs_run],
+        "b_behind_a_runs_steps": [r["b_steps"] for r in pairs_run],
         "a_alone_lines_per_s": a_lines / alone_s, "a_with_b_lines_per_s": a_lines / with_b_s,
         "a_alone_runs_s": alone, "a_with_b_runs_s": [r["a_seconds"] for r in pairs_run],
         "a_drop": 1 - alone_s / with_b_s, "b_share": b_lines / (a_lines + b_lines),
@@ -162,12 +164,15 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
                   f"{', '.join(f'{s:.1f}' for s in r['b_behind_a_runs_s'])} s; A alone "
                   f"{', '.join(f'{s:.1f}' for s in r['a_alone_runs_s'])} s; A with B "
                   f"{', '.join(f'{s:.1f}' for s in r['a_with_b_runs_s'])} s")
-    print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B, both enterprise. "
+    print(f"\n{results[0]['a_lines']} lines from A, {results[0]['b_lines']} from B "
+          f"(uploaded {results[0]['b_delay_s']:.0f} s after A), both enterprise. "
           "Where B's time went (bench/timeline.py, 0.1 s looks):")
     for r in results:
-        for when in ("idle", "behind_a"):
-            steps = ", ".join(f"{STEP_NAMES[step]} {seconds:.1f} s" for step, seconds in r[f"b_{when}_steps"].items())
-            print(f"  {r['policy']:>8} B {when.replace('_', ' '):>8}: {steps}")
+        runs = [("idle", r["b_idle_steps"])] + [(f"behind A #{i + 1}", steps)
+                                                for i, steps in enumerate(r["b_behind_a_runs_steps"])]
+        for when, b_steps in runs:
+            steps = ", ".join(f"{STEP_NAMES[step]} {seconds:.1f} s" for step, seconds in b_steps.items())
+            print(f"  {r['policy']:>8} B {when:>11}: {steps}")
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
@@ -209,6 +214,8 @@ def main() -> None:
     parser.add_argument("--weight-lines", type=int, default=5_000,
                         help="lines of each tier's job in the tier-weight scenario (0 skips it)")
     parser.add_argument("--policies", default="priority,fcfs")
+    parser.add_argument("--b-delay", type=float, default=1.0,
+                        help="seconds from A's upload to B's (1: right after, while A starts; 15: A in full flow)")
     parser.add_argument("--pairs", type=int, default=1,
                         help="runs of A alone and of A with B, in turn (the medians compare)")
     parser.add_argument("--env", action="append", default=[], metavar="DROPBATCH_X=VALUE",
@@ -223,7 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
         env = dict(item.split("=", 1) for item in args.env)
         results = [measure(policy, Path(tmp), endpoint, args.a_lines, args.b_lines, args.weight_lines, env,
-                           args.pairs) for policy in args.policies.split(",")]
+                           args.pairs, args.b_delay) for policy in args.policies.split(",")]
     report(results, args.out, args.docs)
 
 

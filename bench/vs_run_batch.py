@@ -176,15 +176,19 @@ class Stack:
     def runner_pid(self) -> int:
         return json.loads((self.home / "up.json").read_text())["services"]["runner"]
 
+    def tenant(self, tenant: str, tier: str = "enterprise"):
+        """The tenant's signing key, the tenant and key created on first use (an admin's step, not an upload's)."""
+        if tenant not in self.tenants:
+            self.ctx.tenants.create(tenant, tier)
+            self.tenants[tenant] = self.ctx.tenants.create_signing_key(tenant)
+        return self.tenants[tenant]
+
     def submit(self, tenant: str, job: str, lines: list[dict], tier: str = "enterprise"):
         from dropbatch.models import InputObject
         from dropbatch.storage.keys import JobRef
         from manifests import Manifest, dumps, sign
 
-        if tenant not in self.tenants:
-            self.ctx.tenants.create(tenant, tier)
-            self.tenants[tenant] = self.ctx.tenants.create_signing_key(tenant)
-        key = self.tenants[tenant]
+        key = self.tenant(tenant, tier)
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         input_key = f"{tenant}/{job}/input.jsonl"
         self.ctx.store.put(self.ctx.inbox, input_key, data)
