@@ -135,7 +135,7 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         tiers = weighted(stack, run, weight_lines) if weight_lines else {}
     finally:
         stack.close()
-    both = sorted(pairs_run, key=lambda r: r["b_latency_s"])[(len(pairs_run) - 1) // 2]  # B's median run
+    both = sorted(pairs_run, key=lambda r: r["b_latency_s"])[(len(pairs_run) - 1) // 2]  # B's median (lower middle) run
     alone_s, with_b_s = statistics.median(alone), statistics.median(r["a_seconds"] for r in pairs_run)
     return {
         "policy": policy, "a_lines": a_lines, "b_lines": b_lines, "pairs": pairs, "b_delay_s": b_delay,
