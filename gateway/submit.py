@@ -192,9 +192,11 @@ async def submit_batch(
         output_expires_after=output_expires_after,
         updated_at=now,
     )
-    # Record and job pointer before the manifest: the watcher finds the record and keeps its
-    # input_file_id and metadata. Nothing orders the two, so they are written together.
-    await in_order(gw.batches.create(record), gw.batches.point_job(ref, record.id))
+    # Record, then job pointer, then manifest: the watcher finds the record and keeps its
+    # input_file_id and metadata, and a pointer always leads to a record (written together, a
+    # failed create could leave a pointer to nothing).
+    await gw.batches.create(record)
+    await gw.batches.point_job(ref, record.id)
     try:
         await gw.store.put(ctx.inbox, ref.manifest_key, data, if_none_match=True, content_type="application/json")
     except DropbatchError:
