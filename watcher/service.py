@@ -33,6 +33,9 @@ class Watcher:
         self.ctx = ctx
         self.events = events
         self.metrics = metrics or Metrics("watcher")
+        # (key, ETag without quotes) of the manifests handled, by an event or a sweep: the sweep skips
+        # them. Without the events' ones, every sweep admitted every manifest in the inbox again (a few
+        # S3 calls each, in the loop events wait on): 5 s of a small job's latency behind a big one.
         self._seen: set[tuple[str, str]] = set()
         self._counted: set[str] = set()  # batch ids already counted in dropbatch_manifests_total
         self._counted_lock = threading.Lock()  # several manifests are handled at once
@@ -63,7 +66,7 @@ class Watcher:
             else:
                 self.metrics.manifests.labels("admitted", _admitted_reason(record)).inc()
         if etag is not None:
-            self._seen.add((key, etag))
+            self._seen.add((key, etag.strip('"')))
         return True
 
     def _count_once(self, batch_id: str) -> bool:
@@ -91,8 +94,10 @@ class Watcher:
         """List the inbox and admit every manifest not yet handled by this process."""
         self._last_sweep = time.monotonic()
         # Any letter case, any depth: keys the S3 event filter (suffix /manifest.json) misses too.
-        new = sorted((info for info in self.ctx.store.list(self.ctx.inbox)
-                      if is_manifest_name(info.key) and (info.key, info.etag) not in self._seen),
+        listed = {(info.key, info.etag.strip('"')): info for info in self.ctx.store.list(self.ctx.inbox)
+                  if is_manifest_name(info.key)}
+        self._seen &= listed.keys()  # a deleted manifest is forgotten: the set stays as big as the inbox
+        new = sorted((info for seen, info in listed.items() if seen not in self._seen),
                      key=lambda info: (info.last_modified, info.key))
         return self._each(lambda info: self.handle(info.key, info.etag), new, lambda info: _tenant_of(info.key))
 
@@ -102,14 +107,13 @@ class Watcher:
         events = self.events
 
         def deliver(delivery) -> int:
-            receipt, keys = delivery
-            if all(self.handle(key) for key in keys):
-                events.ack(receipt)  # else SQS redelivers it after the visibility timeout
-                return len(keys)
+            if all(self.handle(key, etag) for key, etag in delivery.manifests):
+                events.ack(delivery.receipt)  # else SQS redelivers it after the visibility timeout
+                return len(delivery.manifests)
             return 0
 
         def tenant(delivery) -> str:
-            return _tenant_of(next(iter(delivery[1]), ""))  # an S3 event message names one object
+            return _tenant_of(next((m.key for m in delivery.manifests), ""))  # an S3 event names one object
 
         return self._each(deliver, events.receive(wait_seconds), tenant)
 

@@ -1,14 +1,15 @@
 """The intake queue behind a seam: ``EventQueue`` and its SQS implementation."""
 
-from dropbatch.queues.base import Delivery, EventQueue, manifest_keys_in_message
+from dropbatch.queues.base import Delivery, EventQueue, Manifested, manifests_in_message
 from dropbatch.queues.sqs import IntakeQueue, SqsEventQueue, ensure_intake_queue, find_queue_url
 
 __all__ = [
     "Delivery",
     "EventQueue",
     "IntakeQueue",
+    "Manifested",
     "SqsEventQueue",
     "ensure_intake_queue",
     "find_queue_url",
-    "manifest_keys_in_message",
+    "manifests_in_message",
 ]

@@ -9,11 +9,18 @@ from urllib.parse import unquote_plus
 from dropbatch.storage.keys import is_manifest_name
 
 
+class Manifested(NamedTuple):
+    """A manifest an S3 event names: its key, and its ETag without quotes (None if the event has none)."""
+
+    key: str
+    etag: str | None = None
+
+
 class Delivery(NamedTuple):
-    """One queue message: its receipt (to ack) and the inbox manifest keys it names."""
+    """One queue message: its receipt (to ack) and the inbox manifests it names, with their ETags."""
 
     receipt: str
-    keys: list[str]
+    manifests: list[Manifested]
 
 
 class EventQueue(Protocol):
@@ -36,8 +43,8 @@ class EventQueue(Protocol):
         ...
 
 
-def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
-    """Inbox manifest keys named by one message body (an S3 event notification)."""
+def manifests_in_message(body: str, inbox_bucket: str) -> list[Manifested]:
+    """Inbox manifests named by one message body (an S3 event notification)."""
     try:
         event = json.loads(body)
     except ValueError:
@@ -50,5 +57,6 @@ def manifest_keys_in_message(body: str, inbox_bucket: str) -> list[str]:
         # S3 (and moto) URL-encode keys in events, '/' included.
         key = unquote_plus(s3.get("object", {}).get("key", ""))
         if is_manifest_name(key):
-            keys.append(key)
+            etag = s3.get("object", {}).get("eTag")
+            keys.append(Manifested(key, str(etag).strip('"') if etag else None))
     return keys

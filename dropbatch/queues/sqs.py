@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from dropbatch.errors import DropbatchError, ObjectNotFound
-from dropbatch.queues.base import Delivery, manifest_keys_in_message
+from dropbatch.queues.base import Delivery, manifests_in_message
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.keys import MANIFEST_NAME
 from dropbatch.storage.s3 import call_aws, make_client
@@ -37,7 +37,7 @@ class SqsEventQueue:
             what="sqs",
         )
         return [
-            Delivery(m["ReceiptHandle"], manifest_keys_in_message(m.get("Body", ""), self.inbox))
+            Delivery(m["ReceiptHandle"], manifests_in_message(m.get("Body", ""), self.inbox))
             for m in resp.get("Messages", [])
         ]
 

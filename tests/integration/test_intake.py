@@ -41,7 +41,7 @@ class RecordingIntake(SqsEventQueue):
         self.acked.append(receipt)
 
     def keys(self) -> list[str]:
-        return [key for _, keys in self.received for key in keys]
+        return [manifest.key for delivery in self.received for manifest in delivery.manifests]
 
 
 def drain_until(watcher: Watcher, intake: RecordingIntake, key: str, events: int = 1) -> None:
@@ -100,11 +100,16 @@ def test_sqs_event_admits_the_job(make_settings, make_context, drop_job):
     watcher = Watcher(ctx, events=intake)
     drain_until(watcher, intake, ref.manifest_key)
 
-    # moto URL-encodes the key ('/' as %2F); the intake hands over the decoded key.
+    # moto URL-encodes the key ('/' as %2F); the intake hands over the decoded key, and the ETag.
     assert intake.keys() == [ref.manifest_key]
+    [manifest] = [manifest for delivery in intake.received for manifest in delivery.manifests]
+    assert manifest.etag == ctx.store.head(ctx.inbox, ref.manifest_key).etag.strip('"')
     assert_admitted_once(ctx, ref, 5)
     assert sorted(intake.acked) == sorted(receipt for receipt, _ in intake.received)
     assert queue_depth(ctx, queue_url) == 0
+    # The sweep (every 30 s) leaves a manifest an event already brought in alone: it used to admit
+    # every manifest in the inbox again, several S3 calls each, in the loop that events wait on.
+    assert watcher.sweep() == 0
 
 
 def test_polling_sweep_admits_the_job_when_there_is_no_queue(make_settings, make_context, drop_job):
@@ -186,7 +191,8 @@ def test_event_is_deleted_only_after_successful_handling(make_settings, make_con
     intake = RecordingIntake(broken.settings.storage, queue_url)
     watcher = Watcher(broken, events=intake)
     drain_until(watcher, intake, ref.manifest_key)
-    (failed_receipt,) = [receipt for receipt, keys in intake.received if ref.manifest_key in keys]
+    (failed_receipt,) = [receipt for receipt, manifests in intake.received
+                         if ref.manifest_key in [m.key for m in manifests]]
     assert failed_receipt not in intake.acked
     assert queue_depth(ctx, queue_url) == 1  # in flight, to be redelivered
     assert control_keys(ctx, "queue/") == []

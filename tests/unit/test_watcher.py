@@ -10,7 +10,7 @@ import pytest
 
 from dropbatch.errors import ObjectNotFound
 from dropbatch.models import BatchStatus
-from dropbatch.queues import manifest_keys_in_message
+from dropbatch.queues import Manifested, manifests_in_message
 from dropbatch.storage.keys import ControlKeys, JobRef
 from watcher.admission import admit_manifest
 from watcher.service import Watcher
@@ -302,6 +302,18 @@ def test_run_once_skips_what_it_handled(make_context, make_tenant, make_jsonl, d
     assert len(queued(ctx)) == 2
 
 
+def test_the_sweep_remembers_only_what_the_inbox_holds(make_context, make_tenant, make_jsonl, drop_job) -> None:
+    ctx = make_context()
+    _, key = make_tenant(ctx)
+    drop_job(ctx, "acme", "j1", make_jsonl(2), key=key)
+    drop_job(ctx, "acme", "j2", make_jsonl(2), key=key)
+    watcher = Watcher(ctx)
+    assert watcher.sweep() == 2
+    ctx.store.delete(ctx.inbox, "acme/j1/manifest.json")
+    assert watcher.sweep() == 0
+    assert [key for key, _ in watcher._seen] == ["acme/j2/manifest.json"]  # a long-lived watcher does not grow
+
+
 def test_rejection_is_stable_on_repeat(make_context, make_tenant, make_jsonl, drop_job) -> None:
     ctx = make_context()
     _, key = make_tenant(ctx)
@@ -351,12 +363,15 @@ def test_deleted_manifest_is_ignored(make_context) -> None:
 def test_sqs_event_bodies() -> None:
     event = {
         "Records": [
-            {"s3": {"bucket": {"name": "dropbatch-inbox"}, "object": {"key": "acme/j%2B1/manifest.json"}}},
+            {"s3": {"bucket": {"name": "dropbatch-inbox"}, "object": {"key": "acme/j%2B1/manifest.json",
+                                                                     "eTag": "0123abcd"}}},
+            {"s3": {"bucket": {"name": "dropbatch-inbox"}, "object": {"key": "acme/j2/manifest.json"}}},
             {"s3": {"bucket": {"name": "dropbatch-inbox"}, "object": {"key": "acme/j1/input.jsonl"}}},
             {"s3": {"bucket": {"name": "elsewhere"}, "object": {"key": "acme/j2/manifest.json"}}},
         ]
     }
-    assert manifest_keys_in_message(json.dumps(event), "dropbatch-inbox") == ["acme/j+1/manifest.json"]
-    assert manifest_keys_in_message("not json", "dropbatch-inbox") == []
-    assert manifest_keys_in_message('{"Event": "s3:TestEvent"}', "dropbatch-inbox") == []
-    assert manifest_keys_in_message("[]", "dropbatch-inbox") == []
+    assert manifests_in_message(json.dumps(event), "dropbatch-inbox") == [
+        Manifested("acme/j+1/manifest.json", "0123abcd"), Manifested("acme/j2/manifest.json", None)]
+    assert manifests_in_message("not json", "dropbatch-inbox") == []
+    assert manifests_in_message('{"Event": "s3:TestEvent"}', "dropbatch-inbox") == []
+    assert manifests_in_message("[]", "dropbatch-inbox") == []
