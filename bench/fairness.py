@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_run_batch import MODEL_DIR, REPO, Stack, requests, save_report  # noqa: E402
+from vs_run_batch import MODEL_DIR, REPO, CpuShare, Stack, requests, save_report  # noqa: E402
 
 QUOTAS = "free=10000000,basic=10000000,premium=10000000,enterprise=10000000"
 
@@ -48,17 +48,20 @@ def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> float:
     return time.perf_counter() - began
 
 
-def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict[str, float]]:
-    """Upload → every result in the outbox, and each step's seconds (bench/timeline.py, 0.1 s looks)."""
-    from timeline import Timeline
+def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict[str, float], dict]:
+    """Upload → every result in the outbox, each step's seconds (bench/timeline.py, 0.1 s looks), and
+    what the machine did meanwhile: the S3 server's record-GET latency and each kind of process's CPU."""
+    from timeline import Timeline, s3_latency
 
-    with Timeline(stack.ctx) as timeline:
+    with CpuShare(interval=0.2) as cpu, Timeline(stack.ctx) as timeline:
         began = time.perf_counter()
         timeline.add(stack.submit(tenant, job, lines), began)
         [seen] = timeline.wait(1)
     if seen.record.request_counts.completed != len(lines):
         raise SystemExit(f"{job}: {seen.record.status.value}, {seen.record.request_counts}")
-    return seen.latency, seen.step_seconds()
+    machine = {"s3": s3_latency(timeline.s3_gets, began, began + seen.latency),
+               "cores": {kind: seconds / cpu.wall for kind, seconds in cpu.seconds.items() if seconds / cpu.wall >= 0.05}}
+    return seen.latency, seen.step_seconds(), machine
 
 
 def contended(stack: Stack, run: str, a_lines: int, b_lines: int, b_delay: float = 1.0) -> dict:
@@ -67,12 +70,12 @@ def contended(stack: Stack, run: str, a_lines: int, b_lines: int, b_delay: float
     began = time.perf_counter()
     a_ref = stack.submit(f"{run}-a", f"{run}-a-both", requests(a_lines, f"{run}-a-both"))
     time.sleep(b_delay)  # "right after" (1 s): A is admitted and starting when B arrives; later: A in full flow
-    b_seconds, b_steps = followed(stack, f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
+    b_seconds, b_steps, b_machine = followed(stack, f"{run}-b", f"{run}-b-both", requests(b_lines, f"{run}-b-both"))
     a_record = stack.wait(a_ref)
     a_seconds = time.perf_counter() - began
     if a_record.request_counts.completed != a_lines:
         raise SystemExit(f"{a_record.id}: {a_record.status.value}, {a_record.request_counts}")
-    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_steps": b_steps}
+    return {"b_latency_s": b_seconds, "a_seconds": a_seconds, "b_steps": b_steps, "b_machine": b_machine}
 
 
 def weighted(stack: Stack, run: str, lines: int) -> dict:
@@ -125,7 +128,7 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         # B alone, three times (a single 1-s job varies by a few tenths): the median run.
         idle_runs = sorted((followed(stack, f"{run}-b", f"{run}-b-idle{i}", requests(b_lines, f"{run}-b-idle{i}"))
                             for i in range(3)), key=lambda seen: seen[0])
-        idle, idle_steps = idle_runs[1]
+        idle, idle_steps, idle_machine = idle_runs[1]
         # A alone and A with B, in turn, ``pairs`` times: A's drop is a few percent at most, below one
         # run's noise, so it is the medians that compare (and every run is kept in the JSON).
         alone, pairs_run = [], []
@@ -142,6 +145,7 @@ def measure(policy: str, work: Path, endpoint: str, a_lines: int, b_lines: int, 
         "b_idle_s": idle, "b_behind_a_s": both["b_latency_s"], "b_slowdown": both["b_latency_s"] / idle,
         "b_behind_a_runs_s": [r["b_latency_s"] for r in pairs_run],
         "b_behind_a_runs_steps": [r["b_steps"] for r in pairs_run],
+        "b_behind_a_runs_machine": [r["b_machine"] for r in pairs_run], "b_idle_machine": idle_machine,
         "a_alone_lines_per_s": a_lines / alone_s, "a_with_b_lines_per_s": a_lines / with_b_s,
         "a_alone_runs_s": alone, "a_with_b_runs_s": [r["a_seconds"] for r in pairs_run],
         "a_drop": 1 - alone_s / with_b_s, "b_share": b_lines / (a_lines + b_lines),
@@ -168,11 +172,18 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
           f"(uploaded {results[0]['b_delay_s']:.0f} s after A), both enterprise. "
           "Where B's time went (bench/timeline.py, 0.1 s looks):")
     for r in results:
-        runs = [("idle", r["b_idle_steps"])] + [(f"behind A #{i + 1}", steps)
-                                                for i, steps in enumerate(r["b_behind_a_runs_steps"])]
-        for when, b_steps in runs:
+        runs = [("idle", r["b_idle_steps"], r["b_idle_machine"])] + [
+            (f"behind A #{i + 1}", steps, machine)
+            for i, (steps, machine) in enumerate(zip(r["b_behind_a_runs_steps"], r["b_behind_a_runs_machine"],
+                                                     strict=True))]
+        for when, b_steps, machine in runs:
             steps = ", ".join(f"{STEP_NAMES[step]} {seconds:.1f} s" for step, seconds in b_steps.items())
             print(f"  {r['policy']:>8} B {when:>11}: {steps}")
+            s3 = machine["s3"]
+            cores = ", ".join(f"{kind} {used:.2f}" for kind, used in sorted(machine["cores"].items(),
+                                                                           key=lambda item: -item[1]))
+            print(f"  {'':>8}   {'meanwhile':>11}: S3 record GET p50 {s3['p50_ms']:.0f} ms, slowest "
+                  f"{s3['max_ms']:.0f} ms ({s3['gets']} GETs); cores busy: {cores}")
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "

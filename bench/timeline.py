@@ -9,6 +9,8 @@ timed when it finishes (not when the uploads are over), and notes when it first 
      put)        opened it)       queued)        lease)       terminal)    the outbox)
 
 The record's own stamps are whole seconds; these are the bench's clock, to ``tick``.
+Each look's GET of a batch record is timed too (``s3_gets``): the S3 server's own
+latency over the same seconds, so a slow step can be told from a slow S3 server.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Timeline:
     def __init__(self, ctx, tick: float = 0.1) -> None:
         self.ctx, self.tick = ctx, tick
         self.jobs: list[Job] = []
+        self.s3_gets: list[tuple[float, float]] = []  # (when, seconds) of every look's record GET
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="timeline", daemon=True)
@@ -108,9 +111,12 @@ class Timeline:
             job.batch_id = json.loads(data)["batch_id"]
             job.seen["record"] = now
         try:
+            began = time.perf_counter()
             record = ctx.batches.get(job.ref.tenant, job.batch_id)
         except NotFound:
             return
+        finally:
+            self.s3_gets.append((began, time.perf_counter() - began))
         job.record = record
         if record.status != BatchStatus.VALIDATING:
             job.seen.setdefault("in_progress", now)
@@ -130,6 +136,14 @@ class Timeline:
             except ObjectNotFound:
                 return
             job.seen["claimed"] = now
+
+
+def s3_latency(gets: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
+    """The record GETs timed between ``start`` and ``end``: how many, their median and slowest, in ms."""
+    seconds = sorted(took for when, took in gets if start <= when <= end)
+    if not seconds:
+        return {"gets": 0, "p50_ms": 0.0, "max_ms": 0.0}
+    return {"gets": len(seconds), "p50_ms": 1000 * statistics.median(seconds), "max_ms": 1000 * seconds[-1]}
 
 
 def median_breakdown(jobs: list[Job]) -> dict:

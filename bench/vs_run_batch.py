@@ -287,7 +287,8 @@ class CpuShare:
         ("watcher, gateway, up", ("watcher", "gateway", " up")),
     )
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
         self.seconds: dict[str, float] = {}
         self._first: dict[int, tuple[str, float]] = {}
         self._last: dict[int, float] = {}
@@ -322,7 +323,7 @@ class CpuShare:
                 elif self._first[proc.pid][0] == "other":  # a spawned process names itself after it starts
                     self._first[proc.pid] = (self.kind(proc), self._first[proc.pid][1])
                 self._last[proc.pid] = used
-            if self._stop.wait(0.5):
+            if self._stop.wait(self.interval):
                 return
 
     def __enter__(self) -> CpuShare:
