@@ -53,15 +53,28 @@ def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[fl
     what the machine did meanwhile: the S3 server's record-GET latency and each kind of process's CPU."""
     from timeline import Timeline, s3_latency
 
+    faults = major_faults()
     with CpuShare(interval=0.2) as cpu, Timeline(stack.ctx) as timeline:
         began = time.perf_counter()
         timeline.add(stack.submit(tenant, job, lines), began)
         [seen] = timeline.wait(1)
+    faults = major_faults() - faults
     if seen.record.request_counts.completed != len(lines):
         raise SystemExit(f"{job}: {seen.record.status.value}, {seen.record.request_counts}")
-    machine = {"s3": s3_latency(timeline.s3_gets, began, began + seen.latency),
+    machine = {"s3": s3_latency(timeline.s3_gets, began, began + seen.latency), "major_faults": faults,
                "cores": {kind: seconds / cpu.wall for kind, seconds in cpu.seconds.items() if seconds / cpu.wall >= 0.05}}
     return seen.latency, seen.step_seconds(), machine
+
+
+def major_faults() -> int:
+    """The machine's major page faults so far: pages read back from disk, a process stalled for each.
+
+    A host that pages out memory left untouched for a while (this VM's kernel runs DAMON
+    with a ``pageout`` scheme, no swap: code and other file-backed pages go) makes a
+    service idle for a while fault its code back in when it is next asked something.
+    """
+    with open("/proc/vmstat") as vmstat:
+        return next((int(line.split()[1]) for line in vmstat if line.startswith("pgmajfault ")), 0)
 
 
 def contended(stack: Stack, run: str, a_lines: int, b_lines: int, b_delay: float = 1.0) -> dict:
@@ -183,7 +196,8 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
             cores = ", ".join(f"{kind} {used:.2f}" for kind, used in sorted(machine["cores"].items(),
                                                                            key=lambda item: -item[1]))
             print(f"  {'':>8}   {'meanwhile':>11}: S3 record GET p50 {s3['p50_ms']:.0f} ms, slowest "
-                  f"{s3['max_ms']:.0f} ms ({s3['gets']} GETs); cores busy: {cores}")
+                  f"{s3['max_ms']:.0f} ms ({s3['gets']} GETs); {machine['major_faults']} major page faults; "
+                  f"cores busy: {cores}")
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
