@@ -67,11 +67,11 @@ def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[fl
 
 
 def major_faults() -> int:
-    """The machine's major page faults so far: pages read back from disk, a process stalled for each.
+    """The machine's major page faults so far: pages a process had to wait for from disk.
 
-    A host that pages out memory left untouched for a while (this VM's kernel runs DAMON
-    with a ``pageout`` scheme, no swap: code and other file-backed pages go) makes a
-    service idle for a while fault its code back in when it is next asked something.
+    Printed beside each B job, so a stalled step can be told apart from paging: this VM's
+    kernel pages out memory left untouched for a while (DAMON, a ``pageout`` scheme; no
+    swap, so file-backed pages such as code go). Every B window measured so far had none.
     """
     with open("/proc/vmstat") as vmstat:
         return next((int(line.split()[1]) for line in vmstat if line.startswith("pgmajfault ")), 0)
