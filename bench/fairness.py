@@ -71,7 +71,7 @@ def major_faults() -> int:
 
     Printed beside each B job, so a stalled step can be told apart from paging: this VM's
     kernel pages out memory left untouched for a while (DAMON, a ``pageout`` scheme; no
-    swap, so file-backed pages such as code go). Every B window measured so far had none.
+    swap, so file-backed pages such as code go). The B windows measured so far had 0 to 3.
     """
     with open("/proc/vmstat") as vmstat:
         return next((int(line.split()[1]) for line in vmstat if line.startswith("pgmajfault ")), 0)
