@@ -27,7 +27,9 @@ share of the lines. Prints a table, writes ``fairness.json`` and ``fairness.png`
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +56,7 @@ def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[fl
     from timeline import Timeline, s3_latency
 
     faults = major_faults()
-    with CpuShare(interval=0.2) as cpu, Timeline(stack.ctx) as timeline:
+    with CpuShare(interval=0.2) as cpu, Starved() as starved, Timeline(stack.ctx) as timeline:
         began = time.perf_counter()
         timeline.add(stack.submit(tenant, job, lines), began)
         [seen] = timeline.wait(1)
@@ -62,6 +64,7 @@ def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[fl
     if seen.record.request_counts.completed != len(lines):
         raise SystemExit(f"{job}: {seen.record.status.value}, {seen.record.request_counts}")
     machine = {"s3": s3_latency(timeline.s3_gets, began, began + seen.latency), "major_faults": faults,
+               "starved": starved.late,
                "cores": {kind: seconds / cpu.wall for kind, seconds in cpu.seconds.items() if seconds / cpu.wall >= 0.05}}
     return seen.latency, seen.step_seconds(), machine
 
@@ -75,6 +78,46 @@ def major_faults() -> int:
     """
     with open("/proc/vmstat") as vmstat:
         return next((int(line.split()[1]) for line in vmstat if line.startswith("pgmajfault ")), 0)
+
+
+NAPPER = """
+import json, os, select, sys, time
+if sys.argv[1] == "fifo":
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        print("null")
+        sys.exit()
+late = []
+while True:
+    began = time.monotonic()
+    if select.select([sys.stdin], [], [], 0.01)[0]:
+        break  # stdin closed: the window is over
+    if (over := time.monotonic() - began - 0.01) > 0.05:
+        late.append(over)
+print(json.dumps({"total_s": sum(late), "max_s": max(late, default=0.0), "late_naps": len(late)}))
+"""
+
+
+class Starved:
+    """How late the kernel woke a waiting process during a window.
+
+    Two processes nap 10 ms at a time and add up how late their wake-ups came (those more
+    than 50 ms late): one in the default (fair) scheduling class at nice 0, as the watcher,
+    the runner's driver and the S3 server run; one ``SCHED_FIFO``, which only interrupts or a
+    paused VM can hold up (it needs root; ``None`` without). The first late by seconds while
+    the second is on time means the CPUs were running, but not the fair class's waiting
+    tasks: what this machine's kernel does during a big job (README, "The outliers").
+    """
+
+    def __enter__(self) -> Starved:
+        self._nappers = {policy: subprocess.Popen([sys.executable, "-c", NAPPER, policy], stdin=subprocess.PIPE,
+                                                  stdout=subprocess.PIPE, text=True) for policy in ("fair", "fifo")}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.late = {policy: json.loads(napper.communicate("", timeout=30)[0])
+                     for policy, napper in self._nappers.items()}
 
 
 def contended(stack: Stack, run: str, a_lines: int, b_lines: int, b_delay: float = 1.0) -> dict:
@@ -198,6 +241,12 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
             print(f"  {'':>8}   {'meanwhile':>11}: S3 record GET p50 {s3['p50_ms']:.0f} ms, slowest "
                   f"{s3['max_ms']:.0f} ms ({s3['gets']} GETs); {machine['major_faults']} major page faults; "
                   f"cores busy: {cores}")
+            late = machine.get("starved", {})
+            if late.get("fair"):
+                fifo = late.get("fifo")
+                print(f"  {'':>8}   {'':>11}  a nice-0 napper woke {late['fair']['total_s']:.1f} s late in all "
+                      f"(worst {late['fair']['max_s']:.2f} s), a SCHED_FIFO one "
+                      + (f"{fifo['total_s']:.1f} s (worst {fifo['max_s']:.2f} s)" if fifo else "not run (not root)"))
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
