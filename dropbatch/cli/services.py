@@ -69,6 +69,9 @@ def watcher_command(state: State, as_json: bool) -> None:
 @click.pass_obj
 def runner_command(state: State, as_json: bool) -> None:
     """Run queued batches through the warm engine (vLLM actors fed by Ray Data; runs until stopped)."""
+    from runner.arenas import cap_malloc_arenas
+
+    cap_malloc_arenas()  # first, before Ray's threads: the driver's RSS crept with every job without it
     settings = state.settings
     configure_logging("runner", settings.service.log_level)
     stop = stop_on_signals()

@@ -17,6 +17,7 @@ from dropbatch.errors import EngineError
 from dropbatch.ids import request_line_id
 from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.storage.keys import ControlKeys, OutputPrefix
+from runner.arenas import cap_malloc_arenas
 from runner.schedule import STRIDE, URGENT
 from runner.service import Runner
 from watcher.admission import admit_manifest
@@ -630,3 +631,11 @@ def test_a_slot_kept_for_small_jobs_leaves_big_batches_queued(make_context, subm
     assert [c.record.id for c in group] == [small.id]
     runner.run_group(group)
     assert [e.batch_id for e in ctx.queue.entries()] == [big.id]
+
+
+def test_the_runner_caps_malloc_arenas_unless_the_operator_set_them(monkeypatch):
+    """glibc (this machine's and the image's C library) takes the cap; an operator's MALLOC_ARENA_MAX rules."""
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert cap_malloc_arenas() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert cap_malloc_arenas() is False
