@@ -88,6 +88,8 @@ if sys.argv[1] == "fifo":
     except PermissionError:
         print("null")
         sys.exit()
+else:  # the fair class even when the benchmark itself runs under `chrt`
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 late = []
 while True:
     began = time.monotonic()

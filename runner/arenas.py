@@ -3,7 +3,7 @@
 glibc gives a thread that finds the arenas in use a new one, up to 8 per core, and memory
 freed in one arena is not handed to another. The runner's driver is many threads (Ray
 Data's executor, Ray's core-worker threads, lease keepers, the S3 pool), and its RSS crept
-with every job: 40 jobs of 2,000 lines in a row took it 252 → 289 MiB (flat from the 16th),
+with every job: 30 jobs of 2,000 lines in a row took it 252 → 289 MiB (flat from the 16th),
 all of it native, not Python's heap. Two arenas: 249 → 258 MiB, the jobs no slower
 (README, "Benchmark"). An operator's ``MALLOC_ARENA_MAX`` wins.
 """
