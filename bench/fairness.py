@@ -52,7 +52,8 @@ def timed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> float:
 
 def followed(stack: Stack, tenant: str, job: str, lines: list[dict]) -> tuple[float, dict[str, float], dict]:
     """Upload → every result in the outbox, each step's seconds (bench/timeline.py, 0.1 s looks), and
-    what the machine did meanwhile: the S3 server's record-GET latency and each kind of process's CPU."""
+    what the machine did meanwhile: the S3 server's record-GET latency, each kind of process's CPU, and
+    how late the kernel woke a nice-0 and a real-time process (``Starved``)."""
     from timeline import Timeline, s3_latency
 
     faults = major_faults()
