@@ -244,12 +244,10 @@ def report(results: list[dict], out: Path, docs: bool) -> None:
             print(f"  {'':>8}   {'meanwhile':>11}: S3 record GET p50 {s3['p50_ms']:.0f} ms, slowest "
                   f"{s3['max_ms']:.0f} ms ({s3['gets']} GETs); {machine['major_faults']} major page faults; "
                   f"cores busy: {cores}")
-            late = machine.get("starved", {})
-            if late.get("fair"):
-                fifo = late.get("fifo")
-                print(f"  {'':>8}   {'':>11}  a nice-0 napper woke {late['fair']['total_s']:.1f} s late in all "
-                      f"(worst {late['fair']['max_s']:.2f} s), a SCHED_FIFO one "
-                      + (f"{fifo['total_s']:.1f} s (worst {fifo['max_s']:.2f} s)" if fifo else "not run (not root)"))
+            fair, fifo = machine["starved"]["fair"], machine["starved"]["fifo"]
+            print(f"  {'':>8}   {'':>11}  a nice-0 napper woke {fair['total_s']:.1f} s late in all "
+                  f"(worst {fair['max_s']:.2f} s), a SCHED_FIFO one "
+                  + (f"{fifo['total_s']:.1f} s (worst {fifo['max_s']:.2f} s)" if fifo else "not run (not root)"))
     weighted_runs = [r for r in results if "served_ratio" in r]
     if weighted_runs:
         print("\n| policy | basic + premium, lines each | finished (premium, basic) | premium : basic served, "
