@@ -244,8 +244,20 @@ class Stats:
 
 
 async def one_client(
-    client_id: int, base_url: str, token: str, start: float, until: float, stats: Stats, *, noisy: bool, seed: int
+    client_id: int,
+    base_url: str,
+    token: str,
+    start: float,
+    until: float,
+    stats: Stats,
+    *,
+    noisy: bool,
+    seed: int,
+    interval: float = 0.0,
 ) -> None:
+    """One SDK client: its setup, then its mix until ``until``, a call every ``interval`` seconds (0: each
+    call as soon as the one before it is answered). A paced client that falls behind does not sleep, so
+    past what the gateway sustains it asks as fast as it is answered."""
     import openai
     from openai import AsyncOpenAI
 
@@ -298,7 +310,13 @@ async def one_client(
             await create()
         await asyncio.sleep(max(0.0, start - time.time()))
         routes, weights = zip(*MIX, strict=True)
+        next_at = time.time() + rng.random() * interval  # the clients' phases spread over one interval
         while time.time() < until:
+            if interval and not noisy:
+                await asyncio.sleep(max(0.0, next_at - time.time()))
+                next_at += interval
+                if time.time() >= until:
+                    break
             if noisy:
                 await call(NOISY, lambda: client.batches.list(limit=5))
                 await asyncio.sleep(NOISY_PAUSE)
@@ -321,13 +339,20 @@ async def one_client(
 
 
 def client_process(
-    first_id: int, base_url: str, tokens: list[str], noisy_token: str | None, start: float, until: float, seed: int
+    first_id: int,
+    base_url: str,
+    tokens: list[str],
+    noisy_token: str | None,
+    start: float,
+    until: float,
+    seed: int,
+    interval: float,
 ) -> dict:
     stats = Stats()
 
     async def main() -> None:
         runs = [
-            one_client(first_id + i, base_url, token, start, until, stats, noisy=False, seed=seed)
+            one_client(first_id + i, base_url, token, start, until, stats, noisy=False, seed=seed, interval=interval)
             for i, token in enumerate(tokens)
         ]
         if noisy_token is not None:
@@ -417,8 +442,11 @@ def print_table(result: dict) -> None:
         f"{result['rate_limited']:>6} {result['errors']:>6}"
     )
     rss = result["rss_mb"]
+    offered = result.get("offered_per_second")
+    pace = f"offering {offered:.0f} req/s in all" if offered else "each asking as soon as it is answered"
     print(
-        f"\n{result['clients']} clients, {result['duration']:.0f} s, {result['workers']} gateway worker(s), "
+        f"\n{result['clients']} clients ({pace}), {result['duration']:.0f} s, {result['workers']} gateway worker(s), "
+        f"page cache {result['page_cache_seconds']:g} s, "
         f"S3: {result['s3']}; gateway RSS {rss['start']:.0f} MB at start, {rss['end']:.0f} MB at end "
         f"(max {rss['max']:.0f} MB)\n"
     )
@@ -430,6 +458,25 @@ def print_table(result: dict) -> None:
     )
     for goal, (met, value) in result["goals"].items():
         print(f"  [{'met' if met else 'MISSED'}] {goal}: {value}")
+
+
+def print_sweep(results: list[dict]) -> None:
+    """One line per run: what was offered, what was served, and the latencies the goals are about."""
+    print(
+        f"\n{'S3':<26} {'cache s':>7} {'offered/s':>9} {'served/s':>9} {'get p50':>8} {'get p99':>8} {'list p99':>9} "
+        f"{'S3 p99':>7} {'gw ms/req':>9} {'S3 ms/req':>9}"
+    )
+    for r in results:
+        routes, cpu = r["routes"], r["cpu_ms_per_request"]
+        get = routes["GET /v1/batches/{id}"]
+        lists = max(routes[name]["p99_ms"] for name in ("GET /v1/batches", "GET /v1/files"))
+        offered = f"{r['offered_per_second']:.0f}" if r.get("offered_per_second") else "as fast"
+        s3_cpu = "-" if cpu["s3_server"] is None else f"{cpu['s3_server']:.1f}"
+        print(
+            f"{r['s3'][:26]:<26} {r['page_cache_seconds']:>7g} {offered:>9} {r['total_per_second']:>9.1f} {get['p50_ms']:>8.1f} "
+            f"{get['p99_ms']:>8.1f} {lists:>9.1f} {routes[S3_DIRECT]['p99_ms']:>7.1f} {cpu['gateway']:>9.1f} "
+            f"{s3_cpu:>9}"
+        )
 
 
 def plot(results: list[dict], paths: list[Path]) -> None:
@@ -455,8 +502,10 @@ def plot(results: list[dict], paths: list[Path]) -> None:
         ax_lat.set_xticks(list(xs))
         ax_lat.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax_lat.set_ylabel("latency (ms, log)")
+        offered = f"{result['offered_per_second']:.0f} offered, " if result.get("offered_per_second") else ""
+        offered = f"page cache {result['page_cache_seconds']:g} s, {offered}"
         ax_lat.set_title(
-            f"S3: {result['s3']}: p50 (solid) / p99 (light); {result['total_per_second']:.0f} gateway req/s, "
+            f"S3: {result['s3']}: p50 (solid) / p99 (light); {offered}{result['total_per_second']:.0f} gateway req/s, "
             f"{result['errors']} errors",
             fontsize=10,
         )
@@ -486,22 +535,29 @@ def seed_batch(base_url: str, token: str) -> str:
 
     with OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=30) as client:
         file = client.files.create(file=("seed.jsonl", jsonl(-2, 0)), purpose="batch")
-        return client.batches.create(
-            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-        ).id
+        return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h").id
 
 
 # -- orchestration -----------------------------------------------------------------------------
 
 
 def bench(args: argparse.Namespace) -> int:
-    results = [measure(args, s3) for s3 in args.s3 or ["moto"]]
+    results = [
+        measure(args, s3, rate, cache)
+        for s3 in args.s3 or ["moto"]
+        for cache in args.page_cache or [None]
+        for rate in args.rate or [0.0]
+    ]
     for result in results:
         print_table(result)
+    if len(results) > 1:
+        print_sweep(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_load.json").write_text(json.dumps({"runs": results}, indent=2) + "\n")
     plot(results, [args.out / "gateway_load.png", args.docs / "gateway_load.png"])
-    print(f"\nwrote {args.out / 'gateway_load.json'}, {args.out / 'gateway_load.png'}, {args.docs / 'gateway_load.png'}")
+    print(
+        f"\nwrote {args.out / 'gateway_load.json'}, {args.out / 'gateway_load.png'}, {args.docs / 'gateway_load.png'}"
+    )
     for result in results:
         for sample in result["error_samples"]:
             print(f"error ({result['s3']}): {sample}", file=sys.stderr)
@@ -510,8 +566,10 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if any(result["errors"] for result in results) else 0
 
 
-def measure(args: argparse.Namespace, s3: str) -> dict:
-    """One load run against ``s3`` (``moto``: a fresh moto server; else an endpoint URL)."""
+def measure(args: argparse.Namespace, s3: str, rate: float, cache: float | None) -> dict:
+    """One load run against ``s3`` (``moto``: a fresh moto server; else an endpoint URL), the clients
+    offering ``rate`` gateway requests/s in all (0: as many as they are answered), the gateway with
+    ``DROPBATCH_GATEWAY_PAGE_CACHE_SECONDS=cache`` (None: its default)."""
     from dropbatch.bootstrap import ensure_buckets
     from dropbatch.context import Context
     from dropbatch.emulator import free_port, moto_server
@@ -532,6 +590,8 @@ def measure(args: argparse.Namespace, s3: str) -> dict:
             "DROPBATCH_GATEWAY_PORT": str(port),
             "DROPBATCH_GATEWAY_WORKERS": str(args.workers),
         }
+        if cache is not None:
+            env["DROPBATCH_GATEWAY_PAGE_CACHE_SECONDS"] = str(cache)
         settings = Settings.from_env(env)
         ensure_buckets(settings.storage)  # the gateway needs no queue; an S3-only server has none
         ctx = Context.from_settings(settings)
@@ -565,6 +625,7 @@ def measure(args: argparse.Namespace, s3: str) -> dict:
                     start,
                     until,
                     args.seed,
+                    args.clients / rate if rate else 0.0,
                 )
                 for n, share in enumerate(shares)
                 if share
@@ -596,6 +657,8 @@ def measure(args: argparse.Namespace, s3: str) -> dict:
         "duration": args.duration,
         "workers": args.workers,
         "procs": args.procs,
+        "offered_per_second": rate or None,
+        "page_cache_seconds": settings.service.gateway_page_cache_seconds,
         "s3": "moto server" if s3 == "moto" else s3,
         "routes": routes,
         "total_ok": gateway_ok,
@@ -627,6 +690,20 @@ def main() -> int:
         "--s3",
         action="append",
         help="'moto' (a fresh moto server, the default) or an S3-compatible endpoint URL; repeat to run against each",
+    )
+    parser.add_argument(
+        "--rate",
+        action="append",
+        type=float,
+        help="gateway requests/s the clients offer in all, each client pacing its calls (pollers that sleep "
+        "between polls); repeat for a sweep. Without it each client asks as soon as it is answered",
+    )
+    parser.add_argument(
+        "--page-cache",
+        action="append",
+        type=float,
+        help="DROPBATCH_GATEWAY_PAGE_CACHE_SECONDS of the gateway (0: list pages read every record, as before "
+        "the cache); repeat to compare in one run",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")

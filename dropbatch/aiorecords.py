@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
+from dropbatch.pagecache import PageCache
 from dropbatch.records import (
     JSON,
     Clock,
@@ -30,6 +31,7 @@ from dropbatch.records import (
     dump,
     file_not_found,
     file_writes,
+    finished_stays,
     indexed_id,
     job_pointer,
     oldest_first,
@@ -143,32 +145,59 @@ async def _each(items: list[str]) -> AsyncIterator[str]:
         yield item
 
 
-class AsyncBatchStore:
-    """The gateway's reads and cancels of batch records (``BatchStore`` awaited)."""
+def _finished(record: BatchRecord) -> bool:
+    return record.status.is_terminal
 
-    def __init__(self, records: AsyncRecords) -> None:
+
+class AsyncBatchStore:
+    """The gateway's reads and cancels of batch records (``BatchStore`` awaited).
+
+    List pages take records from ``cache`` when they may (``dropbatch.pagecache``); a retrieve
+    reads S3 unless the batch has finished.
+    """
+
+    def __init__(self, records: AsyncRecords, cache: PageCache | None = None) -> None:
         self.records = records
+        self.cache = cache if cache is not None else PageCache(0.0)
 
     async def create(self, record: BatchRecord) -> None:
         """Store a new batch; raises ``ObjectExists`` if this id was already created."""
         for write in batch_writes(record):
             await self.records.write(write)
+        self.cache.put(ControlKeys.batch(record.tenant, record.id), record)
+
+    async def _read(self, key: str) -> BatchRecord | None:
+        record = await self.records.get(key, BatchRecord)
+        if record is not None:
+            self.cache.put(key, record)
+        return record
+
+    async def _shown(self, key: str) -> BatchRecord | None:
+        """What a list page shows for ``key``: the cached record while it may, else a fresh read."""
+        cached = self.cache.get(key, final=_finished)
+        return cached if cached is not None else await self._read(key)
 
     async def point_job(self, ref: JobRef, batch_id: str) -> None:
         """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
         await self.records.write(job_pointer(ref, batch_id))
 
     async def get(self, tenant: str, batch_id: str) -> BatchRecord:
-        record = await self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord)
+        key = ControlKeys.batch(tenant, batch_id)
+        record = self.cache.get(key, final=_finished)
+        if record is None or not _finished(record):
+            record = await self._read(key)
         if record is None:
             raise batch_not_found(batch_id)
         return record
 
     async def update(self, tenant: str, batch_id: str, mutate: Callable[[BatchRecord], None]) -> BatchRecord:
+        key = ControlKeys.batch(tenant, batch_id)
         try:
-            return await self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, mutate)
+            record = await self.records.update(key, BatchRecord, finished_stays(mutate))
         except ObjectNotFound:
             raise batch_not_found(batch_id) from None
+        self.cache.put(key, record)
+        return record
 
     async def list(self, tenant: str, *, after: str | None = None, limit: int = 20) -> tuple[list[BatchRecord], bool]:
         """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""
@@ -180,7 +209,7 @@ class AsyncBatchStore:
             self.records,
             ControlKeys.batch_index_prefix(tenant),
             anchor=anchor,
-            load=lambda batch_id: self.records.get(ControlKeys.batch(tenant, batch_id), BatchRecord),
+            load=lambda batch_id: self._shown(ControlKeys.batch(tenant, batch_id)),
             limit=limit,
         )
 
@@ -191,16 +220,29 @@ class AsyncFileStore:
     A file past its ``expires_at`` is gone for this reader (404, not listed).
     """
 
-    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time, cache: PageCache | None = None) -> None:
         self.records = records
         self.clock = clock
+        self.cache = cache if cache is not None else PageCache(0.0)
 
     async def create(self, record: FileRecord) -> None:
         for write in file_writes(record):
             await self.records.write(write)
+        self.cache.put(ControlKeys.file(record.tenant, record.id), record)
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
-        record = await self.records.get(ControlKeys.file(tenant, file_id), FileRecord)
+        key = ControlKeys.file(tenant, file_id)
+        record = await self.records.get(key, FileRecord)
+        if record is not None:
+            self.cache.put(key, record)
+        return self._live(record)
+
+    async def _shown(self, tenant: str, file_id: str) -> FileRecord | None:
+        """What a list page shows: a file record is written once, so a kept one is never stale."""
+        cached = self.cache.get(ControlKeys.file(tenant, file_id), final=lambda _record: True)
+        return self._live(cached) if cached is not None else await self._load(tenant, file_id)
+
+    def _live(self, record: FileRecord | None) -> FileRecord | None:
         return record if record is not None and record.live_at(self.clock()) else None
 
     async def get(self, tenant: str, file_id: str) -> FileRecord:
@@ -214,6 +256,7 @@ class AsyncFileStore:
         store, bucket = self.records.store, self.records.bucket
         await store.delete(bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
         await store.delete(bucket, ControlKeys.file(tenant, file_id))
+        self.cache.drop(ControlKeys.file(tenant, file_id))
         return record
 
     async def list(
@@ -234,7 +277,7 @@ class AsyncFileStore:
             self.records,
             ControlKeys.file_index_prefix(tenant),
             anchor=anchor,
-            load=lambda file_id: self._load(tenant, file_id),
+            load=lambda file_id: self._shown(tenant, file_id),
             limit=limit,
             newest_first=newest_first,
             keep=(lambda record: record.purpose == purpose) if purpose is not None else None,

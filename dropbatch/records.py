@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from dropbatch.errors import NotFound, ObjectExists, ObjectNotFound, StaleWrite, StorageError
+from dropbatch.errors import Conflict, NotFound, ObjectExists, ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
 from dropbatch.storage.base import ObjectStore
 from dropbatch.storage.keys import ControlKeys, JobRef
@@ -39,6 +39,26 @@ def conflict_pause(attempt: int) -> float:
 
 def batch_not_found(batch_id: str) -> NotFound:
     return NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+
+
+def finished_stays(mutate: Callable[[BatchRecord], None]) -> Callable[[BatchRecord], None]:
+    """``mutate`` for a batch record, refused (``Conflict``) where it would change a finished batch.
+
+    A finished batch's record is final: it is what its results are read by, and the gateway's list
+    pages keep finished records without reading them again (``dropbatch.pagecache``).
+    """
+
+    def guarded(batch: BatchRecord) -> None:
+        if not batch.status.is_terminal:
+            mutate(batch)
+            return
+        before = dump(batch)
+        mutate(batch)
+        if dump(batch) != before:
+            raise Conflict(f"batch {batch.id} is {batch.status.value}; a finished batch does not change",
+                           code="invalid_state")
+
+    return guarded
 
 
 def file_not_found(file_id: str) -> NotFound:
@@ -115,7 +135,7 @@ class BatchStore:
 
     def update(self, tenant: str, batch_id: str, mutate: Callable[[BatchRecord], None]) -> BatchRecord:
         try:
-            return self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, mutate)
+            return self.records.update(ControlKeys.batch(tenant, batch_id), BatchRecord, finished_stays(mutate))
         except ObjectNotFound:
             raise batch_not_found(batch_id) from None
 

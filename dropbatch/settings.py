@@ -302,6 +302,14 @@ class ServiceSettings(_Frozen):
             "client; also how many record reads one page makes at once."
         ),
     )
+    gateway_page_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "How old a batch record a gateway list page may show when it can still change (0: read each); "
+            "finished batches and files are kept, and a retrieve always reads what can change."
+        ),
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the watcher's and runner's /metrics, /health, /ready bind to."
     )
@@ -566,6 +574,7 @@ ENV_VARS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "DROPBATCH_GATEWAY_PORT": ("service", "gateway_port", int, ()),
     "DROPBATCH_GATEWAY_WORKERS": ("service", "gateway_workers", int, ()),
     "DROPBATCH_GATEWAY_S3_POOL": ("service", "gateway_s3_pool", int, ()),
+    "DROPBATCH_GATEWAY_PAGE_CACHE_SECONDS": ("service", "gateway_page_cache_seconds", float, ()),
     "DROPBATCH_METRICS_HOST": ("service", "metrics_host", str, ()),
     "DROPBATCH_WATCHER_PORT": ("service", "watcher_port", int, ()),
     "DROPBATCH_RUNNER_PORT": ("service", "runner_port", int, ()),

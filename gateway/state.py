@@ -23,6 +23,7 @@ from dropbatch.auth.tenants import AsyncTenants
 from dropbatch.auth.tokens import AsyncTokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
+from dropbatch.pagecache import PageCache
 from dropbatch.settings import Settings
 from dropbatch.storage.base import AsyncObjectStore
 from gateway.auth import TokenAuth
@@ -46,8 +47,9 @@ class Gateway:
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
-        self.batches = AsyncBatchStore(self.records)
-        self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
+        pages = PageCache(self.settings.service.gateway_page_cache_seconds)
+        self.batches = AsyncBatchStore(self.records, pages)
+        self.files = AsyncFileStore(self.records, clock=self.ctx.clock, cache=pages)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
         tiers = self.settings.limits.tier_quotas
         self.tokens = AsyncTokens(self.records, self.tenants, tiers=tiers, clock=self.ctx.clock)

@@ -15,6 +15,7 @@ import pytest
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
 from dropbatch.errors import Conflict, NotFound
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord
+from dropbatch.pagecache import PageCache
 from dropbatch.storage.aio import AsyncS3ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,77 @@ def test_cancel_through_the_async_update_is_a_conditional_write(make_context) ->
             await inner.close()
 
     asyncio.run(main())
+
+
+def test_list_pages_reuse_what_they_may_and_still_show_every_change(make_context) -> None:
+    ctx = make_context()
+    for i in range(30):
+        finished = i % 4 == 2  # batch_002, _006, ... have finished
+        ctx.batches.create(batch(i).model_copy(update={"status": BatchStatus.COMPLETED}) if finished else batch(i))
+    now = [0.0]
+
+    async def main() -> None:
+        inner = AsyncS3ObjectStore(ctx.settings.storage, pool_size=64)
+        store = Watching(inner)
+        cache = PageCache(1.0, clock=lambda: now[0])
+        batches = AsyncBatchStore(AsyncRecords(store, ctx.settings.storage.control_bucket, concurrency=64), cache)
+
+        async def page() -> dict[str, BatchStatus]:
+            return {b.id: b.status for b in (await batches.list("acme", limit=20))[0]}
+
+        try:
+            first = await page()
+            assert store.gets == 21
+            store.reset()
+            assert await page() == first and (store.lists, store.gets) == (1, 0)  # the same page: one LIST
+
+            ctx.batches.update("acme", "batch_029", lambda b: b.transition(BatchStatus.IN_PROGRESS, 7))  # the watcher
+            assert (await page())["batch_029"] is BatchStatus.VALIDATING  # a page may be up to 1 s old ...
+            assert (await batches.get("acme", "batch_029")).status is BatchStatus.IN_PROGRESS  # a retrieve is not
+            assert (await page())["batch_029"] is BatchStatus.IN_PROGRESS  # and what it read, pages show
+
+            await batches.update("acme", "batch_028", lambda b: b.transition(BatchStatus.CANCELLING, 8))
+            store.reset()
+            assert (await page())["batch_028"] is BatchStatus.CANCELLING and store.gets == 0  # our own write at once
+
+            ctx.batches.update("acme", "batch_027", lambda b: b.transition(BatchStatus.IN_PROGRESS, 9))
+            now[0] += 1.0
+            store.reset()
+            assert (await page())["batch_027"] is BatchStatus.IN_PROGRESS
+            assert store.gets == 21 - 5  # past 1 s every record that can change is read again; finished ones are not
+
+            ctx.batches.create(batch(30))
+            store.reset()
+            assert "batch_030" in await page() and store.gets == 1  # the LIST says what exists: a new batch at once
+
+            store.reset()
+            assert (await batches.get("acme", "batch_022")).status is BatchStatus.COMPLETED and store.gets == 0
+            assert (await batches.get("acme", "batch_029")).status is BatchStatus.IN_PROGRESS and store.gets == 1
+        finally:
+            await inner.close()
+
+    asyncio.run(main())
+
+
+def test_a_finished_batch_record_never_changes(make_context) -> None:
+    ctx = make_context()
+    ctx.batches.create(batch(1).model_copy(update={"status": BatchStatus.COMPLETED}))
+
+    def relabel(b: BatchRecord) -> None:
+        b.metadata = {"changed": "yes"}
+
+    with pytest.raises(Conflict, match="a finished batch does not change"):
+        ctx.batches.update("acme", "batch_001", relabel)
+    assert ctx.batches.update("acme", "batch_001", lambda b: None).metadata is None  # a no-op still answers
+
+    async def main() -> None:
+        inner = AsyncS3ObjectStore(ctx.settings.storage, pool_size=8)
+        batches = AsyncBatchStore(AsyncRecords(inner, ctx.settings.storage.control_bucket))
+        try:
+            with pytest.raises(Conflict, match="a finished batch does not change"):
+                await batches.update("acme", "batch_001", relabel)
+        finally:
+            await inner.close()
+
+    asyncio.run(main())
+    assert ctx.batches.get("acme", "batch_001").metadata is None
