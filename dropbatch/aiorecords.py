@@ -156,9 +156,10 @@ class AsyncBatchStore:
     reads S3 unless the batch has finished.
     """
 
-    def __init__(self, records: AsyncRecords, cache: PageCache | None = None) -> None:
+    def __init__(self, records: AsyncRecords, *, cache_seconds: float = 0.0,
+                 cache_clock: Clock = time.monotonic) -> None:
         self.records = records
-        self.cache = cache if cache is not None else PageCache(0.0)
+        self.cache = PageCache(cache_seconds, final=_finished, clock=cache_clock)
 
     async def create(self, record: BatchRecord) -> None:
         """Store a new batch; raises ``ObjectExists`` if this id was already created."""
@@ -167,15 +168,16 @@ class AsyncBatchStore:
         self.cache.put(ControlKeys.batch(record.tenant, record.id), record)
 
     async def _read(self, key: str) -> BatchRecord | None:
+        since = self.cache.ticket()
         record = await self.records.get(key, BatchRecord)
         if record is not None:
-            self.cache.put(key, record)
+            self.cache.put(key, record, since=since)
         return record
 
     async def _shown(self, key: str) -> BatchRecord | None:
-        """What a list page shows for ``key``: the cached record while it may, else a fresh read."""
-        cached = self.cache.get(key, final=_finished)
-        return cached if cached is not None else await self._read(key)
+        """What a list page shows for ``key``: the kept record while it may, else a fresh read."""
+        kept = self.cache.get(key)
+        return kept if kept is not None else await self._read(key)
 
     async def point_job(self, ref: JobRef, batch_id: str) -> None:
         """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
@@ -183,9 +185,7 @@ class AsyncBatchStore:
 
     async def get(self, tenant: str, batch_id: str) -> BatchRecord:
         key = ControlKeys.batch(tenant, batch_id)
-        record = self.cache.get(key, final=_finished)
-        if record is None or not _finished(record):
-            record = await self._read(key)
+        record = self.cache.get(key, changing_too=False) or await self._read(key)
         if record is None:
             raise batch_not_found(batch_id)
         return record
@@ -220,10 +220,10 @@ class AsyncFileStore:
     A file past its ``expires_at`` is gone for this reader (404, not listed).
     """
 
-    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time, cache: PageCache | None = None) -> None:
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
         self.records = records
         self.clock = clock
-        self.cache = cache if cache is not None else PageCache(0.0)
+        self.cache = PageCache(0.0, final=lambda _record: True)  # written once: a kept record is never stale
 
     async def create(self, record: FileRecord) -> None:
         for write in file_writes(record):
@@ -232,15 +232,16 @@ class AsyncFileStore:
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
         key = ControlKeys.file(tenant, file_id)
+        since = self.cache.ticket()
         record = await self.records.get(key, FileRecord)
         if record is not None:
-            self.cache.put(key, record)
+            self.cache.put(key, record, since=since)
         return self._live(record)
 
     async def _shown(self, tenant: str, file_id: str) -> FileRecord | None:
-        """What a list page shows: a file record is written once, so a kept one is never stale."""
-        cached = self.cache.get(ControlKeys.file(tenant, file_id), final=lambda _record: True)
-        return self._live(cached) if cached is not None else await self._load(tenant, file_id)
+        """What a list page shows: the kept record (the LIST before it said the file exists), else a read."""
+        kept = self.cache.get(ControlKeys.file(tenant, file_id))
+        return self._live(kept) if kept is not None else await self._load(tenant, file_id)
 
     def _live(self, record: FileRecord | None) -> FileRecord | None:
         return record if record is not None and record.live_at(self.clock()) else None

@@ -2,7 +2,7 @@
 
 A page of 20 batches was one LIST and 20 record GETs; a hundred dashboards polling
 the newest page of one account read the same 20 records over and over, and those
-reads were most of the gateway's and the S3 server's CPU (README, "The gateway at
+reads were most of the gateway's and the S3 server's CPU (README, "The gateway under
 load"). A page now takes each record from here when it may:
 
 * a record that can no longer change, a finished batch (``records.finished_stays``
@@ -12,15 +12,16 @@ load"). A page now takes each record from here when it may:
 
 The LIST that starts every page still decides which records exist, so a new batch
 or a deleted file shows on the next page at once, and this process's own writes
-replace their entry as they are made. ``batches.retrieve`` and ``files.retrieve``
-read S3 for anything that can still change: what a client wrote, a retrieve shows,
-whichever worker or replica it lands on. Only a list page served by another
-process than the one that took a cancel can show the batch's older state, for at
-most ``ttl`` seconds.
+replace their entry as they are made. ``batches.retrieve`` reads S3 unless the
+batch has finished, ``files.retrieve`` always (a file can be deleted): what a
+client wrote, a retrieve shows, whichever worker or replica it lands on. Only a
+list page served by another process than the one that took a cancel can show the
+batch's older state, for at most ``ttl`` seconds.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,28 +31,47 @@ DEFAULT_SIZE = 10_000
 
 
 class PageCache:
-    """Records by S3 key, with when they were read; bounded, least recently used out first. One event loop."""
+    """Records by S3 key, with when they were read; bounded, least recently used out first. One event loop.
 
-    def __init__(self, ttl: float, *, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.monotonic) -> None:
+    ``final`` says which records can no longer change. A read passes the ``ticket`` it took before it
+    was sent, so what it got cannot replace what a write or a later read left meanwhile.
+    """
+
+    def __init__(self, ttl: float, *, final: Callable[[Any], bool], size: int = DEFAULT_SIZE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self.final = final
         self.size = size
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Any, float, int]] = OrderedDict()
+        self._tickets = itertools.count(1)
+        self._last = 0
 
-    def get(self, key: str, *, final: Callable[[Any], bool]) -> Any | None:
-        """The record kept for ``key`` if a page may show it: ``final`` ones always, others while fresh."""
+    def get(self, key: str, *, changing_too: bool = True) -> Any | None:
+        """The record kept for ``key`` if it may be shown: a final one always, another while fresh
+        (never, with ``changing_too=False``)."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        record, read_at = entry
-        if not final(record) and self.clock() - read_at >= self.ttl:
+        record, read_at, _ = entry
+        if not self.final(record) and (not changing_too or self.clock() - read_at >= self.ttl):
             return None
         self._entries.move_to_end(key)
         return record
 
-    def put(self, key: str, record: Any) -> None:
-        """``record`` as just read from, or written to, S3."""
-        self._entries[key] = (record, self.clock())
+    def ticket(self) -> int:
+        """Take one before a read; pass it to ``put`` with what the read got."""
+        return self._last
+
+    def put(self, key: str, record: Any, *, since: int | None = None) -> None:
+        """``record`` as just written to S3 (``since`` None), or read from it after taking ``since``."""
+        entry = self._entries.get(key)
+        if entry is not None and since is not None:
+            kept, _, stamped = entry
+            if stamped > since or (self.final(kept) and not self.final(record)):
+                return  # written or read again while this read was on its way: that is newer
+        self._last = next(self._tickets)
+        self._entries[key] = (record, self.clock(), self._last)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

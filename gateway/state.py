@@ -23,7 +23,6 @@ from dropbatch.auth.tenants import AsyncTenants
 from dropbatch.auth.tokens import AsyncTokens
 from dropbatch.context import Context
 from dropbatch.observability.metrics import Metrics
-from dropbatch.pagecache import PageCache
 from dropbatch.settings import Settings
 from dropbatch.storage.base import AsyncObjectStore
 from gateway.auth import TokenAuth
@@ -47,9 +46,8 @@ class Gateway:
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
-        pages = PageCache(self.settings.service.gateway_page_cache_seconds)
-        self.batches = AsyncBatchStore(self.records, pages)
-        self.files = AsyncFileStore(self.records, clock=self.ctx.clock, cache=pages)
+        self.batches = AsyncBatchStore(self.records, cache_seconds=self.settings.service.gateway_page_cache_seconds)
+        self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
         tiers = self.settings.limits.tier_quotas
         self.tokens = AsyncTokens(self.records, self.tenants, tiers=tiers, clock=self.ctx.clock)

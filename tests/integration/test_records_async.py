@@ -15,7 +15,6 @@ import pytest
 from dropbatch.aiorecords import AsyncBatchStore, AsyncFileStore, AsyncRecords
 from dropbatch.errors import Conflict, NotFound
 from dropbatch.models import BatchRecord, BatchStatus, FileRecord
-from dropbatch.pagecache import PageCache
 from dropbatch.storage.aio import AsyncS3ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -181,8 +180,8 @@ def test_list_pages_reuse_what_they_may_and_still_show_every_change(make_context
     async def main() -> None:
         inner = AsyncS3ObjectStore(ctx.settings.storage, pool_size=64)
         store = Watching(inner)
-        cache = PageCache(1.0, clock=lambda: now[0])
-        batches = AsyncBatchStore(AsyncRecords(store, ctx.settings.storage.control_bucket, concurrency=64), cache)
+        records = AsyncRecords(store, ctx.settings.storage.control_bucket, concurrency=64)
+        batches = AsyncBatchStore(records, cache_seconds=1.0, cache_clock=lambda: now[0])
 
         async def page() -> dict[str, BatchStatus]:
             return {b.id: b.status for b in (await batches.list("acme", limit=20))[0]}

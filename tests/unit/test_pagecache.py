@@ -1,4 +1,4 @@
-"""The gateway's page cache: finished records for good, others for its ttl, the least recently used out first."""
+"""The gateway's page cache: final records for good, others for its ttl, the least recently used out first."""
 
 from __future__ import annotations
 
@@ -11,34 +11,52 @@ def final(record: dict) -> bool:
 
 def test_a_record_that_can_change_is_shown_for_the_ttl_and_a_final_one_for_good() -> None:
     now = [0.0]
-    cache = PageCache(1.0, clock=lambda: now[0])
+    cache = PageCache(1.0, final=final, clock=lambda: now[0])
     cache.put("live", {"final": False})
     cache.put("done", {"final": True})
     now[0] = 0.99
-    assert cache.get("live", final=final) == {"final": False}
+    assert cache.get("live") == {"final": False}
+    assert cache.get("live", changing_too=False) is None  # what a retrieve asks: final ones only
     now[0] = 1.0
-    assert cache.get("live", final=final) is None
+    assert cache.get("live") is None
     now[0] = 10_000.0
-    assert cache.get("done", final=final) == {"final": True}
+    assert cache.get("done") == cache.get("done", changing_too=False) == {"final": True}
     cache.put("live", {"final": False, "v": 2})  # read again: fresh from now
-    assert cache.get("live", final=final) == {"final": False, "v": 2}
+    assert cache.get("live") == {"final": False, "v": 2}
     cache.drop("done")
-    assert cache.get("done", final=final) is None and cache.get("never", final=final) is None
+    assert cache.get("done") is None and cache.get("never") is None
+
+
+def test_a_read_cannot_replace_what_was_written_or_read_while_it_was_on_its_way() -> None:
+    cache = PageCache(1.0, final=final)
+    cache.put("b", {"final": False, "status": "validating"})
+    before_cancel = cache.ticket()  # a list page's read is sent ...
+    cache.put("b", {"final": False, "status": "cancelling"})  # ... our cancel is written ...
+    cache.put("b", {"final": False, "status": "validating"}, since=before_cancel)  # ... and the old read lands
+    assert cache.get("b") == {"final": False, "status": "cancelling"}
+
+    now = cache.ticket()
+    cache.put("b", {"final": False, "status": "in_progress"}, since=now)  # a read sent after: it is newer
+    assert cache.get("b") == {"final": False, "status": "in_progress"}
+
+    cache.put("b", {"final": True, "status": "completed"}, since=cache.ticket())
+    cache.put("b", {"final": False, "status": "in_progress"}, since=cache.ticket())  # older, whatever its ticket
+    assert cache.get("b") == {"final": True, "status": "completed"}
 
 
 def test_it_keeps_the_most_recently_used_records_only() -> None:
-    cache = PageCache(1.0, size=3)
+    cache = PageCache(1.0, final=final, size=3)
     for key in "abc":
         cache.put(key, {"final": True})
-    assert cache.get("a", final=final) is not None  # a is now the most recently used
+    assert cache.get("a") is not None  # a is now the most recently used
     cache.put("d", {"final": True})
     assert len(cache) == 3
-    assert [key for key in "abcd" if cache.get(key, final=final) is not None] == ["a", "c", "d"]
+    assert [key for key in "abcd" if cache.get(key) is not None] == ["a", "c", "d"]
 
 
 def test_a_zero_ttl_reads_every_record_that_can_change() -> None:
-    cache = PageCache(0.0)
+    cache = PageCache(0.0, final=final)
     cache.put("live", {"final": False})
     cache.put("done", {"final": True})
-    assert cache.get("live", final=final) is None
-    assert cache.get("done", final=final) is not None
+    assert cache.get("live") is None
+    assert cache.get("done") is not None
