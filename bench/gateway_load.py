@@ -479,6 +479,62 @@ def print_sweep(results: list[dict]) -> None:
         )
 
 
+def plot_sweep(results: list[dict], paths: list[Path]) -> None:
+    """Latency against the rate served, one line per S3 server and page cache: where each one saturates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    curves: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        curves[f"{r['s3']}, page cache {r['page_cache_seconds']:g} s"].append(r)
+    for ax, route, title in (
+        (axes[0], "GET /v1/batches/{id}", "batches.retrieve"),
+        (axes[1], "GET /v1/batches", f"batches.list (pages of {PAGE})"),
+    ):
+        for label, runs in curves.items():
+            paced = sorted((r for r in runs if r.get("offered_per_second")), key=lambda r: r["offered_per_second"])
+            xs = [r["total_per_second"] for r in paced]
+            (line,) = ax.plot(xs, [r["routes"][route]["p99_ms"] for r in paced], marker="o", label=f"{label}: p99")
+            color = line.get_color()
+            ax.plot(
+                xs,
+                [r["routes"][route]["p50_ms"] for r in paced],
+                marker=".",
+                linestyle=":",
+                color=color,
+                label=f"{label}: p50",
+            )
+            for r in runs:
+                if not r.get("offered_per_second"):  # asking as fast as answered: where it saturates
+                    ax.plot(
+                        [r["total_per_second"]] * 2,
+                        [r["routes"][route][q] for q in ("p50_ms", "p99_ms")],
+                        marker="x",
+                        linestyle="none",
+                        color=color,
+                        markersize=9,
+                    )
+        ax.axhline(RETRIEVE_P99_MS, color="tab:red", linestyle="--", linewidth=1, label=f"{RETRIEVE_P99_MS:.0f} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("gateway requests/s served (all routes)")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    first = results[0]
+    fig.suptitle(
+        f"{first['clients']} AsyncOpenAI clients, {first['workers']} gateway worker(s), "
+        f"{first['duration']:.0f} s per point: paced clients (o), clients asking as fast as answered (x)"
+    )
+    fig.tight_layout()
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(results: list[dict], paths: list[Path]) -> None:
     """One row per S3 server: latency per operation (log scale) and the gateway's RSS over the run."""
     import matplotlib
@@ -554,10 +610,13 @@ def bench(args: argparse.Namespace) -> int:
         print_sweep(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_load.json").write_text(json.dumps({"runs": results}, indent=2) + "\n")
-    plot(results, [args.out / "gateway_load.png", args.docs / "gateway_load.png"])
-    print(
-        f"\nwrote {args.out / 'gateway_load.json'}, {args.out / 'gateway_load.png'}, {args.docs / 'gateway_load.png'}"
-    )
+    if len(results) > 1 and args.rate:
+        paths = [args.out / "gateway_load_sweep.png", args.docs / "gateway_load_sweep.png"]
+        plot_sweep(results, paths)
+    else:
+        paths = [args.out / "gateway_load.png", args.docs / "gateway_load.png"]
+        plot(results, paths)
+    print(f"\nwrote {args.out / 'gateway_load.json'}, {', '.join(str(path) for path in paths)}")
     for result in results:
         for sample in result["error_samples"]:
             print(f"error ({result['s3']}): {sample}", file=sys.stderr)

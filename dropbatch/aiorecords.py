@@ -220,10 +220,10 @@ class AsyncFileStore:
     A file past its ``expires_at`` is gone for this reader (404, not listed).
     """
 
-    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time) -> None:
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time, cache_seconds: float = 0.0) -> None:
         self.records = records
         self.clock = clock
-        self.cache = PageCache(0.0, final=lambda _record: True)  # written once: a kept record is never stale
+        self.cache = PageCache(cache_seconds, final=lambda _record: True)  # written once: never stale
 
     async def create(self, record: FileRecord) -> None:
         for write in file_writes(record):

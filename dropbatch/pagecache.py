@@ -10,6 +10,8 @@ load"). A page now takes each record from here when it may:
   as it stays among the ``size`` most recently used;
 * any other record for ``ttl`` seconds after it was read or written here.
 
+A ``ttl`` of 0 keeps nothing: every page reads every record, as before the cache.
+
 The LIST that starts every page still decides which records exist, so a new batch
 or a deleted file shows on the next page at once, and this process's own writes
 replace their entry as they are made. ``batches.retrieve`` reads S3 unless the
@@ -65,6 +67,8 @@ class PageCache:
 
     def put(self, key: str, record: Any, *, since: int | None = None) -> None:
         """``record`` as just written to S3 (``since`` None), or read from it after taking ``since``."""
+        if self.ttl <= 0:
+            return
         entry = self._entries.get(key)
         if entry is not None and since is not None:
             kept, _, stamped = entry

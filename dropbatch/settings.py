@@ -306,8 +306,8 @@ class ServiceSettings(_Frozen):
         1.0,
         ge=0,
         description=(
-            "How old a batch record a gateway list page may show when it can still change (0: read each); "
-            "finished batches and files are kept, and a retrieve always reads what can change."
+            "How old a batch record a gateway list page may show when it can still change; finished batches "
+            "and files are kept, and a retrieve always reads what can change. 0: no cache, every record read."
         ),
     )
     metrics_host: str = Field(

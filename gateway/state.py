@@ -46,8 +46,9 @@ class Gateway:
     caches: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (the tokenizer)
 
     def __post_init__(self) -> None:
-        self.batches = AsyncBatchStore(self.records, cache_seconds=self.settings.service.gateway_page_cache_seconds)
-        self.files = AsyncFileStore(self.records, clock=self.ctx.clock)
+        pages = self.settings.service.gateway_page_cache_seconds
+        self.batches = AsyncBatchStore(self.records, cache_seconds=pages)
+        self.files = AsyncFileStore(self.records, clock=self.ctx.clock, cache_seconds=pages)
         self.tenants = AsyncTenants(self.records, clock=self.ctx.clock)
         tiers = self.settings.limits.tier_quotas
         self.tokens = AsyncTokens(self.records, self.tenants, tiers=tiers, clock=self.ctx.clock)
