@@ -1,7 +1,8 @@
 """Benchmark: many concurrent OpenAI-SDK clients polling a live gateway over a real S3 server, on loopback.
 
     python bench/gateway_load.py [--duration 60] [--clients 100] [--workers 1] [--procs 2]
-                                 [--s3 moto] [--s3 URL ...] [--out bench/out] [--docs docs]
+                                 [--s3 moto] [--s3 URL ...] [--rate R ...] [--page-cache S ...]
+                                 [--out bench/out] [--docs docs]
 
 The gateway runs as ``dropbatch gateway`` (``DROPBATCH_GATEWAY_WORKERS`` worker
 processes) against each ``--s3`` in turn, in one run: ``moto`` (the default) is a
@@ -29,9 +30,17 @@ server (the process listening on its port) spent during the load is divided by
 the gateway requests served: the cost of a request, which says what a machine
 that is not shared would sustain.
 
-Prints a table per S3 server (p50/p99 per operation, req/s, 429s, errors),
-the goals of issue 13 checked against it, and writes ``gateway_load.{json,png}``
-(``{"runs": [...]}``, one plot row per server) to ``--out`` and the plot to ``--docs``. A benchmark, not a test: numbers vary with the
+``--rate`` paces the clients: R gateway requests/s offered in all, each client
+sleeping between its calls as a poller does (without it each asks again as soon
+as it is answered, where Little's law makes the mean latency clients / rate).
+``--page-cache`` sets the gateway's ``DROPBATCH_GATEWAY_PAGE_CACHE_SECONDS`` (0: no
+cache). Both repeat: every S3 server × page cache × rate is one run of its own.
+
+Prints a table per run (p50/p99 per operation, req/s, 429s, errors), the goals of
+issue 13 checked against it, a line per run when there are several, and writes
+``gateway_load.json`` (``{"runs": [...]}``) and a plot to ``--out`` and ``--docs``:
+``gateway_load.png`` (one row per run), or with ``--rate`` and several runs
+``gateway_load_sweep.png`` (latency against the rate served). A benchmark, not a test: numbers vary with the
 machine (here 2 cores shared by the S3 server, the gateway and the clients).
 """
 
