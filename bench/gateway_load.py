@@ -533,10 +533,17 @@ def plot_sweep(results: list[dict], paths: list[Path]) -> None:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     first = results[0]
-    fig.suptitle(
+    title = (
         f"{first['clients']} AsyncOpenAI clients, {first['workers']} gateway worker(s), "
         f"{first['duration']:.0f} s per point: paced clients (o), clients asking as fast as answered (x)"
     )
+    save(fig, title, paths)
+
+
+def save(fig, title: str, paths: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -583,15 +590,11 @@ def plot(results: list[dict], paths: list[Path]) -> None:
         ax_rss.set_ylabel("gateway RSS (MB, all processes)")
         ax_rss.set_title("gateway memory", fontsize=10)
     first = results[0]
-    fig.suptitle(
-        f"gateway under {first['clients']} AsyncOpenAI clients for {first['duration']:.0f} s, "
-        f"{first['workers']} worker(s)"
+    save(
+        fig,
+        f"gateway under {first['clients']} AsyncOpenAI clients for {first['duration']:.0f} s, {first['workers']} worker(s)",
+        paths,
     )
-    fig.tight_layout()
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def seed_batch(base_url: str, token: str) -> str:
