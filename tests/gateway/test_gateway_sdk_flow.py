@@ -149,16 +149,19 @@ def test_cancel_after_admission_before_the_runner(settings, live, tenant_token, 
     batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
     Watcher(live.ctx).run_once()
     assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert [b.status for b in client.batches.list().data] == ["in_progress"]  # the page cache holds it now
 
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     assert client.batches.cancel(batch.id).status == "cancelling"  # asking twice changes nothing
+    assert [b.status for b in client.batches.list().data] == ["cancelling"]  # our own write, at once
 
     engine = EchoEngine(live.ctx.store, settings)
     drain(live.ctx, engine)
     assert engine.runs == []  # nothing ran: the runner settled the cancel before starting
     done = client.batches.retrieve(batch.id)
     assert done.status == "cancelled" and done.cancelled_at is not None
+    assert [b.status for b in client.batches.list().data] == ["cancelled"]  # what a retrieve read, pages show
     assert (done.request_counts.completed, done.request_counts.failed) == (0, len(lines))
     errors = read_jsonl(client.files.content(done.error_file_id).content)
     assert sorted(line["custom_id"] for line in errors) == sorted(line["custom_id"] for line in lines)
