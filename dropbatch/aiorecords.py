@@ -149,6 +149,11 @@ def _finished(record: BatchRecord) -> bool:
     return record.status.is_terminal
 
 
+def _weight(record: BatchRecord) -> int:
+    """A batch record's size for the page cache's budget (``dropbatch.pagecache``)."""
+    return 3 + len(record.chunks) + len(record.inputs)
+
+
 class AsyncBatchStore:
     """The gateway's reads and cancels of batch records (``BatchStore`` awaited).
 
@@ -159,7 +164,7 @@ class AsyncBatchStore:
     def __init__(self, records: AsyncRecords, *, cache_seconds: float = 0.0,
                  cache_clock: Clock = time.monotonic) -> None:
         self.records = records
-        self.cache = PageCache(cache_seconds, final=_finished, clock=cache_clock)
+        self.cache = PageCache(cache_seconds, final=_finished, weight=_weight, clock=cache_clock)
 
     async def create(self, record: BatchRecord) -> None:
         """Store a new batch; raises ``ObjectExists`` if this id was already created."""

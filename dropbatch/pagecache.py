@@ -7,7 +7,7 @@ load"). A page now takes each record from here when it may:
 
 * a record that can no longer change, a finished batch (``records.finished_stays``
   refuses to change one) or a file (written once, only ever deleted), for as long
-  as it stays among the ``size`` most recently used;
+  as it stays among the most recently used that fit the ``budget``;
 * any other record for ``ttl`` seconds after it was read or written here.
 
 A ``ttl`` of 0 keeps nothing: every page reads every record, as before the cache.
@@ -29,23 +29,28 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_SIZE = 10_000
+# Weights are units of ~1.3 KB of Python objects: a file record is 1, a batch record 3 plus one per
+# chunk and input (a 50,000-line batch, 100 chunks of 500 lines, is ~130 KB parsed). So ~26 MB at most.
+DEFAULT_BUDGET = 20_000
 
 
 class PageCache:
-    """Records by S3 key, with when they were read; bounded, least recently used out first. One event loop.
+    """Records by S3 key, with when they were read; at most ``budget`` of ``weight``, the least recently
+    used out first. One event loop.
 
     ``final`` says which records can no longer change. A read passes the ``ticket`` it took before it
     was sent, so what it got cannot replace what a write or a later read left meanwhile.
     """
 
-    def __init__(self, ttl: float, *, final: Callable[[Any], bool], size: int = DEFAULT_SIZE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, *, final: Callable[[Any], bool], weight: Callable[[Any], int] = lambda _: 1,
+                 budget: int = DEFAULT_BUDGET, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.final = final
-        self.size = size
+        self.weight = weight
+        self.budget = budget
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[Any, float, int]] = OrderedDict()
+        self.held = 0  # the weight of what is kept
+        self._entries: OrderedDict[str, tuple[Any, float, int, int]] = OrderedDict()
         self._tickets = itertools.count(1)
         self._last = 0
 
@@ -55,7 +60,7 @@ class PageCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        record, read_at, _ = entry
+        record, read_at, _, _ = entry
         if not self.final(record) and (not changing_too or self.clock() - read_at >= self.ttl):
             return None
         self._entries.move_to_end(key)
@@ -71,17 +76,22 @@ class PageCache:
             return
         entry = self._entries.get(key)
         if entry is not None and since is not None:
-            kept, _, stamped = entry
+            kept, _, stamped, _ = entry
             if stamped > since or (self.final(kept) and not self.final(record)):
                 return  # written or read again while this read was on its way: that is newer
+        self.drop(key)
         self._last = next(self._tickets)
-        self._entries[key] = (record, self.clock(), self._last)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        weight = self.weight(record)
+        self._entries[key] = (record, self.clock(), self._last, weight)
+        self.held += weight
+        while self.held > self.budget:
+            _, (_, _, _, gone) = self._entries.popitem(last=False)
+            self.held -= gone
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.held -= entry[3]
 
     def __len__(self) -> int:
         return len(self._entries)

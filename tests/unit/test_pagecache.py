@@ -44,14 +44,19 @@ def test_a_read_cannot_replace_what_was_written_or_read_while_it_was_on_its_way(
     assert cache.get("b") == {"final": True, "status": "completed"}
 
 
-def test_it_keeps_the_most_recently_used_records_only() -> None:
-    cache = PageCache(1.0, final=final, size=3)
+def test_it_keeps_the_most_recently_used_records_that_fit_its_budget() -> None:
+    cache = PageCache(1.0, final=final, weight=lambda record: record["weight"], budget=6)
     for key in "abc":
-        cache.put(key, {"final": True})
+        cache.put(key, {"final": True, "weight": 2})
     assert cache.get("a") is not None  # a is now the most recently used
-    cache.put("d", {"final": True})
-    assert len(cache) == 3
+    cache.put("d", {"final": True, "weight": 2})
+    assert (len(cache), cache.held) == (3, 6)
     assert [key for key in "abcd" if cache.get(key) is not None] == ["a", "c", "d"]
+    cache.put("big", {"final": True, "weight": 5})  # room for it means room for nothing else
+    assert [key for key in ("a", "c", "d", "big") if cache.get(key) is not None] == ["big"]
+    cache.put("big", {"final": True, "weight": 1})  # replaced: its old weight is given back
+    cache.drop("big")
+    assert (len(cache), cache.held) == (0, 0)
 
 
 def test_a_zero_ttl_keeps_nothing() -> None:
