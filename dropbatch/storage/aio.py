@@ -126,6 +126,12 @@ class AsyncS3ObjectStore:
                 self._client, self._stack = client, stack
         return self._client
 
+    async def open(self) -> None:
+        try:
+            await self._s3()
+        except AWS_ERRORS as exc:
+            raise translate(exc, bucket="", key="") from exc
+
     async def close(self) -> None:
         stack, self._stack, self._client, self._signed = self._stack, None, None, None
         if stack is not None:

@@ -150,6 +150,10 @@ class AsyncObjectStore(Protocol):
         """Like ``ObjectStore.copy``: the destination's ETag; create-only with ``if_none_match``."""
         ...
 
+    async def open(self) -> None:
+        """Build the client now, sending nothing (the app's start-up); the first call would otherwise."""
+        ...
+
     async def close(self) -> None:
         """Release the connection pool (the app's shutdown)."""
         ...

@@ -35,6 +35,9 @@ class ThreadedObjectStore:
         while (item := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
             yield item
 
+    async def open(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -164,3 +164,22 @@ def test_several_workers_serve_one_port_and_each_reads_every_write(
     assert all(worker.is_running() for worker in workers)  # no worker died serving
     proc.terminate()
     assert proc.wait(timeout=30) == 0  # SIGTERM stops the supervisor and its workers cleanly
+
+
+def test_a_gateway_in_its_own_process_settles_its_heap_and_an_embedded_one_leaves_it(settings) -> None:
+    import asyncio
+    import gc
+
+    from gateway.app import create_app
+
+    async def frozen_after_start(own_process: bool) -> int:
+        app = create_app(settings, own_process=own_process)
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count()
+
+    before = gc.get_freeze_count()
+    try:
+        assert asyncio.run(frozen_after_start(False)) == before  # the tests' own heap is not the app's to freeze
+        assert asyncio.run(frozen_after_start(True)) > before + 10_000  # imports, the app, the S3 client's model
+    finally:
+        gc.unfreeze()
