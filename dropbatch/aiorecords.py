@@ -4,14 +4,16 @@ Reads and conditional writes go through an ``AsyncObjectStore``, so a handler
 awaits S3 on its event loop. A page lists its index once and then loads its
 records concurrently (at most ``concurrency`` requests in flight, the size of
 the S3 connection pool), so it costs about two round trips however long it is,
-not one per record.
+not one per record. With a page cache (``dropbatch.pagecache``) the same page polled
+again within its seconds costs no S3 request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -19,7 +21,7 @@ from pydantic import BaseModel
 
 from dropbatch.errors import ObjectNotFound, StaleWrite, StorageError
 from dropbatch.models import BatchRecord, FileRecord
-from dropbatch.pagecache import PageCache
+from dropbatch.pagecache import Listings, PageCache
 from dropbatch.records import (
     JSON,
     Clock,
@@ -42,6 +44,7 @@ from dropbatch.storage.keys import ControlKeys, JobRef
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+log = logging.getLogger("dropbatch.gateway")
 
 
 class AsyncRecords:
@@ -115,17 +118,20 @@ async def page_index(
     anchor: str | None,
     load: Callable[[str], Awaitable[M | None]],
     limit: int,
+    listings: Listings,
+    relist: bool = False,
     newest_first: bool = True,
     keep: Callable[[M], bool] | None = None,
 ) -> tuple[list[M], bool]:
-    """``records.page_index`` awaited: one LIST of ``limit + 1`` index keys, then their records at once.
+    """``records.page_index`` awaited: one LIST of ``limit + 1`` index keys (none if ``listings`` kept
+    them and not ``relist``), then their records at once.
 
     Only missing or filtered-out records make it list and load further windows.
     """
     page: list[M] = []
     window: list[str] = []
     if newest_first:  # the index's key order
-        keys = records.list_keys(prefix, start_after=anchor, page_size=limit + 1)
+        keys = _listed(records, listings, prefix, anchor, limit + 1, relist=relist)
     else:
         keys = _each(oldest_first([key async for key in records.list_keys(prefix)], anchor))
     async with aclosing(keys):
@@ -138,6 +144,60 @@ async def page_index(
             window = []
     more = take(page, await records.gather(load(indexed_id(k)) for k in window), limit=limit, keep=keep)
     return page, more
+
+
+async def _listed(records: AsyncRecords, listings: Listings, prefix: str, anchor: str | None, n: int,
+                  *, relist: bool) -> AsyncIterator[str]:
+    """The index keys after ``anchor``: the first ``n`` as ``listings`` kept them or one LIST got them,
+    the rest (a page that skips missing or filtered-out records) from further LISTs."""
+    window = None if relist else listings.get(prefix, anchor, n)
+    if window is None:
+        since = listings.ticket()
+        window = []
+        async with aclosing(records.list_keys(prefix, start_after=anchor, page_size=n)) as keys:
+            async for key in keys:
+                window.append(key)
+                if len(window) == n:
+                    break
+        listings.put(prefix, anchor, n, window, since=since)
+    for key in window:
+        yield key
+    if len(window) == n:
+        async with aclosing(records.list_keys(prefix, start_after=window[-1], page_size=n)) as keys:
+            async for key in keys:
+                yield key
+
+
+async def _read(cache: PageCache, key: str, read: Awaitable[T | None]) -> T | None:
+    """``read`` of ``key`` from S3, kept in ``cache`` unless a write here came first."""
+    since = cache.ticket()
+    record = await read
+    if record is not None:
+        cache.put(key, record, since=since)
+    return record
+
+
+class Refreshes:
+    """Pages read again in the background, one per window at a time: a page polled at least every half
+    ``ttl`` shows what S3 held at most ``ttl`` ago and never waits for S3 itself."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Task[object]] = {}  # held so no task is collected early
+
+    def start(self, window: Hashable, refresh: Callable[[], Awaitable[object]]) -> None:
+        if window in self._running:
+            return
+        task = self._running[window] = asyncio.ensure_future(refresh())
+        task.add_done_callback(lambda done: self._finished(window, done))
+
+    def _finished(self, window: Hashable, task: asyncio.Task[object]) -> None:
+        self._running.pop(window, None)
+        if not task.cancelled() and task.exception() is not None:  # the next page reads it, or tries again
+            log.warning("could not refresh a kept list page", extra={"error": str(task.exception())})
+
+    async def settled(self) -> None:
+        """Wait for the refreshes running now (tests)."""
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
 
 
 async def _each(items: list[str]) -> AsyncIterator[str]:
@@ -157,40 +217,43 @@ def _weight(record: BatchRecord) -> int:
 class AsyncBatchStore:
     """The gateway's reads and cancels of batch records (``BatchStore`` awaited).
 
-    List pages take records from ``cache`` when they may (``dropbatch.pagecache``); a retrieve
-    reads S3 unless the batch has finished.
+    List pages take records from ``cache`` and the keys of their window from ``listings`` when
+    they may (``dropbatch.pagecache``); a retrieve reads S3 unless the batch has finished.
     """
 
     def __init__(self, records: AsyncRecords, *, cache_seconds: float = 0.0,
                  cache_clock: Clock = time.monotonic) -> None:
         self.records = records
         self.cache = PageCache(cache_seconds, final=_finished, weight=_weight, clock=cache_clock)
+        self.listings = Listings(cache_seconds, clock=cache_clock)
+        self.refreshes = Refreshes()
 
     async def create(self, record: BatchRecord) -> None:
         """Store a new batch; raises ``ObjectExists`` if this id was already created."""
         for write in batch_writes(record):
             await self.records.write(write)
         self.cache.put(ControlKeys.batch(record.tenant, record.id), record)
+        self.listings.add(ControlKeys.batch_index_prefix(record.tenant),
+                          ControlKeys.batch_index(record.tenant, record.created_at, record.id))
 
     async def _read(self, key: str) -> BatchRecord | None:
-        since = self.cache.ticket()
-        record = await self.records.get(key, BatchRecord)
-        if record is not None:
-            self.cache.put(key, record, since=since)
-        return record
+        return await _read(self.cache, key, self.records.get(key, BatchRecord))
 
     async def _shown(self, key: str) -> BatchRecord | None:
         """What a list page shows for ``key``: the kept record while it may, else a fresh read."""
         kept = self.cache.get(key)
         return kept if kept is not None else await self._read(key)
 
+    async def _current(self, key: str) -> BatchRecord | None:
+        """What a retrieve shows for ``key``: the kept record if it has finished, else a fresh read."""
+        return self.cache.get(key, changing_too=False) or await self._read(key)
+
     async def point_job(self, ref: JobRef, batch_id: str) -> None:
         """Make ``dropbatch status TENANT/JOB`` find ``batch_id`` (the job's latest batch)."""
         await self.records.write(job_pointer(ref, batch_id))
 
     async def get(self, tenant: str, batch_id: str) -> BatchRecord:
-        key = ControlKeys.batch(tenant, batch_id)
-        record = self.cache.get(key, changing_too=False) or await self._read(key)
+        record = await self._current(ControlKeys.batch(tenant, batch_id))
         if record is None:
             raise batch_not_found(batch_id)
         return record
@@ -210,13 +273,18 @@ class AsyncBatchStore:
         if after is not None:
             record = await self.get(tenant, after)
             anchor = ControlKeys.batch_index(tenant, record.created_at, record.id)
-        return await page_index(
-            self.records,
-            ControlKeys.batch_index_prefix(tenant),
-            anchor=anchor,
-            load=lambda batch_id: self._shown(ControlKeys.batch(tenant, batch_id)),
-            limit=limit,
-        )
+        prefix = ControlKeys.batch_index_prefix(tenant)
+
+        def paged(show: Callable[[str], Awaitable[BatchRecord | None]], *, relist: bool = False):
+            return page_index(self.records, prefix, anchor=anchor, load=lambda batch_id: show(
+                ControlKeys.batch(tenant, batch_id)), limit=limit, listings=self.listings, relist=relist)
+
+        page, more = await paged(self._shown)
+        if self.listings.due(prefix, anchor, limit + 1) or any(
+            self.cache.due(ControlKeys.batch(tenant, b.id)) for b in page
+        ):
+            self.refreshes.start((prefix, anchor, limit), lambda: paged(self._current, relist=True))
+        return page, more
 
 
 class AsyncFileStore:
@@ -225,23 +293,24 @@ class AsyncFileStore:
     A file past its ``expires_at`` is gone for this reader (404, not listed).
     """
 
-    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time, cache_seconds: float = 0.0) -> None:
+    def __init__(self, records: AsyncRecords, *, clock: Clock = time.time, cache_seconds: float = 0.0,
+                 cache_clock: Clock = time.monotonic) -> None:
         self.records = records
         self.clock = clock
         self.cache = PageCache(cache_seconds, final=lambda _record: True)  # written once: never stale
+        self.listings = Listings(cache_seconds, clock=cache_clock)
+        self.refreshes = Refreshes()
 
     async def create(self, record: FileRecord) -> None:
         for write in file_writes(record):
             await self.records.write(write)
         self.cache.put(ControlKeys.file(record.tenant, record.id), record)
+        self.listings.add(ControlKeys.file_index_prefix(record.tenant),
+                          ControlKeys.file_index(record.tenant, record.created_at, record.id))
 
     async def _load(self, tenant: str, file_id: str) -> FileRecord | None:
         key = ControlKeys.file(tenant, file_id)
-        since = self.cache.ticket()
-        record = await self.records.get(key, FileRecord)
-        if record is not None:
-            self.cache.put(key, record, since=since)
-        return self._live(record)
+        return self._live(await _read(self.cache, key, self.records.get(key, FileRecord)))
 
     async def _shown(self, tenant: str, file_id: str) -> FileRecord | None:
         """What a list page shows: the kept record (the LIST before it said the file exists), else a read."""
@@ -263,6 +332,7 @@ class AsyncFileStore:
         await store.delete(bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
         await store.delete(bucket, ControlKeys.file(tenant, file_id))
         self.cache.drop(ControlKeys.file(tenant, file_id))
+        self.listings.forget(ControlKeys.file_index_prefix(tenant))
         return record
 
     async def list(
@@ -279,12 +349,22 @@ class AsyncFileStore:
         if after is not None:
             record = await self.get(tenant, after)
             anchor = ControlKeys.file_index(tenant, record.created_at, record.id)
-        return await page_index(
-            self.records,
-            ControlKeys.file_index_prefix(tenant),
-            anchor=anchor,
-            load=lambda file_id: self._shown(tenant, file_id),
-            limit=limit,
-            newest_first=newest_first,
-            keep=(lambda record: record.purpose == purpose) if purpose is not None else None,
-        )
+        prefix = ControlKeys.file_index_prefix(tenant)
+
+        def paged(*, relist: bool = False):
+            return page_index(
+                self.records,
+                prefix,
+                anchor=anchor,
+                load=lambda file_id: self._shown(tenant, file_id),
+                limit=limit,
+                listings=self.listings,
+                relist=relist,
+                newest_first=newest_first,
+                keep=(lambda record: record.purpose == purpose) if purpose is not None else None,
+            )
+
+        page, more = await paged()
+        if newest_first and self.listings.due(prefix, anchor, limit + 1):  # the records never change
+            self.refreshes.start((prefix, anchor, limit, purpose), lambda: paged(relist=True))
+        return page, more

@@ -10,15 +10,18 @@ load"). A page now takes each record from here when it may:
   as it stays among the most recently used that fit the ``budget``;
 * any other record for ``ttl`` seconds after it was read or written here.
 
-A ``ttl`` of 0 keeps nothing: every page reads every record, as before the cache.
+The keys a page LISTed are kept too (``Listings``), for ``ttl`` seconds: the same page
+polled again within it costs no S3 request.
 
-The LIST that starts every page still decides which records exist, so a new batch
-or a deleted file shows on the next page at once, and this process's own writes
-replace their entry as they are made. ``batches.retrieve`` reads S3 unless the
-batch has finished, ``files.retrieve`` always (a file can be deleted): what a
-client wrote, a retrieve shows, whichever worker or replica it lands on. Only a
-list page served by another process than the one that took a cancel can show the
-batch's older state, for at most ``ttl`` seconds.
+A ``ttl`` of 0 keeps nothing: every page LISTs and reads every record, as before the cache.
+
+This process's own writes replace their record as they are made and forget the
+listings they change, so what a client wrote here, the next page here shows.
+``batches.retrieve`` reads S3 unless the batch has finished, ``files.retrieve``
+always (a file can be deleted): what a client wrote, a retrieve shows, whichever
+worker or replica it lands on. A list page served by another process than the one
+that took a write (or a batch the watcher admitted or moved on) can show the
+older state, for at most ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ class PageCache:
         self._entries.move_to_end(key)
         return record
 
+    def due(self, key: str) -> bool:
+        """True if the record kept for ``key`` can change and is half its ``ttl`` old: time to read it
+        again, in the background, before a page has to wait for it."""
+        entry = self._entries.get(key)
+        return entry is not None and not self.final(entry[0]) and self.clock() - entry[1] >= self.ttl / 2
+
     def ticket(self) -> int:
         """Take one before a read; pass it to ``put`` with what the read got."""
         return self._last
@@ -95,3 +104,75 @@ class PageCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Listings:
+    """The index keys list pages LISTed, for ``ttl`` seconds after the LIST: the same page polled again
+    within it costs no S3 request at all. One event loop.
+
+    A window is the first ``n`` keys of ``prefix`` after ``start_after``. This process's creates ``add``
+    their index key to the windows it falls in and its deletes ``forget`` the prefix's windows, so what
+    was written here shows on the next page here; what another process or replica (or the watcher)
+    wrote shows within ``ttl``. A LIST sent before such a write is not kept (the ``ticket`` it took
+    says so). At most ``size`` windows, the least recently used out first.
+    """
+
+    def __init__(self, ttl: float, *, size: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self._windows: OrderedDict[tuple[str, str | None, int], tuple[list[str], float]] = OrderedDict()
+        self._forgotten: dict[str, int] = {}  # prefix -> the ticket its last write here left
+        self._tickets = itertools.count(1)
+        self._last = 0
+
+    def get(self, prefix: str, start_after: str | None, n: int) -> list[str] | None:
+        window = (prefix, start_after, n)
+        entry = self._windows.get(window)
+        if entry is None:
+            return None
+        if self.clock() - entry[1] >= self.ttl:
+            del self._windows[window]
+            return None
+        self._windows.move_to_end(window)
+        return entry[0]
+
+    def due(self, prefix: str, start_after: str | None, n: int) -> bool:
+        """True if the window is kept and half its ``ttl`` old: time to LIST it again, in the background."""
+        entry = self._windows.get((prefix, start_after, n))
+        return entry is not None and self.clock() - entry[1] >= self.ttl / 2
+
+    def ticket(self) -> int:
+        """Take one before a LIST; pass it to ``put`` with the keys it got."""
+        return self._last
+
+    def put(self, prefix: str, start_after: str | None, n: int, keys: list[str], *, since: int) -> None:
+        if self.ttl <= 0 or self._forgotten.get(prefix, 0) > since:
+            return  # a write here under the prefix came after this LIST was sent: what it got may miss it
+        self._windows[(prefix, start_after, n)] = (keys, self.clock())
+        self._windows.move_to_end((prefix, start_after, n))
+        while len(self._windows) > self.size:
+            self._windows.popitem(last=False)
+
+    def add(self, prefix: str, key: str) -> None:
+        """This process wrote the index ``key`` under ``prefix``: the kept windows it falls in take it,
+        as a LIST now would show them; the LISTs on their way are out of date."""
+        self._stamp(prefix)
+        for (kept_prefix, start_after, n), (keys, listed_at) in list(self._windows.items()):
+            if kept_prefix != prefix or (start_after is not None and key <= start_after) or key in keys:
+                continue
+            if len(keys) < n or key < keys[-1]:
+                self._windows[(prefix, start_after, n)] = (sorted([*keys, key])[:n], listed_at)
+
+    def forget(self, prefix: str) -> None:
+        """This process deleted under ``prefix``: its windows, kept or on their way, are out of date."""
+        self._stamp(prefix)
+        for window in [w for w in self._windows if w[0] == prefix]:
+            del self._windows[window]
+
+    def _stamp(self, prefix: str) -> None:
+        self._last = next(self._tickets)
+        self._forgotten[prefix] = self._last
+
+    def __len__(self) -> int:
+        return len(self._windows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dropbatch.pagecache import PageCache
+from dropbatch.pagecache import Listings, PageCache
 
 
 def final(record: dict) -> bool:
@@ -64,3 +64,56 @@ def test_a_zero_ttl_keeps_nothing() -> None:
     cache.put("live", {"final": False})
     cache.put("done", {"final": True})
     assert cache.get("live") is None and cache.get("done") is None and len(cache) == 0
+
+
+def test_a_listed_window_is_kept_for_the_ttl_and_forgotten_when_this_process_deletes_under_its_prefix() -> None:
+    now = [0.0]
+    listings = Listings(1.0, size=3, clock=lambda: now[0])
+    listings.put("idx/acme/", None, 21, ["k2", "k1"], since=listings.ticket())
+    listings.put("idx/bob/", None, 21, ["b1"], since=listings.ticket())
+    now[0] = 0.99
+    assert listings.get("idx/acme/", None, 21) == ["k2", "k1"]
+    assert listings.get("idx/acme/", "k2", 21) is None and listings.get("idx/acme/", None, 6) is None  # other windows
+
+    listings.forget("idx/acme/")  # a file deleted here
+    assert listings.get("idx/acme/", None, 21) is None and listings.get("idx/bob/", None, 21) == ["b1"]
+    now[0] = 1.0
+    assert listings.get("idx/bob/", None, 21) is None  # its ttl is over
+
+
+def test_a_list_sent_before_a_write_here_is_not_kept() -> None:
+    listings = Listings(1.0)
+    sent = listings.ticket()  # a page's LIST is sent ...
+    listings.forget("idx/acme/")  # ... a delete here removes an index key ...
+    listings.put("idx/acme/", None, 21, ["k1"], since=sent)  # ... and the LIST that may miss it lands
+    assert listings.get("idx/acme/", None, 21) is None
+    listings.put("idx/bob/", None, 21, ["b1"], since=sent)  # another prefix's LIST is still good
+    listings.put("idx/acme/", None, 21, ["k2", "k1"], since=listings.ticket())  # a LIST sent after the write
+    assert listings.get("idx/acme/", None, 21) == ["k2", "k1"] and listings.get("idx/bob/", None, 21) == ["b1"]
+
+
+def test_listings_keep_the_most_recently_used_windows_and_nothing_with_a_zero_ttl() -> None:
+    listings = Listings(1.0, size=2)
+    for prefix in "abc":
+        listings.put(prefix, None, 21, [prefix], since=listings.ticket())
+        listings.get("a", None, 21)  # "a" is used after every put
+    assert len(listings) == 2 and listings.get("b", None, 21) is None and listings.get("a", None, 21) == ["a"]
+
+    off = Listings(0.0)
+    off.put("a", None, 21, ["a"], since=off.ticket())
+    assert len(off) == 0 and off.get("a", None, 21) is None
+
+
+def test_a_key_created_here_joins_the_kept_windows_as_a_list_would_show_it() -> None:
+    listings = Listings(1.0)
+    for start_after, n, keys in [(None, 3, ["b", "d", "f"]), ("d", 3, ["f"]), (None, 5, ["b", "d", "f"])]:
+        listings.put("p/", start_after, n, keys, since=listings.ticket())
+    sent = listings.ticket()
+    listings.add("p/", "c")
+    assert listings.get("p/", None, 3) == ["b", "c", "d"]  # a full window: the last key is pushed out
+    assert listings.get("p/", "d", 3) == ["f"]  # "c" is before this window
+    assert listings.get("p/", None, 5) == ["b", "c", "d", "f"]  # a window that held every key takes it
+    listings.add("p/", "g")
+    assert listings.get("p/", None, 3) == ["b", "c", "d"] and listings.get("p/", "d", 3) == ["f", "g"]
+    listings.put("p/", None, 3, ["b", "d", "f"], since=sent)  # a LIST sent before the creates
+    assert listings.get("p/", None, 3) == ["b", "c", "d"]
