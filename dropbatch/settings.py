@@ -306,8 +306,9 @@ class ServiceSettings(_Frozen):
         1.0,
         ge=0,
         description=(
-            "How old a batch record a gateway list page may show when it can still change; finished batches "
-            "and files are kept, and a retrieve always reads what can change. 0: no cache, every record read."
+            "How old a gateway list page may be: the keys it listed and the batches on it that can still change "
+            "are kept this long (re-read in the background at half of it); finished batches and files are kept, "
+            "and a retrieve always reads what can change. 0: no cache, every page LISTs and reads every record."
         ),
     )
     metrics_host: str = Field(
