@@ -196,8 +196,14 @@ class Refreshes:
             log.warning("could not refresh a kept list page", extra={"error": str(task.exception())})
 
     async def settled(self) -> None:
-        """Wait for the refreshes running now (tests)."""
+        """Wait for the refreshes running now."""
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the refreshes running now (before the S3 client they use is closed)."""
+        for task in self._running.values():
+            task.cancel()
+        await self.settled()
 
 
 async def _each(items: list[str]) -> AsyncIterator[str]:

@@ -103,7 +103,7 @@ def create_app(
         try:
             yield
         finally:
-            await store.close()
+            await app.state.gateway.close()
 
     app = Starlette(
         routes=[route for module in ROUTE_MODULES for route in module.ROUTES],

@@ -55,6 +55,13 @@ class Gateway:
         self.grants = AsyncGrants(self.records, storage=self.settings.storage)
 
 
+    async def close(self) -> None:
+        """Stop the list pages' background re-reads, then the S3 client they use."""
+        await self.batches.refreshes.close()
+        await self.files.refreshes.close()
+        await self.store.close()
+
+
 def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from dropbatch.aiorecords import Refreshes
+from dropbatch.errors import StorageError
 from dropbatch.pagecache import Listings, PageCache
 
 
@@ -117,3 +122,33 @@ def test_a_key_created_here_joins_the_kept_windows_as_a_list_would_show_it() -> 
     assert listings.get("p/", None, 3) == ["b", "c", "d"] and listings.get("p/", "d", 3) == ["f", "g"]
     listings.put("p/", None, 3, ["b", "d", "f"], since=sent)  # a LIST sent before the creates
     assert listings.get("p/", None, 3) == ["b", "c", "d"]
+
+
+def test_a_page_is_read_again_once_at_a_time_and_the_reads_stop_with_the_gateway(caplog) -> None:
+    started: list[str] = []
+
+    async def forever(window: str) -> None:
+        started.append(window)
+        await asyncio.sleep(3600)
+
+    async def failing() -> None:
+        raise StorageError("s3 is down")
+
+    async def main() -> None:
+        refreshes = Refreshes()
+        refreshes.start("a", lambda: forever("a"))
+        refreshes.start("a", lambda: forever("a again"))  # one re-read of a page at a time
+        refreshes.start("b", lambda: forever("b"))
+        refreshes.start("c", failing)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert started == ["a", "b"]
+        await asyncio.wait_for(refreshes.close(), timeout=5)  # the gateway stops: nothing is left running
+        refreshes.start("a", lambda: forever("a later"))  # a window whose re-read ended can start another
+        await asyncio.sleep(0)
+        assert started[-1] == "a later"
+        await refreshes.close()
+
+    with caplog.at_level(logging.WARNING, logger="dropbatch.gateway"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records] == ["could not refresh a kept list page"]
