@@ -15,8 +15,9 @@ polled again within it costs no S3 request.
 
 A ``ttl`` of 0 keeps nothing: every page LISTs and reads every record, as before the cache.
 
-This process's own writes replace their record as they are made and forget the
-listings they change, so what a client wrote here, the next page here shows.
+This process's own writes replace their record as they are made and update the
+listings they change (a create joins the kept windows it falls in, a delete drops
+the prefix's windows), so what a client wrote here, the next page here shows.
 ``batches.retrieve`` reads S3 unless the batch has finished, ``files.retrieve``
 always (a file can be deleted): what a client wrote, a retrieve shows, whichever
 worker or replica it lands on. A list page served by another process than the one
