@@ -140,7 +140,7 @@ def test_several_workers_serve_one_port_and_each_reads_every_write(
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
     assert len(workers) >= WORKERS, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
 
-    def session(i: int) -> list[str]:
+    def session(i: int) -> tuple[str, list[str]]:
         # A fresh client (new connections) per round spreads the calls over the workers.
         with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as client:
             file = client.files.create(
@@ -153,14 +153,24 @@ def test_several_workers_serve_one_port_and_each_reads_every_write(
         for _ in range(3):  # each read on a new connection, so possibly on another worker than the write
             with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as reader:
                 statuses.append(reader.batches.retrieve(batch.id).status)
+                reader.batches.list(limit=100)  # list pages keep what they read, on every worker
         with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as client:
             client.batches.cancel(batch.id)
         with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as reader:
             statuses.append(reader.batches.retrieve(batch.id).status)
-        return statuses
+        return batch.id, statuses
 
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(session, range(6))) == [["validating"] * 3 + ["cancelling"]] * 6
+        sessions = list(pool.map(session, range(6)))
+    assert [statuses for _, statuses in sessions] == [["validating"] * 3 + ["cancelling"]] * 6
+
+    # A list page, whichever worker serves it, shows what was written through any worker within the
+    # page cache's 1 s (plus the round trip of the read it keeps).
+    time.sleep(1.5)
+    for _ in range(6):
+        with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as reader:
+            listed = {b.id: b.status for b in reader.batches.list(limit=100).data}
+        assert listed == {batch_id: "cancelling" for batch_id, _ in sessions}
     assert all(worker.is_running() for worker in workers)  # no worker died serving
     proc.terminate()
     assert proc.wait(timeout=30) == 0  # SIGTERM stops the supervisor and its workers cleanly
