@@ -8,7 +8,7 @@ load"). A page now takes each record from here when it may:
 * a record that can no longer change, a finished batch (``records.finished_stays``
   refuses to change one) or a file (written once, only ever deleted), for as long
   as it stays among the most recently used that fit the ``budget``;
-* any other record for ``ttl`` seconds after it was read or written here.
+* any other record for ``ttl`` seconds after the read that got it was sent, or it was written here.
 
 The keys a page LISTed are kept too (``Listings``), for ``ttl`` seconds: the same page
 polled again within it costs no S3 request.
@@ -31,11 +31,19 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 # Weights are units of ~1.3 KB of Python objects: a file record is 1, a batch record 3 plus one per
 # chunk and input (a 50,000-line batch, 100 chunks of 500 lines, is ~130 KB parsed). So ~26 MB at most.
 DEFAULT_BUDGET = 20_000
+
+
+class Ticket(NamedTuple):
+    """What a read takes before it is sent: the last write or read stamped here, and when it was sent
+    (what it gets is as old as that)."""
+
+    last: int
+    sent_at: float
 
 
 class PageCache:
@@ -76,23 +84,23 @@ class PageCache:
         entry = self._entries.get(key)
         return entry is not None and not self.final(entry[0]) and self.clock() - entry[1] >= self.ttl / 2
 
-    def ticket(self) -> int:
+    def ticket(self) -> Ticket:
         """Take one before a read; pass it to ``put`` with what the read got."""
-        return self._last
+        return Ticket(self._last, self.clock())
 
-    def put(self, key: str, record: Any, *, since: int | None = None) -> None:
+    def put(self, key: str, record: Any, *, since: Ticket | None = None) -> None:
         """``record`` as just written to S3 (``since`` None), or read from it after taking ``since``."""
         if self.ttl <= 0:
             return
         entry = self._entries.get(key)
         if entry is not None and since is not None:
             kept, _, stamped, _ = entry
-            if stamped > since or (self.final(kept) and not self.final(record)):
+            if stamped > since.last or (self.final(kept) and not self.final(record)):
                 return  # written or read again while this read was on its way: that is newer
         self.drop(key)
         self._last = next(self._tickets)
         weight = self.weight(record)
-        self._entries[key] = (record, self.clock(), self._last, weight)
+        self._entries[key] = (record, self.clock() if since is None else since.sent_at, self._last, weight)
         self.held += weight
         while self.held > self.budget:
             _, (_, _, _, gone) = self._entries.popitem(last=False)
@@ -143,14 +151,14 @@ class Listings:
         entry = self._windows.get((prefix, start_after, n))
         return entry is not None and self.clock() - entry[1] >= self.ttl / 2
 
-    def ticket(self) -> int:
+    def ticket(self) -> Ticket:
         """Take one before a LIST; pass it to ``put`` with the keys it got."""
-        return self._last
+        return Ticket(self._last, self.clock())
 
-    def put(self, prefix: str, start_after: str | None, n: int, keys: list[str], *, since: int) -> None:
-        if self.ttl <= 0 or self._forgotten.get(prefix, 0) > since:
+    def put(self, prefix: str, start_after: str | None, n: int, keys: list[str], *, since: Ticket) -> None:
+        if self.ttl <= 0 or self._forgotten.get(prefix, 0) > since.last:
             return  # a write here under the prefix came after this LIST was sent: what it got may miss it
-        self._windows[(prefix, start_after, n)] = (keys, self.clock())
+        self._windows[(prefix, start_after, n)] = (keys, since.sent_at)
         self._windows.move_to_end((prefix, start_after, n))
         while len(self._windows) > self.size:
             self._windows.popitem(last=False)

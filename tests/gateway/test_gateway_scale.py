@@ -165,7 +165,7 @@ def test_several_workers_serve_one_port_and_each_reads_every_write(
     assert [statuses for _, statuses in sessions] == [["validating"] * 3 + ["cancelling"]] * 6
 
     # A list page, whichever worker serves it, shows what was written through any worker within the
-    # page cache's 1 s (plus the round trip of the read it keeps).
+    # page cache's 1 s (counted from when the reads it keeps were sent).
     time.sleep(1.5)
     for _ in range(6):
         with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=30) as reader:

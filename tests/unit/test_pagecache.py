@@ -152,3 +152,18 @@ def test_a_page_is_read_again_once_at_a_time_and_the_reads_stop_with_the_gateway
     with caplog.at_level(logging.WARNING, logger="dropbatch.gateway"):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == ["could not refresh a kept list page"]
+
+
+def test_what_a_read_got_is_as_old_as_the_moment_it_was_sent() -> None:
+    now = [0.0]
+    cache = PageCache(1.0, final=final, clock=lambda: now[0])
+    listings = Listings(1.0, clock=lambda: now[0])
+    record_sent, list_sent = cache.ticket(), listings.ticket()
+    now[0] = 0.6  # a slow read and LIST land
+    cache.put("b", {"final": False}, since=record_sent)
+    listings.put("p/", None, 21, ["k"], since=list_sent)
+    assert cache.due("b") and listings.due("p/", None, 21)  # half their ttl old already
+    now[0] = 0.99
+    assert cache.get("b") == {"final": False} and listings.get("p/", None, 21) == ["k"]
+    now[0] = 1.0  # 1 s after they were sent, not after they landed
+    assert cache.get("b") is None and listings.get("p/", None, 21) is None
