@@ -38,7 +38,8 @@ cache). Both repeat: every S3 server × page cache × rate is one run of its own
 
 Prints a table per run (p50/p99 per operation, req/s, 429s, errors), the goals of
 issue 13 checked against it, a line per run when there are several, and writes
-``gateway_load.json`` (``{"runs": [...]}``) and a plot to ``--out`` and ``--docs``:
+``gateway_load.json`` (``{"runs": [...]}``) and a plot to ``--out`` (and to ``--docs DIR``, e.g. the
+README's ``docs``, when given):
 ``gateway_load.png`` (one row per run), or with ``--rate`` and several runs
 ``gateway_load_sweep.png`` (latency against the rate served). A benchmark, not a test: numbers vary with the
 machine (here 2 cores shared by the S3 server, the gateway and the clients).
@@ -623,10 +624,10 @@ def bench(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_load.json").write_text(json.dumps({"runs": results}, indent=2) + "\n")
     if len(results) > 1 and args.rate:
-        paths = [args.out / "gateway_load_sweep.png", args.docs / "gateway_load_sweep.png"]
+        paths = [folder / "gateway_load_sweep.png" for folder in (args.out, args.docs) if folder]
         plot_sweep(results, paths)
     else:
-        paths = [args.out / "gateway_load.png", args.docs / "gateway_load.png"]
+        paths = [folder / "gateway_load.png" for folder in (args.out, args.docs) if folder]
         plot(results, paths)
     print(f"\nwrote {args.out / 'gateway_load.json'}, {', '.join(str(path) for path in paths)}")
     for result in results:
@@ -777,7 +778,7 @@ def main() -> int:
         "the cache); repeat to compare in one run",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--docs", type=Path, default=None, help="also write the plot here (the README's: docs)")
     parser.add_argument("--seed", type=int, default=0)
     return bench(parser.parse_args())
 
