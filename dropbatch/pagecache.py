@@ -131,7 +131,7 @@ class Listings:
         self.size = size
         self.clock = clock
         self._windows: OrderedDict[tuple[str, str | None, int], tuple[list[str], float]] = OrderedDict()
-        self._forgotten: dict[str, int] = {}  # prefix -> the ticket its last write here left
+        self._written: dict[str, int] = {}  # prefix -> the ticket its last write here left
         self._tickets = itertools.count(1)
         self._last = 0
 
@@ -156,7 +156,7 @@ class Listings:
         return Ticket(self._last, self.clock())
 
     def put(self, prefix: str, start_after: str | None, n: int, keys: list[str], *, since: Ticket) -> None:
-        if self.ttl <= 0 or self._forgotten.get(prefix, 0) > since.last:
+        if self.ttl <= 0 or self._written.get(prefix, 0) > since.last:
             return  # a write here under the prefix came after this LIST was sent: what it got may miss it
         self._windows[(prefix, start_after, n)] = (keys, since.sent_at)
         self._windows.move_to_end((prefix, start_after, n))
@@ -181,7 +181,7 @@ class Listings:
 
     def _stamp(self, prefix: str) -> None:
         self._last = next(self._tickets)
-        self._forgotten[prefix] = self._last
+        self._written[prefix] = self._last
 
     def __len__(self) -> int:
         return len(self._windows)
