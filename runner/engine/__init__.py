@@ -38,7 +38,7 @@ from runner.engine.actors import launch_engines, stop_engines
 from runner.engine.flags import worker_env
 from runner.engine.limits import engine_limits, gpu_memory_bytes
 from runner.engine.pipeline import configure_ray_data, stage_workers, stream_chunks, warm_stages
-from runner.engine.reap import reap_engine_processes
+from runner.engine.reap import reap_engine_processes, remove_socket_dirs
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.server import TASK_OF_URL, probe_request
 from runner.engine.stream import engine_name
@@ -141,6 +141,7 @@ class WarmEngine:
                 ray.shutdown()
         self._started_ray = False
         reap_engine_processes(self._session, orphans_only=False)
+        remove_socket_dirs(self._session)  # what killed actors left on this node
 
     def _resolve_device(self, resources: dict[str, float]) -> str:
         wanted = self.settings.engine.device

@@ -1,10 +1,44 @@
-"""Last-resort cleanup of vLLM engine processes that outlived their Ray actor."""
+"""What a warm engine leaves on its node: vLLM processes that outlived their Ray actor, and vLLM's sockets.
+
+vLLM binds its ZMQ sockets as files in ``VLLM_RPC_BASE_PATH`` (the temp directory by
+default) and leaves them there when it stops (7 for an engine here, killed or not). Each
+engine actor gives vLLM a directory of its own, named for the runner's session and the
+actor, and removes it when vLLM stops; a restarted actor removes what the killed one left,
+and the runner removes its session's directories on the way out.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 SESSION_VAR = "DROPBATCH_ENGINE_SESSION"
+SOCKETS_PREFIX = "dropbatch-vllm-"
+
+
+def socket_dir(session: str, engine: str) -> str:
+    """A new directory for the sockets of ``engine`` (an actor name), after removing what a killed one left."""
+    remove_socket_dirs(session, engine)
+    return tempfile.mkdtemp(prefix=f"{SOCKETS_PREFIX}{session}-{_tag(engine)}-")
+
+
+def remove_socket_dirs(session: str, engine: str = "") -> int:
+    """Remove the socket directories of ``session`` on this node (of one ``engine`` if named)."""
+    pattern = f"{SOCKETS_PREFIX}{session}-{_tag(engine) + '-' if engine else ''}*"
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(pattern):
+        shutil.rmtree(path, ignore_errors=True)
+        removed += not os.path.exists(path)
+    return removed
+
+
+def _tag(engine: str) -> str:
+    # Actor names hold the model's name; a socket's whole path must stay under 108 bytes.
+    return hashlib.sha256(engine.encode()).hexdigest()[:10]
 
 
 def reap_engine_processes(session: str, *, orphans_only: bool, grace_seconds: float = 5.0) -> int:

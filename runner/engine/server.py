@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from dropbatch.errors import openai_error
+from runner.engine.reap import SESSION_VAR, socket_dir
 from runner.schedule import EngineGate, engine_gate_limit
 
 log = logging.getLogger("dropbatch.engine")
@@ -124,6 +126,8 @@ class EngineServer:
         import os
 
         os.environ.update(self.spec.env)
+        sockets = socket_dir(self.spec.env.get(SESSION_VAR, "local"), _actor_name())
+        os.environ["VLLM_RPC_BASE_PATH"] = sockets  # vLLM leaves its socket files behind: keep them in one place
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
@@ -133,9 +137,14 @@ class EngineServer:
 
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(self.spec.argv())
         stack = AsyncExitStack()
-        engine = await stack.enter_async_context(
-            build_async_engine_client(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER)
-        )
+        stack.callback(shutil.rmtree, sockets, ignore_errors=True)  # after vLLM has stopped
+        try:
+            engine = await stack.enter_async_context(
+                build_async_engine_client(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER)
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
         state = State()
         await init_app_state(engine, state, args, await engine.get_supported_tasks())
         self._handlers, self._request_types = _serving(state)
@@ -203,6 +212,13 @@ class EngineServer:
         if self._stack is not None:
             stack, self._stack, self._engine = self._stack, None, None
             await stack.aclose()
+
+
+def _actor_name() -> str:
+    """This engine's Ray actor name (its socket directory's tag); "local" outside a Ray actor."""
+    import ray
+
+    return (ray.is_initialized() and ray.get_runtime_context().get_actor_name()) or "local"
 
 
 def _serving(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""SIGTERM stops a busy `dropbatch runner` within 10 s: leases handed back, no vLLM process left behind."""
+"""SIGTERM stops a busy `dropbatch runner` within 10 s: leases handed back, no vLLM process or socket left behind."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,29 @@ def _left_behind(port: str) -> list[str]:
     return found
 
 
+def _engine_session(port: str) -> str:
+    """The engine session tag of the runner on ``port``, from one of its vLLM processes.
+
+    Only vLLM's: the runner's own process shows the environment it was started with,
+    which holds this test process's engine session.
+    """
+    from runner.engine.reap import SESSION_VAR
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            env = proc.environ()
+            if (proc.info["cmdline"] or [""])[0].startswith("VLLM::") and env.get("DROPBATCH_RUNNER_PORT") == port:
+                return env[SESSION_VAR]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError("the runner's engine processes carry no session tag")
+
+
+def _sockets(directory: Path, since: float) -> list[str]:
+    """Unix socket files directly in ``directory`` made at or after ``since``."""
+    return sorted(p.name for p in directory.iterdir() if p.is_socket() and p.stat().st_mtime >= since)
+
+
 def test_sigterm_stops_a_busy_runner_within_10_seconds(stack, tmp_path):
     stack.ctx.tenants.create("e2e-stop", "enterprise")
     ref = submit(stack.ctx, "e2e-stop", "stop", request_lines(LINES, "stop"))
@@ -50,6 +74,7 @@ def test_sigterm_stops_a_busy_runner_within_10_seconds(stack, tmp_path):
     env = {**os.environ, **stack.settings.to_env(), **default_model_only(stack.settings), "DROPBATCH_RUNNER_PORT": port}
     dropbatch = str(Path(sys.executable).parent / "dropbatch")
     log = tmp_path / "runner.log"
+    temp, started = Path(tempfile.gettempdir()), time.time() - 1
     with log.open("wb") as out:
         runner = subprocess.Popen([dropbatch, "runner"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -59,6 +84,9 @@ def test_sigterm_stops_a_busy_runner_within_10_seconds(stack, tmp_path):
             assert runner.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the runner's engine never became ready"
             time.sleep(0.5)
+        session = _engine_session(port)
+        own = list(temp.glob(f"dropbatch-vllm-{session}-*"))
+        assert len(own) == 1 and any(p.is_socket() for p in own[0].iterdir()), "vLLM's sockets are in its own directory"
         Watcher(stack.ctx).run_once()  # admitted now, so the ready runner takes it at once
         while stack.ctx.batches.for_job(ref).request_counts.completed == 0:
             assert time.monotonic() < deadline, "the runner never made progress"
@@ -73,6 +101,8 @@ def test_sigterm_stops_a_busy_runner_within_10_seconds(stack, tmp_path):
     assert took <= 10, f"the runner took {took:.1f} s to stop"
     time.sleep(1)
     assert _left_behind(port) == [], "no engine or Ray process outlived the runner"
+    assert list(temp.glob(f"dropbatch-vllm-{session}-*")) == [], "the engine's socket directory went with it"
+    assert _sockets(temp, started) == [], "vLLM left no socket file in the temp directory"
     record = stack.ctx.batches.for_job(ref)
     assert record.status == BatchStatus.IN_PROGRESS and record.request_counts.completed < LINES
     stack.drain()  # the lease was handed back: the shared engine finishes the rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from test_planner import TINY
@@ -17,6 +18,7 @@ from runner.engine.flags import vllm_args, worker_env
 from runner.engine.limits import engine_limits
 from runner.engine.lines import line_result
 from runner.engine.pipeline import Barrier
+from runner.engine.reap import remove_socket_dirs, socket_dir
 from runner.engine.scaling import ReplicaPlan
 from runner.engine.stream import request_rows
 from runner.engine.tasks import served_by_model, served_tasks
@@ -204,3 +206,18 @@ def test_a_request_past_its_timeout_is_a_503_line_and_leaves_the_counts_straight
     assert fast == "answered"
     assert slow.status == 503 and slow.body["error"]["code"] == "engine_timeout"
     assert (server.inflight, server.finished) == (0, 2)
+
+
+def test_each_engine_keeps_its_sockets_in_a_directory_its_successor_and_the_runner_remove(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    long_name = "dropbatch-engine/" + "org/" * 20 + "model/generate/0"
+    first = Path(socket_dir("s1", long_name))
+    socket = "8d1c0f9e-2b7a-4d0e-9f3c-6a1b2c3d4e5f"  # vLLM names its sockets by uuid4
+    (first / socket).touch()
+    assert len(f"/tmp/{first.name}/{socket}") < 108  # a Unix socket's path limit, however long the model's name
+    other_session = Path(socket_dir("s2", long_name))
+    restarted = Path(socket_dir("s1", long_name))  # Ray restarted the actor: the killed one's sockets go
+    sibling = Path(socket_dir("s1", "dropbatch-engine/m/generate/1"))
+    assert not first.exists() and restarted.is_dir() and other_session.is_dir() and sibling.is_dir()
+    assert remove_socket_dirs("s1") == 2  # the runner on its way out: its session's, not another runner's
+    assert sorted(tmp_path.iterdir()) == [other_session]
