@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def two_node_cluster():
         yield f"127.0.0.1:{port}", status, env
     finally:
         _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the cluster's logs and sockets
 
 
 def _wait_for_log(path: Path, text: str, runner: subprocess.Popen, seconds: float) -> None:
