@@ -32,6 +32,7 @@ if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
 fi
 
 LOCALSTACK_VENV="$VENV" "$ROOT/localstack/install.sh"
+rm -rf "$HOME_DIR/s3"  # object files of a previous run: its state went with it (no PERSISTENCE)
 
 say "starting on $ENDPOINT (log: $LOG_FILE)"
 # hypercorn binds exactly GATEWAY_LISTEN (the default server binds 0.0.0.0); DNS_ADDRESS=0
@@ -52,7 +53,8 @@ say "starting on $ENDPOINT (log: $LOG_FILE)"
         SQS_ENDPOINT_STRATEGY=off \
         LOCALSTACK_HOST="127.0.0.1:$PORT" \
         FILESYSTEM_ROOT="$HOME_DIR/fs" \
-        setsid "$VENV/bin/python" -m localstack.runtime.main
+        DROPBATCH_LOCALSTACK_S3_DIR="$HOME_DIR/s3" \
+        setsid "$VENV/bin/python" "$ROOT/localstack/run.py"
 ) >"$LOG_FILE" 2>&1 < /dev/null &
 echo $! > "$PID_FILE"
 

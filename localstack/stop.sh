@@ -21,4 +21,5 @@ if kill -0 "$pid" 2>/dev/null; then
     kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
 fi
 rm -f "$PID_FILE"
+rm -rf "$HOME_DIR/s3"  # its S3 object files (localstack/run.py); its state is gone with the process
 echo "localstack: stopped (pid $pid)" >&2

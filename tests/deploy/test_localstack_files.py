@@ -7,16 +7,22 @@ goes through the resources it created: S3 event → SQS → watcher → runner.
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
 from deploy_helpers import REPO
-from helpers import make_jsonl, make_tenant
+from helpers import make_jsonl, make_tenant, unavailable
 
+from dropbatch.emulator import free_port
 from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
 from dropbatch.queues import SqsEventQueue, find_queue_url
+from dropbatch.settings import Settings
 from dropbatch.storage.s3 import make_client
 from runner.service import Runner
 from watcher.service import Watcher
@@ -89,3 +95,43 @@ def test_ready_hook_creates_what_the_services_need(make_settings, make_context, 
     record = ctx.batches.for_job(ref)
     assert record.status is BatchStatus.COMPLETED
     assert record.request_counts.completed == 6
+
+
+@contextmanager
+def _localstack(home: Path) -> Iterator[object]:
+    """A LocalStack runtime started by start.sh in ``home`` on a free port; its S3 client. Stopped by stop.sh."""
+    venv = Path(os.environ.get("LOCALSTACK_VENV", REPO / ".venv-localstack"))
+    if not (venv / "bin" / "python").exists():
+        unavailable(f"no LocalStack runtime in {venv} (make localstack-install)")
+    port = free_port()
+    env = {**os.environ, "LOCALSTACK_VENV": str(venv), "LOCALSTACK_HOME": str(home), "LOCALSTACK_PORT": str(port)}
+    start = subprocess.run(["bash", str(LOCALSTACK / "start.sh")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    try:
+        assert start.returncode == 0, start.stderr + (home / "localstack.log").read_text()[-3000:]
+        storage = Settings.from_env({"DROPBATCH_S3_ENDPOINT": f"http://127.0.0.1:{port}", "DROPBATCH_REGION": "us-east-1",
+                                     "DROPBATCH_ACCESS_KEY_ID": "test", "DROPBATCH_SECRET_ACCESS_KEY": "test"}).storage
+        yield make_client("s3", storage)
+    finally:
+        subprocess.run(["bash", str(LOCALSTACK / "stop.sh")], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.integration
+def test_two_runtimes_keep_their_s3_objects_apart(tmp_path):
+    """The test instance deletes every bucket before each test; one you use beside it, with buckets
+    of the same names, keeps its objects (LocalStack's own storage directory is one per machine)."""
+    big = os.urandom(2 * 1024 * 1024)  # past LocalStack's 512 KiB in memory: its object file is on disk
+    with ExitStack() as stack:
+        yours = stack.enter_context(_localstack(tmp_path / "yours"))
+        tests = stack.enter_context(_localstack(tmp_path / "tests"))
+        for s3 in (yours, tests):
+            s3.create_bucket(Bucket="dropbatch-inbox")
+        yours.put_object(Bucket="dropbatch-inbox", Key="kept", Body=big)
+        assert (tmp_path / "yours" / "s3" / "dropbatch-inbox").is_dir(), "object files live in the instance's home"
+        tests.put_object(Bucket="dropbatch-inbox", Key="a-test's", Body=big)
+        tests.delete_object(Bucket="dropbatch-inbox", Key="a-test's")
+        tests.delete_bucket(Bucket="dropbatch-inbox")  # as the suite's reset does
+        yours.put_object(Bucket="dropbatch-inbox", Key="after", Body=big)
+        assert yours.get_object(Bucket="dropbatch-inbox", Key="kept")["Body"].read() == big
+        assert yours.get_object(Bucket="dropbatch-inbox", Key="after")["Body"].read() == big
+    assert not (tmp_path / "yours" / "s3").exists(), "stop.sh removes the object files with the instance"
