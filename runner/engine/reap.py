@@ -10,7 +10,6 @@ and the runner removes its session's directories on the way out.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -29,11 +28,10 @@ def socket_dir(session: str, engine: str) -> str:
 def remove_socket_dirs(session: str, engine: str = "") -> int:
     """Remove the socket directories of ``session`` on this node (of one ``engine`` if named)."""
     pattern = f"{SOCKETS_PREFIX}{session}-{_tag(engine) + '-' if engine else ''}*"
-    removed = 0
-    for path in Path(tempfile.gettempdir()).glob(pattern):
+    paths = list(Path(tempfile.gettempdir()).glob(pattern))
+    for path in paths:
         shutil.rmtree(path, ignore_errors=True)
-        removed += not os.path.exists(path)
-    return removed
+    return len(paths)
 
 
 def _tag(engine: str) -> str:

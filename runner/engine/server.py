@@ -142,12 +142,12 @@ class EngineServer:
             engine = await stack.enter_async_context(
                 build_async_engine_client(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER)
             )
+            state = State()
+            await init_app_state(engine, state, args, await engine.get_supported_tasks())
+            self._handlers, self._request_types = _serving(state)
         except BaseException:
-            await stack.aclose()
+            await stack.aclose()  # a half-built engine stops here, not with the actor
             raise
-        state = State()
-        await init_app_state(engine, state, args, await engine.get_supported_tasks())
-        self._handlers, self._request_types = _serving(state)
         self._gate = EngineGate(engine_gate_limit(args.max_num_seqs or 256))
         self._stack, self._engine = stack, engine
 
