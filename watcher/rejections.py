@@ -7,7 +7,9 @@ A manifest makes no batch record when
 - it sits at a key the watcher does not admit (``manifest_key_invalid``): a
   ``Manifest.json``, a nested folder, an invalid job name.
 
-Either way a ``rejection.json`` beside the manifest says why. Nothing is written
+Either way a rejection beside the manifest says why: the job's ``rejection.json``, or for
+a manifest at a key that is not admitted, ``<its file name>.rejection.json`` (a
+``Manifest.json`` sits in a job's folder, whose ``rejection.json`` is the job's own). Nothing is written
 under a prefix that is not an existing tenant's, and ``rejection.json`` is not a
 manifest name, so the watcher's own writes never come back to it as work.
 """
@@ -113,7 +115,7 @@ def refuse_if_job_is_live(ctx: Context, ref: JobRef, batch_id: str, manifest_sha
 
 
 def reject_manifest_key(ctx: Context, key: str) -> str | None:
-    """Answer a manifest-named ``key`` the watcher does not admit with a ``rejection.json`` beside it.
+    """Answer a manifest-named ``key`` the watcher does not admit with ``<name>.rejection.json`` beside it.
 
     Only under an existing tenant's prefix; once per version of the manifest. Returns
     the code when a rejection was written now, else None.
@@ -121,10 +123,10 @@ def reject_manifest_key(ctx: Context, key: str) -> str | None:
     tenant, sep, _ = key.partition("/")
     if not sep or not _is_tenant(ctx, tenant):
         return None  # not a tenant's prefix: nobody to tell, and nothing to amplify
-    folder = key.rsplit("/", 1)[0]
+    folder, name = key.rsplit("/", 1)
     if any(part in {".", ".."} for part in folder.split("/")):
         folder = tenant  # never a key that a download would resolve outside the tenant's folder
-    rejection_key = f"{folder}/{REJECTION_NAME}"
+    rejection_key = f"{folder}/{name}.{REJECTION_NAME}"  # not the folder's rejection.json: a job may own it
     try:
         manifest = ctx.store.head(ctx.inbox, key)
     except ObjectNotFound:

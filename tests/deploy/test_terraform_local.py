@@ -237,7 +237,7 @@ def test_applied_configuration_matches_what_the_services_expect(applied: Applied
     inbox, outbox = f"arn:aws:s3:::{storage.inbox_bucket}", f"arn:aws:s3:::{storage.outbox_bucket}"
     watcher, runner, gateway = actions_on("watcher"), actions_on("runner"), actions_on("gateway")
     assert "s3:PutObject" not in watcher[f"{inbox}/*"]
-    assert watcher[f"{inbox}/*/*/rejection.json"] == {"s3:PutObject"}
+    assert watcher[f"{inbox}/*/*rejection.json"] == {"s3:PutObject"}
     assert "sqs:ReceiveMessage" in watcher[attrs["QueueArn"]]
     assert "s3:PutObject" not in runner[f"{inbox}/*"] and "s3:PutObject" in runner[f"{outbox}/*"]
     assert "s3:PutObject" in gateway[f"{inbox}/*"] and "s3:PutObject" not in gateway[f"{outbox}/*"]

@@ -221,7 +221,7 @@ def test_a_nested_manifest_s_event_is_answered_with_a_rejection_and_nothing_come
 
     drain_until(watcher, intake, ref.manifest_key)  # the S3 event filter (suffix /manifest.json) passes it
 
-    rejection = json.loads(ctx.store.get(ctx.inbox, "acme/a/b/rejection.json")[0])
+    rejection = json.loads(ctx.store.get(ctx.inbox, "acme/a/b/manifest.json.rejection.json")[0])
     assert (rejection["code"], rejection["manifest_key"]) == ("manifest_key_invalid", ref.manifest_key)
     assert control_keys(ctx, "batches/") == []
     assert sorted(intake.acked) == sorted(receipt for receipt, _ in intake.received)

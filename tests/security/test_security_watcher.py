@@ -244,7 +244,7 @@ def test_manifest_at_a_key_the_watcher_does_not_admit_gets_a_rejection(key, why,
     watcher = Watcher(ctx)
 
     assert watcher.run_once() == 1
-    rejection_key = key.rsplit("/", 1)[0] + "/rejection.json"
+    rejection_key = key + ".rejection.json"  # never the folder's rejection.json: acme/job-1's is the job's
     body = rejection(ctx, aws, rejection_key)
     assert body["code"] == "manifest_key_invalid"
     assert (body["tenant"], body["manifest_key"], body["accepted_pattern"]) == (
@@ -260,6 +260,23 @@ def test_manifest_at_a_key_the_watcher_does_not_admit_gets_a_rejection(key, why,
     assert sorted(info.key for info in ctx.store.list(ctx.inbox)) == sorted(
         {"acme/job-1/input.jsonl", key, rejection_key}
     )
+
+
+def test_a_misnamed_manifest_in_a_rejected_job_s_folder_leaves_the_job_s_rejection_as_it_was(
+    make_context, drop_job, aws, tmp_path
+):
+    ctx = make_context()
+    _, signing_key = make_tenant(ctx, "acme")
+    ref = drop_job(ctx, signing_key, make_jsonl(2), secret="not-the-tenant-s-secret")
+    Watcher(ctx).run_once()
+    job_rejection = rejection(ctx, aws, ref.rejection_key)
+    assert job_rejection["code"] == "bad_signature"
+
+    put_manifest(ctx, aws, tmp_path, f"{ref.prefix}Manifest.json", b"{}")
+    Watcher(ctx).run_once()
+
+    assert rejection(ctx, aws, ref.rejection_key) == job_rejection  # what `dropbatch status` points to
+    assert rejection(ctx, aws, f"{ref.prefix}Manifest.json.rejection.json")["code"] == "manifest_key_invalid"
 
 
 def test_manifest_under_an_unknown_tenant_prefix_gets_nothing_written(make_settings, make_context, aws, tmp_path):

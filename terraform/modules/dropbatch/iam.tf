@@ -147,7 +147,8 @@ data "aws_iam_policy_document" "gateway" {
   }
 }
 
-# watcher: reads manifests and inputs, writes only rejection.json into the inbox, reads
+# watcher: reads manifests and inputs, writes only rejections into the inbox (a job's
+# rejection.json, <name>.rejection.json beside a manifest at a key it does not admit), reads
 # outbox summaries (identical work is answered from there), consumes the intake queue.
 data "aws_iam_policy_document" "watcher" {
   source_policy_documents = [data.aws_iam_policy_document.control.json]
@@ -165,7 +166,7 @@ data "aws_iam_policy_document" "watcher" {
   statement {
     sid       = "InboxRejections"
     actions   = ["s3:PutObject"]
-    resources = ["${local.arn.inbox}/*/*/rejection.json"]
+    resources = ["${local.arn.inbox}/*/*rejection.json"]
   }
   statement {
     sid       = "OutboxRead"
@@ -262,7 +263,7 @@ data "aws_iam_policy_document" "tenant" {
   statement {
     sid       = "InboxReadOwnRejections"
     actions   = ["s3:GetObject"]
-    resources = ["${local.arn.inbox}/${each.key}/*/rejection.json"]
+    resources = ["${local.arn.inbox}/${each.key}/*rejection.json"]
   }
   statement {
     sid       = "OutboxReadOwnPrefix"

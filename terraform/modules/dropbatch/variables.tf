@@ -86,7 +86,7 @@ variable "kms_key_arn" {
 variable "tenants" {
   description = <<-EOT
     Drop-box tenants. Each gets an IAM policy allowing writes to inbox/<tenant>/*,
-    reads of its own rejection.json files and reads of outbox/<tenant>/*. With
+    reads of its own rejection files and reads of outbox/<tenant>/*. With
     principal_arns, a role <name_prefix>-tenant-<tenant> that those principals
     (e.g. the tenant's AWS account root or a role in it) may assume is created too.
   EOT
