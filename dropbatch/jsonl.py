@@ -8,8 +8,9 @@ Result line:  {"id", "custom_id", "response": {"status_code", "request_id", "bod
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dropbatch.bodies import BodyLimits, check_body, request_cost
@@ -175,6 +176,37 @@ def parse_request_line(
     except InvalidRequest as exc:
         raise bad(exc.code, f"Line {n}: {exc.message}", exc.param) from None
     return RequestLine(custom_id=custom_id, method="POST", url=url, body=body, line=n, cost=request_cost(body, endpoint))
+
+
+def file_errors(
+    paths: Sequence[Path], *, endpoint: str, model: str, max_line_bytes: int, most: int = 5
+) -> list[InvalidRequest]:
+    """The first ``most`` lines of local input files that admission would refuse, as the watcher words them.
+
+    What ``dropbatch manifest sign`` and ``submit`` check before anything is signed or
+    uploaded: each line's shape and fields (``parse_request_line``) and repeated custom_ids.
+    What depends on the deployment (the model's context, quotas) is left to admission.
+    """
+    errors: list[InvalidRequest] = []
+    seen: set[str] = set()
+    for path in paths:
+        where = f"{path.name}: " if len(paths) > 1 else ""
+        with path.open("rb") as f:
+            for raw in iter_lines(iter(lambda: f.read(1 << 20), b""), max_line_bytes=max_line_bytes):
+                try:
+                    request = parse_request_line(raw, endpoint=endpoint, model=model)
+                except InvalidRequest as exc:
+                    errors.append(InvalidRequest(where + exc.message, code=exc.code, param=exc.param, line=exc.line))
+                else:
+                    if request.custom_id in seen:
+                        errors.append(InvalidRequest(
+                            f"{where}Line {raw.number}: custom_id {request.custom_id!r} appears more than once.",
+                            code="duplicate_custom_id", param="custom_id", line=raw.number,
+                        ))
+                    seen.add(request.custom_id)
+                if len(errors) >= most:
+                    return errors
+    return errors
 
 
 def first_url(lines: Iterable[RawLine]) -> str | None:

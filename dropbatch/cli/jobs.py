@@ -24,6 +24,7 @@ from dropbatch.cli.common import Command, Group, State, emit, s3_uri
 from dropbatch.deadlines import DEFAULT_WINDOW, CompletionWindow
 from dropbatch.errors import ConfigError, Conflict, InvalidRequest, ObjectNotFound
 from dropbatch.ids import batch_id_for
+from dropbatch.jsonl import file_errors
 from dropbatch.models import ENDPOINTS
 from dropbatch.storage.keys import JobRef, check_name
 from manifests import Manifest, build_manifest, dumps, sign
@@ -114,6 +115,14 @@ def signed_manifest(
     secret = signing_secret(state.environ, secret_file)
     check_name(tenant, "tenant")
     check_name(job, "job")
+    model = model or state.settings.engine.model_name
+    shown = 5
+    errors = file_errors(files, endpoint=endpoint, model=model, max_line_bytes=state.settings.limits.max_line_bytes,
+                         most=shown)
+    if errors:  # refused here, not by the watcher after the upload
+        more = f" (the first {shown}; fix them and sign again)" if len(errors) == shown else ""
+        raise InvalidRequest(" ".join(e.message for e in errors) + more,
+                             code=errors[0].code, param=errors[0].param, line=errors[0].line)
     try:
         manifest = build_manifest(
             list(files),
@@ -121,7 +130,7 @@ def signed_manifest(
             job=job,
             key_id=key_id,
             endpoint=endpoint,
-            model=model or state.settings.engine.model_name,
+            model=model,
             created_at=int(time.time()),
             metadata=metadata,
             completion_window=completion_window,

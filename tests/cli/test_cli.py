@@ -108,6 +108,27 @@ def test_manifest_sign_rejects_a_bad_tenant_name_without_a_traceback(tmp_path: P
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_manifest_sign_refuses_lines_admission_would_refuse_naming_line_and_field(tmp_path: Path) -> None:
+    data = write_input(tmp_path / "input.jsonl", n=4)
+    lines = [json.loads(line) for line in data.read_text().splitlines()]
+    lines[1]["body"]["frobnicate"] = True
+    lines[2]["body"]["prediction"] = {"type": "content", "content": "x"}
+    lines[3]["custom_id"] = lines[0]["custom_id"]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "manifest.json"
+    args = ["manifest", "sign", str(data), "--tenant", "acme", "--job", "j1", "--key-id", "key_abc", "-o", str(out)]
+
+    result = invoke([*args, "--json"], env={"DROPBATCH_SIGNING_SECRET": SECRET})
+
+    assert result.exit_code == 1 and not out.exists()
+    error = json.loads(result.stderr)["error"]
+    assert (error["code"], error["param"]) == ("unknown_parameter", "body.frobnicate")
+    for said in ("Line 2: body.frobnicate", "Line 3: body.prediction", "Line 4: custom_id"):
+        assert said in error["message"]
+    other_model = invoke(args + ["--model", "another-model"], env={"DROPBATCH_SIGNING_SECRET": SECRET})
+    assert other_model.exit_code == 1 and "does not match the batch model 'another-model'" in other_model.stderr
+
+
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_sample_writes_valid_unique_request_lines(tmp_path: Path, endpoint: str) -> None:
     out = tmp_path / "sample.jsonl"
