@@ -283,12 +283,19 @@ def _verification_text(report: dict[str, Any]) -> str:
             f"verified: all {report['requests']} requests answered exactly once "
             f"({report['output_lines']} output lines, {report['error_lines']} error lines)"
         )
+    what = {
+        "missing": "missing (in the input, not in the results)",
+        "duplicated": "duplicated (answered more than once)",
+        "unexpected": "unexpected (in the results, not in the input)",
+        "malformed": "malformed result lines",
+    }
     problems = [
-        f"{report[name]} {name}" + (f" (e.g. {', '.join(report['examples'][name])})" if report["examples"].get(name) else "")
-        for name in ("missing", "duplicated", "unexpected", "malformed")
+        f"{report[name]} {what[name]}"
+        + (f", e.g. {', '.join(report['examples'][name])}" if report["examples"].get(name) else "")
+        for name in what
         if report[name]
     ]
-    return f"verification FAILED for {report['requests']} requests: " + "; ".join(problems)
+    return f"verification FAILED against the input's {report['requests']} requests: " + "; ".join(problems)
 
 
 COMMANDS = (status_command, results_command)
