@@ -134,6 +134,20 @@ class Stack:
     def state_path(self) -> Path:
         return self.home / STATE_FILE
 
+    def check_ports(self) -> None:
+        """Refuse to start when a service's port is taken, naming the setting that moves it."""
+        service = self.settings.service
+        for var, host, port in (
+            ("DROPBATCH_GATEWAY_PORT", service.gateway_host, service.gateway_port),
+            ("DROPBATCH_WATCHER_PORT", service.metrics_host, service.watcher_port),
+            ("DROPBATCH_RUNNER_PORT", service.metrics_host, service.runner_port),
+        ):
+            if port and port_taken(host, port):
+                raise ConfigError(
+                    f"{host}:{port} is already in use, so `dropbatch up` cannot start its services. Stop what is "
+                    f"listening there (another `dropbatch up`?), or set {var} to a free port."
+                )
+
     def start_embedded_s3(self, *, timeout: float = 30.0) -> str:
         """Start moto on 127.0.0.1:4566 and return its URL once it accepts connections."""
         if port_taken(MOTO_HOST, MOTO_PORT):
@@ -298,6 +312,7 @@ def run_stack(settings: Settings, environ: Mapping[str, str], stop: threading.Ev
 
     stack = Stack(settings, environ, stop)
     try:
+        stack.check_ports()
         if settings.storage.endpoint_url is None:
             settings = settings.with_endpoint(stack.start_embedded_s3())
             stack.settings = settings

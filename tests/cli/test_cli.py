@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +191,22 @@ def test_an_invalid_setting_is_one_error_line_not_a_traceback() -> None:
     assert json.loads(result.stderr)["error"]["code"] == "config_error"
     text = invoke(["config"], env={"DROPBATCH_GATEWAY_PORT": "eighty"})
     assert text.stderr.startswith("dropbatch: error: DROPBATCH_GATEWAY_PORT='eighty'")
+
+
+def test_up_refuses_a_taken_service_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {name: value for name, value in os.environ.items() if not name.startswith(("DROPBATCH_", "AWS_"))}
+        env |= {"DROPBATCH_RUNNER_PORT": str(port), "DROPBATCH_HOME": str(tmp_path / "home")}
+        # Its own process: `up` takes over SIGINT and SIGTERM.
+        result = subprocess.run([str(Path(sys.executable).parent / "dropbatch"), "up", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    error = json.loads(result.stderr)["error"]
+    assert f"127.0.0.1:{port} is already in use" in error["message"] and "DROPBATCH_RUNNER_PORT" in error["message"]
+    assert not (tmp_path / "home").exists()  # no S3 server, model or service was started
 
 
 def test_status_rejects_a_malformed_job_reference_before_any_io() -> None:
