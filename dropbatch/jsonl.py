@@ -19,6 +19,8 @@ from dropbatch.ids import request_line_id, response_request_id
 from dropbatch.models import ENDPOINTS
 
 MAX_CUSTOM_ID_LENGTH = 512
+# Files saved as "UTF-8 with BOM" (Notepad, PowerShell) start with it: not part of line 1's JSON.
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ def iter_lines(
 ) -> Iterator[RawLine]:
     """Split a byte stream into lines (``\\n``, with or without a final newline).
 
-    Blank lines are skipped but counted, as editors and OpenAI count them. Memory is
-    bounded by ``max_line_bytes`` plus one chunk, however large the object.
+    Blank lines are skipped but counted, as editors and OpenAI count them; a UTF-8 byte
+    order mark at offset 0 is dropped from the first line's bytes. Memory is bounded by
+    ``max_line_bytes`` plus one chunk, however large the object.
     """
     lines = LineSplitter(max_line_bytes=max_line_bytes, start_offset=start_offset, first_number=first_number)
     for chunk in chunks:
@@ -89,6 +92,8 @@ class LineSplitter:
             if newline < 0:
                 break
             line_end = position + newline
+            if line_start == 0 and buffer.startswith(BOM):
+                del buffer[: len(BOM)]
             if overflow or buffer.strip():
                 yield RawLine(number, line_start, line_end - line_start, None if overflow else bytes(buffer))
             number += 1
@@ -100,6 +105,8 @@ class LineSplitter:
 
     def end(self) -> Iterator[RawLine]:
         """The last line, when the stream does not end with a newline."""
+        if self.line_start == 0 and self.buffer.startswith(BOM):
+            del self.buffer[: len(BOM)]
         if self.overflow or self.buffer.strip():
             data = None if self.overflow else bytes(self.buffer)
             yield RawLine(self.number, self.line_start, self.position - self.line_start, data)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dropbatch.errors import InvalidRequest
 from dropbatch.ids import request_line_id, response_request_id
 from dropbatch.jsonl import (
+    BOM,
     MAX_CUSTOM_ID_LENGTH,
     RawLine,
     aiter_lines,
@@ -35,19 +36,20 @@ def split_into(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
-def expected_lines(data: bytes, max_line_bytes: int) -> list[RawLine]:
+def expected_lines(data: bytes, max_line_bytes: int, start_offset: int = 0) -> list[RawLine]:
     out, offset = [], 0
     for number, line in enumerate(data.split(b"\n"), start=1):
+        text = line.removeprefix(BOM) if start_offset + offset == 0 else line  # a file's byte order mark
         if len(line) > max_line_bytes:
             out.append(RawLine(number, offset, len(line), None))
-        elif line.strip():
-            out.append(RawLine(number, offset, len(line), line))
+        elif text.strip():
+            out.append(RawLine(number, offset, len(line), text))
         offset += len(line) + 1
     return out
 
 
 _BYTES = st.binary(max_size=400) | st.lists(
-    st.sampled_from([b"\n", b" ", b"\t", b"{}", b"abc", b"\r\n", b"x" * 7, b"\xff"]), max_size=60
+    st.sampled_from([b"\n", b" ", b"\t", b"{}", b"abc", b"\r\n", b"x" * 7, b"\xff", BOM]), max_size=60
 ).map(b"".join)
 
 
@@ -59,7 +61,8 @@ def test_iter_lines_matches_split(data: bytes, cuts: list[int]) -> None:
     lines = list(iter_lines(chunks, max_line_bytes=1 << 20))
     assert lines == expected_lines(data, 1 << 20)
     for line in lines:
-        assert data[line.offset : line.offset + line.length] == line.data
+        raw = data[line.offset : line.offset + line.length]
+        assert (raw.removeprefix(BOM) if line.offset == 0 else raw) == line.data
 
 
 @settings(max_examples=300, deadline=None, database=None)
@@ -95,7 +98,7 @@ def test_aiter_lines_splits_awaited_chunks_as_iter_lines_does(data: bytes, cuts:
 @settings(max_examples=100, deadline=None, database=None)
 @given(data=_BYTES, start=st.integers(min_value=0, max_value=10**9), first=st.integers(min_value=1, max_value=10**6))
 def test_iter_lines_offsets_and_numbers_shift(data: bytes, start: int, first: int) -> None:
-    base = expected_lines(data, 100)
+    base = expected_lines(data, 100, start)
     shifted = list(iter_lines([data], max_line_bytes=100, start_offset=start, first_number=first))
     assert shifted == [RawLine(r.number + first - 1, r.offset + start, r.length, r.data) for r in base]
 
@@ -109,6 +112,18 @@ def test_iter_lines_examples() -> None:
     ]
     assert list(iter_lines([], max_line_bytes=10)) == []
     assert list(iter_lines([b"", b"\n\n", b""], max_line_bytes=10)) == []
+
+
+def test_a_file_saved_with_a_byte_order_mark_parses_as_without_it() -> None:
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": CHAT, "body": {"model": MODEL, "messages": [
+        {"role": "user", "content": "hi"}]}} for i in range(2)]
+    data = BOM + "\r\n".join(json.dumps(line) for line in lines).encode() + b"\r\n"
+    for chunks in ([data], [data[:1], data[1:2], data[2:]]):
+        parsed = [parse_request_line(raw, endpoint=CHAT, model=MODEL) for raw in iter_lines(chunks, max_line_bytes=4096)]
+        assert [p.body for p in parsed] == [line["body"] for line in lines]
+    assert [r.offset for r in iter_lines([data], max_line_bytes=4096)][0] == 0  # offsets stay the object's
+    later = list(iter_lines([BOM + b"{}"], max_line_bytes=100, start_offset=7))  # only at the start of the file
+    assert later[0].data == BOM + b"{}"
 
 
 def test_overlong_line_is_never_held_whole() -> None:
