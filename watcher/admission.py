@@ -281,6 +281,12 @@ def _fail(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str
     return record
 
 
+# A manifest's bytes map to its batch, so the same manifest uploaded again is that batch (an S3 event
+# delivered twice is nothing new): say so where a client reads why, or they wait for nothing.
+RUN_AGAIN = ("To run this job, fix that and upload a newly signed manifest (`dropbatch manifest sign` again); "
+             "uploading this one again does nothing.")
+
+
 def _write_rejection(ctx: Context, ref: JobRef, record: BatchRecord, code: str, reason: str) -> None:
     write_rejection(
         ctx,
@@ -288,7 +294,7 @@ def _write_rejection(ctx: Context, ref: JobRef, record: BatchRecord, code: str, 
         tenant=ref.tenant,
         job=ref.job,
         code=code,
-        reason=reason,
+        reason=f"{reason} {RUN_AGAIN}",
         rejected_at=record.failed_at,
         batch_id=record.id,
         errors=[e.model_dump() for e in (record.errors.data if record.errors else [])],

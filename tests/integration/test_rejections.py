@@ -15,6 +15,7 @@ from dropbatch.engine.echo import EchoEngine
 from dropbatch.models import BatchStatus
 from dropbatch.storage.keys import JobRef
 from runner.service import Runner
+from watcher.admission import RUN_AGAIN
 from watcher.service import Watcher
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def assert_rejected(
     rejection = json.loads(aws.read(ctx.inbox, ref.rejection_key))
     record = ctx.batches.for_job(ref)
     assert rejection["code"] == code
-    assert isinstance(rejection["reason"], str) and rejection["reason"]
+    assert isinstance(rejection["reason"], str) and rejection["reason"].endswith(RUN_AGAIN)
     assert (rejection["tenant"], rejection["job"], rejection["batch_id"]) == (ref.tenant, ref.job, record.id)
     assert record.status is BatchStatus.FAILED
     assert record.failed_at is not None
@@ -108,6 +109,27 @@ def test_replayed_nonce_is_rejected(ctx, drop_job, aws):
     replay = drop_job(ctx, key, make_jsonl(5), job="replay", nonce=nonce)
     assert_rejected(ctx, aws, replay, "replayed_nonce", engine_lines=5)
     assert ctx.batches.for_job(first).status is BatchStatus.COMPLETED
+
+
+def test_a_manifest_that_came_before_its_input_runs_once_newly_signed(ctx, drop_job, aws):
+    _, key = make_tenant(ctx, "acme")
+    ref = drop_job(ctx, key, make_jsonl(5))
+    input_key, manifest = f"{ref.prefix}input.jsonl", ctx.store.get(ctx.inbox, ref.manifest_key)[0]
+    data = ctx.store.get(ctx.inbox, input_key)[0]
+    ctx.store.delete(ctx.inbox, input_key)  # as if the manifest was uploaded first
+    rejected = assert_rejected(ctx, aws, ref, "missing_input")
+
+    ctx.store.put(ctx.inbox, input_key, data)
+    ctx.store.put(ctx.inbox, ref.manifest_key, manifest)  # the same manifest again: the same batch
+    Watcher(ctx).run_once()
+    assert ctx.batches.for_job(ref).id == rejected["batch_id"]
+    assert ctx.batches.for_job(ref).status is BatchStatus.FAILED
+
+    drop_job(ctx, key, make_jsonl(5))  # what the rejection says to do: a newly signed manifest
+    Watcher(ctx).run_once()
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    record = ctx.batches.for_job(ref)
+    assert record.id != rejected["batch_id"] and record.status is BatchStatus.COMPLETED
 
 
 def test_batch_over_the_free_tier_hourly_quota_is_rejected(ctx, drop_job, aws):
