@@ -191,15 +191,17 @@ def file_errors(
     """The first ``most`` lines of local input files that admission would refuse, as the watcher words them.
 
     What ``dropbatch manifest sign`` and ``submit`` check before anything is signed or
-    uploaded: each line's shape and fields (``parse_request_line``) and repeated custom_ids.
+    uploaded: each line's shape and fields (``parse_request_line``), repeated custom_ids, no lines.
     What depends on the deployment (the model's context, quotas) is left to admission.
     """
     errors: list[InvalidRequest] = []
     seen: set[str] = set()
+    lines = 0
     for path in paths:
         where = f"{path.name}: " if len(paths) > 1 else ""
         with path.open("rb") as f:
             for raw in iter_lines(iter(lambda: f.read(1 << 20), b""), max_line_bytes=max_line_bytes):
+                lines += 1
                 try:
                     request = parse_request_line(raw, endpoint=endpoint, model=model)
                 except InvalidRequest as exc:
@@ -213,6 +215,8 @@ def file_errors(
                     seen.add(request.custom_id)
                 if len(errors) >= most:
                     return errors
+    if not lines:
+        errors.append(InvalidRequest("The input has no request lines.", code="empty_file"))
     return errors
 
 

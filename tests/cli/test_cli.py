@@ -129,6 +129,9 @@ def test_manifest_sign_refuses_lines_admission_would_refuse_naming_line_and_fiel
         assert said in error["message"]
     other_model = invoke(args + ["--model", "another-model"], env={"DROPBATCH_SIGNING_SECRET": SECRET})
     assert other_model.exit_code == 1 and "does not match the batch model 'another-model'" in other_model.stderr
+    data.write_text("\n\n")
+    empty = invoke(args, env={"DROPBATCH_SIGNING_SECRET": SECRET})
+    assert empty.exit_code == 1 and "The input has no request lines." in empty.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
