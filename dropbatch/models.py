@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Literal
 
@@ -72,6 +73,14 @@ class Usage(_Model):
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.total_tokens = self.input_tokens + self.output_tokens
+
+
+def token_counts(usage: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(input, output) tokens of a response body's ``usage``: chat and completions name them
+    prompt/completion_tokens, the Responses API input/output_tokens, embeddings have prompt only."""
+    usage = usage or {}
+    return (int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
+            int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
 
 
 class BatchError(_Model):

@@ -22,7 +22,7 @@ from dropbatch.engine.base import WorkChunk
 from dropbatch.engine.rows import read_chunk
 from dropbatch.errors import EngineError, ObjectExists, ObjectNotFound
 from dropbatch.jsonl import CANCELLED_MESSAGE, EXPIRED_MESSAGE, encode, error_line, is_success, iter_lines
-from dropbatch.models import BatchRecord, BatchStatus, RequestCounts, Usage
+from dropbatch.models import BatchRecord, BatchStatus, RequestCounts, Usage, token_counts
 from dropbatch.results import Summary, close_batch, read_summary
 from dropbatch.storage.keys import ControlKeys, OutputPrefix
 from runner.claimed import settled_counts
@@ -149,8 +149,7 @@ def _write_outputs(ctx: Context, record: BatchRecord, prefix: OutputPrefix, fina
                     errors.write(encode(line))
                     continue
                 counts.completed += 1
-                body_usage = (line["response"]["body"] or {}).get("usage") or {}
-                usage.add(body_usage.get("prompt_tokens", 0), body_usage.get("completion_tokens", 0))
+                usage.add(*token_counts((line["response"]["body"] or {}).get("usage")))
                 yield encode(line)
 
     with tempfile.SpooledTemporaryFile(max_size=_ERRORS_IN_MEMORY) as spool:

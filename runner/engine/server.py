@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dropbatch.errors import openai_error
+from dropbatch.models import token_counts
 from runner.engine.reap import SESSION_VAR, socket_dir
 from runner.schedule import EngineGate, engine_gate_limit
 
@@ -285,13 +286,8 @@ def _to_answer(response: Any, *, by_alias: bool = False) -> Answer:
 
 
 def _ok(payload: dict[str, Any]) -> Answer:
-    usage = payload.get("usage") or {}  # the Responses API names its counts input/output_tokens
-    return Answer(
-        status=200,
-        body=payload,
-        prompt_tokens=int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or usage.get("output_tokens") or 0),
-    )
+    prompt_tokens, completion_tokens = token_counts(payload.get("usage"))
+    return Answer(status=200, body=payload, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 def _code(err: dict[str, Any]) -> str | None:

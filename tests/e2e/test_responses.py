@@ -43,6 +43,10 @@ def test_responses_lines_come_back_as_response_objects(stack):
         assert body["object"] == "response" and body["model"] == MODEL, custom_id
         assert body["id"].startswith("resp_") and body["created_at"] in (record.in_progress_at, record.created_at)
         assert body["usage"]["output_tokens"] > 0
+    bodies = [answer["response"]["body"]["usage"] for answer in got.values()]
+    assert record.usage is not None and (record.usage.input_tokens, record.usage.output_tokens) == (
+        sum(u["input_tokens"] for u in bodies), sum(u["output_tokens"] for u in bodies)
+    )  # the batch's usage adds up the Responses API's input/output_tokens
     assert got["chat"]["response"]["body"]["instructions"] == "Answer briefly."
     assert got["chat"]["response"]["body"]["metadata"] == {"k": "v"}
     finished = 0
