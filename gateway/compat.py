@@ -35,7 +35,7 @@ from dropbatch.errors import (
     UnprocessableRequest,
 )
 from dropbatch.jsonl import RawLine, aiter_lines, encode
-from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig
+from dropbatch.models import BatchRecord, BatchStatus, FileRecord, RetryConfig, token_counts
 from dropbatch.served import check_model
 from dropbatch.settings import Settings
 from gateway.auth import Principal, tenant_route
@@ -195,10 +195,16 @@ def outcome_of(line: dict[str, Any]) -> dict[str, Any]:
     text = first.get("text")
     if isinstance(first.get("message"), dict):
         text = first["message"].get("content")
+    if isinstance(body.get("output"), list):  # a /v1/responses Response: its message items' output_text parts
+        text = "".join(
+            part.get("text") or ""
+            for item in body["output"] if isinstance(item, dict) and item.get("type") == "message"
+            for part in item.get("content") or [] if isinstance(part, dict) and part.get("type") == "output_text"
+        )
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     return {
         "output_text": text if error is None else None,
-        "tokens_generated": int(usage.get("completion_tokens") or 0),
+        "tokens_generated": token_counts(usage)[1],
         "finish_reason": first.get("finish_reason"),
         "error": error,
     }
@@ -249,6 +255,9 @@ async def batch_results(gw: Gateway, tenant: str, batch_id: str) -> dict[str, An
     The output file, the error file and the input objects are read together.
     """
     record = await gw.batches.get(tenant, batch_id)
+    if record.status == BatchStatus.FAILED:
+        raise Conflict(f"Batch {batch_id} failed, so it has no results; its errors say why.",
+                       code="batch_failed")
     if record.status not in RESULT_STATUSES:
         raise Conflict(
             f"Batch {batch_id} is {record.status.value}; results are available once it is "

@@ -18,6 +18,7 @@ from dropbatch import client as client_module
 from dropbatch.client import BatchClient, create_batch, get_batch_results, retrieve_batch
 from dropbatch.errors import NotFound
 from dropbatch.storage.s3 import make_client
+from gateway.compat import outcome_of
 from gateway.schemas import MAX_INLINE_ITEMS
 from gateway.tokenize import BYTES_PER_TOKEN
 
@@ -118,6 +119,27 @@ def test_inline_batch_and_results(settings, live, http, drain) -> None:
         assert item["output_text"] == body["choices"][0]["message"]["content"]
         assert item["tokens_generated"] == body["usage"]["completion_tokens"] > 0
         assert item["error"] is None
+
+
+def test_results_of_a_failed_batch_say_it_failed(settings, live, http, drain) -> None:
+    bad = http.post("/v1/files", files={"file": ("bad.jsonl", b'{"custom_id": "a"}\n')}, data={"purpose": "batch"})
+    assert bad.status_code == 200, bad.text
+    created = http.post("/v1/batches", json={"input_file_id": bad.json()["id"], "endpoint": "/v1/chat/completions",
+                                             "completion_window": "24h"})
+    assert created.status_code == 200, created.text
+    drain(live.ctx)
+    assert http.get(f"/v1/batches/{created.json()['id']}").json()["status"] == "failed"
+    results = http.get(f"/v1/batches/{created.json()['id']}/results")
+    assert results.status_code == 409 and results.json()["error"]["code"] == "batch_failed"
+
+
+def test_a_responses_line_s_text_and_tokens_in_the_results() -> None:
+    body = {"object": "response", "status": "completed", "usage": {"input_tokens": 13, "output_tokens": 5},
+            "output": [{"type": "reasoning", "content": []},
+                       {"type": "message", "content": [{"type": "output_text", "text": "Hel"},
+                                                       {"type": "output_text", "text": "lo"}]}]}
+    outcome = outcome_of({"custom_id": "r", "response": {"status_code": 200, "body": body}, "error": None})
+    assert (outcome["output_text"], outcome["tokens_generated"], outcome["error"]) == ("Hello", 5, None)
 
 
 def test_inline_batch_truncates_past_the_limit(settings, live, http) -> None:
