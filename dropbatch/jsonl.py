@@ -19,6 +19,7 @@ from dropbatch.ids import request_line_id, response_request_id
 from dropbatch.models import ENDPOINTS
 
 MAX_CUSTOM_ID_LENGTH = 512
+LINE_FIELDS = ("custom_id", "method", "url", "body")
 # Files saved as "UTF-8 with BOM" (Notepad, PowerShell) start with it: not part of line 1's JSON.
 BOM = b"\xef\xbb\xbf"
 
@@ -147,9 +148,13 @@ def parse_request_line(
         )
     if not isinstance(obj, dict):
         raise bad("invalid_json_line", f"Line {n} must be a JSON object.")
-    for name in ("custom_id", "method", "url", "body"):
+    for name in LINE_FIELDS:
         if name not in obj:
             raise bad("missing_required_parameter", f"Line {n} is missing required parameter '{name}'.", name)
+    for name in obj:
+        if name not in LINE_FIELDS:  # refused, not dropped: a request field belongs in body
+            raise bad("unknown_parameter", f"Line {n}: {name!r} is not a field of a request line "
+                      f"({', '.join(LINE_FIELDS)}); request parameters go in body.", name)
     custom_id = obj["custom_id"]
     if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID_LENGTH:
         raise bad(

@@ -202,6 +202,13 @@ def test_missing_required_parameter(missing: str) -> None:
     assert (error.code, error.param) == ("missing_required_parameter", missing)
 
 
+@pytest.mark.parametrize("extra", ["metadata", "temperature", "Body"])
+def test_a_field_beside_the_four_of_a_request_line_is_refused_not_dropped(extra: str) -> None:
+    error = reject({**line(), extra: 1})
+    assert (error.code, error.param) == ("unknown_parameter", extra)
+    assert f"Line 7: {extra!r} is not a field of a request line" in error.message
+
+
 @pytest.mark.parametrize(
     "endpoint, field",
     [(CHAT, "messages"), ("/v1/completions", "prompt"), ("/v1/embeddings", "input")],
