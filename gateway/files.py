@@ -169,6 +169,9 @@ async def create_file(request: Request, principal: Principal) -> Response:
             )
         if upload.size is not None and upload.size > limit:
             raise PayloadTooLarge(f"The file is {upload.size} bytes; the limit is {limit} bytes.")
+        if upload.size == 0:  # refused now, not as a failed batch later
+            raise InvalidRequest("The file is empty; a batch file holds at least one request line.",
+                                 code="empty_file", param="file")
         expires_at = _expires_after(form, gw.ctx.now())
         record = await store_upload(
             gw, principal.tenant, upload_chunks(upload), filename=_clean_filename(upload.filename), expires_at=expires_at

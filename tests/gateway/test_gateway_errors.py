@@ -69,6 +69,9 @@ def test_each_status_raises_the_sdk_class(settings, live, tenant_token, sdk, dra
     with pytest.raises(openai.BadRequestError) as purpose:
         client.files.create(file=("in.jsonl", b"{}\n"), purpose="assistants")
     assert purpose.value.code == "unsupported_purpose"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.files.create(file=("empty.jsonl", b""), purpose="batch")
+    assert (empty.value.code, empty.value.param) == ("empty_file", "file")
 
     with pytest.raises(openai.UnprocessableEntityError) as endpoint:
         client.batches.create(input_file_id=file.id, endpoint="/v1/moderations", completion_window="24h")
