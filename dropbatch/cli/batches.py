@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -21,6 +22,8 @@ from dropbatch.errors import Conflict, DropbatchError, NotFound
 from dropbatch.jsonl import iter_lines
 from dropbatch.models import BatchRecord, BatchStatus
 from dropbatch.storage.keys import JobRef
+
+BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
 
 # Result lines can be long (embeddings); this only bounds a corrupt file.
 MAX_RESULT_LINE_BYTES = 256 * 1024 * 1024
@@ -150,8 +153,19 @@ def wait_for(ctx: Context, ref: JobRef, *, timeout: float | None, interval: floa
         progress.close()
 
 
+def job_of(ctx: Context, text: str) -> JobRef:
+    """``TENANT/JOB``, or ``TENANT/BATCH_ID`` for a batch made through the API (its job is named for it)."""
+    ref = JobRef.parse(text)
+    if BATCH_ID.fullmatch(ref.job):
+        try:
+            return JobRef(ref.tenant, ctx.batches.get(ref.tenant, ref.job).job)
+        except NotFound:
+            pass  # a drop-box job may be named like a batch id
+    return ref
+
+
 @click.command("status", cls=Command)
-@click.argument("job_ref", metavar="TENANT/JOB")
+@click.argument("job_ref", metavar="TENANT/JOB|TENANT/BATCH_ID")
 @click.option("--wait", is_flag=True, help="Poll until the batch is completed, failed, expired or cancelled.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="With --wait: give up after this many seconds.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="With --wait: poll period.")
@@ -163,8 +177,8 @@ def status_command(state: State, job_ref: str, wait: bool, timeout: float | None
     refused (and listed here); one uploaded after it ended makes a new batch, which
     is then the one shown.
     """
-    ref = JobRef.parse(job_ref)
     ctx = state.context
+    ref = job_of(ctx, job_ref)
     record = wait_for(ctx, ref, timeout=timeout, interval=interval) if wait else ctx.batches.for_job(ref)
     payload = status_payload(ctx, record)
     emit(as_json, payload, status_text(payload))
@@ -228,7 +242,7 @@ def _tee(chunks: Iterable[bytes], out: Any) -> Iterator[bytes]:
 
 
 @click.command("results", cls=Command)
-@click.argument("job_ref", metavar="TENANT/JOB")
+@click.argument("job_ref", metavar="TENANT/JOB|TENANT/BATCH_ID")
 @click.option(
     "--verify", "verify_input", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Check every custom_id of this input file appears exactly once across output and errors.",
@@ -239,8 +253,8 @@ def results_command(state: State, job_ref: str, verify_input: Path | None, as_js
 
     With --json, print one summary object (locations, line counts, verification) instead of the lines.
     """
-    ref = JobRef.parse(job_ref)
     ctx = state.context
+    ref = job_of(ctx, job_ref)
     record = ctx.batches.for_job(ref)
     if record.result is None or record.status not in _WITH_RESULTS:
         hint = "; see `dropbatch status` for why" if record.status == BatchStatus.FAILED else "; try again when it is completed"

@@ -83,6 +83,9 @@ def test_the_drop_box_flow_from_the_command_line(settings: Settings, cli, aws, m
     assert final["request_counts"] == {"total": 25, "completed": 25, "failed": 0}
     location = final["result"]
     assert location["output_uri"] == f"s3://{location['bucket']}/{location['output_key']}"
+    by_id = cli("status", f"acme/{final['id']}", "--json")  # what an SDK user has: the batch id
+    assert by_id.exit_code == 0 and json.loads(by_id.stdout) == final
+    assert cli("results", f"acme/{final['id']}").stdout == cli("results", "acme/j1").stdout
 
     results = cli("results", "acme/j1", "--verify", str(data))
     assert results.exit_code == 0, results.stderr
