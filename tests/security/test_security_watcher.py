@@ -4,8 +4,9 @@
   ranged read that stops one byte past the declared size);
 - a second manifest for a job whose batch is live is refused and makes no batch;
   the live batch stays what `dropbatch status` shows and runs to the end;
-- a manifest at a key the watcher does not admit gets a ``rejection.json`` beside
-  it when the prefix is a real tenant's, and nothing at all otherwise.
+- a manifest at a key the watcher does not admit gets ``<its name>.rejection.json``
+  beside it when the prefix is a real tenant's (never the job's ``rejection.json``),
+  and nothing at all otherwise.
 """
 
 from __future__ import annotations
