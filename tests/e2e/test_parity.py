@@ -14,9 +14,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -148,8 +150,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def peer_env(stack):
+    """The environment vLLM's own front ends run in: the warm engine's, and a socket directory removed after
+    (vLLM leaves its ZMQ socket files in the temp directory)."""
+    sockets = tempfile.mkdtemp(prefix="dropbatch-parity-")
+    try:
+        yield {**os.environ, **worker_env(stack.settings.engine, "parity"), "VLLM_RPC_BASE_PATH": sockets}
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
 @contextmanager
-def vllm_server(stack, tmp_path):
+def vllm_server(stack, tmp_path, env):
     """vLLM's own OpenAI server on the same model and flags; yields its base URL."""
     engine = stack.settings.engine
     port = free_port()
@@ -157,7 +170,7 @@ def vllm_server(stack, tmp_path):
             "--served-model-name", MODEL, "--runner", "generate", "--host", "127.0.0.1", "--port", str(port),
             *vllm_args(engine, stack.engine.engine._limits[MODEL])]
     log = (tmp_path / "vllm-server.log").open("w")
-    proc = subprocess.Popen(argv, env={**os.environ, **worker_env(engine, "parity")}, stdout=log, stderr=log)
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
@@ -202,7 +215,7 @@ def without(value, keys: set[str]):
     return value
 
 
-def run_batch(stack, lines: list[dict], tmp_path, *, task: str) -> dict[str, dict]:
+def run_batch(stack, lines: list[dict], tmp_path, env, *, task: str) -> dict[str, dict]:
     """vLLM's own batch runner on the same model with the warm engine's flags."""
     engine = stack.settings.engine
     source, target = tmp_path / f"{task}-in.jsonl", tmp_path / f"{task}-out.jsonl"
@@ -211,7 +224,6 @@ def run_batch(stack, lines: list[dict], tmp_path, *, task: str) -> dict[str, dic
     limits = stack.engine.engine._limits[MODEL]
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(source), "-o", str(target),
             "--model", str(MODEL_DIR), "--served-model-name", MODEL, *runner, *vllm_args(engine, limits)]
-    env = {**os.environ, **worker_env(engine, "parity")}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {line["custom_id"]: line for line in map(json.loads, target.read_text().splitlines())}
@@ -252,7 +264,7 @@ def check_structured(lines: list[dict], got: dict[str, dict]) -> int:
     return stopped
 
 
-def test_dropbatch_and_vllms_front_ends_give_the_same_bodies(stack, tmp_path):
+def test_dropbatch_and_vllms_front_ends_give_the_same_bodies(stack, tmp_path, peer_env):
     chat, embed = chat_corpus(), embeddings_corpus()
     complete, respond = completions_corpus(), responses_corpus()
     assert len(chat) + len(embed) + len(complete) + len(respond) >= 50
@@ -267,8 +279,9 @@ def test_dropbatch_and_vllms_front_ends_give_the_same_bodies(stack, tmp_path):
         record = stack.ctx.batches.for_job(ref)
         assert record.status == BatchStatus.COMPLETED, record.errors
         ours.update(outputs(stack, record))
-    peer = {**run_batch(stack, chat, tmp_path, task="generate"), **run_batch(stack, embed, tmp_path, task="embed")}
-    with vllm_server(stack, tmp_path) as url:
+    peer = {**run_batch(stack, chat, tmp_path, peer_env, task="generate"),
+            **run_batch(stack, embed, tmp_path, peer_env, task="embed")}
+    with vllm_server(stack, tmp_path, peer_env) as url:
         peer.update(served_by(url, complete + respond))
     assert set(ours) == set(peer) == {line["custom_id"] for line in chat + embed + complete + respond}
     differing = {cid: (normal(ours[cid], peer=False), normal(peer[cid], peer=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -208,16 +209,22 @@ def test_a_request_past_its_timeout_is_a_503_line_and_leaves_the_counts_straight
     assert (server.inflight, server.finished) == (0, 2)
 
 
-def test_each_engine_keeps_its_sockets_in_a_directory_its_successor_and_the_runner_remove(tmp_path, monkeypatch):
+def test_each_engine_keeps_its_sockets_in_a_directory_the_next_engine_or_the_runner_removes(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])  # an engine process that was killed: its pid is free
+    gone.wait()
+    orphan = tmp_path / f"dropbatch-vllm-s0-0a1b2c3d-{gone.pid}-k1ll3d00"
+    orphan.mkdir()
+    (orphan / "8d1c0f9e-2b7a-4d0e-9f3c-6a1b2c3d4e5f").touch()
+    someone_else = tmp_path / "dropbatch-vllm-notes"  # not a name we make: never touched
+    someone_else.mkdir()
     long_name = "dropbatch-engine/" + "org/" * 20 + "model/generate/0"
-    first = Path(socket_dir("s1", long_name))
-    socket = "8d1c0f9e-2b7a-4d0e-9f3c-6a1b2c3d4e5f"  # vLLM names its sockets by uuid4
-    (first / socket).touch()
-    assert len(f"/tmp/{first.name}/{socket}") < 108  # a Unix socket's path limit, however long the model's name
+
+    first = Path(socket_dir("s1", long_name))  # ours runs in this process, so it stays
+    assert not orphan.exists() and someone_else.is_dir()
+    assert len(f"/tmp/{first.name}/8d1c0f9e-2b7a-4d0e-9f3c-6a1b2c3d4e5f") < 108  # a Unix socket's path limit
     other_session = Path(socket_dir("s2", long_name))
-    restarted = Path(socket_dir("s1", long_name))  # Ray restarted the actor: the killed one's sockets go
     sibling = Path(socket_dir("s1", "dropbatch-engine/m/generate/1"))
-    assert not first.exists() and restarted.is_dir() and other_session.is_dir() and sibling.is_dir()
+    assert first.is_dir() and other_session.is_dir() and sibling.is_dir()
     assert remove_socket_dirs("s1") == 2  # the runner on its way out: its session's, not another runner's
-    assert sorted(tmp_path.iterdir()) == [other_session]
+    assert sorted(tmp_path.iterdir()) == sorted([other_session, someone_else])
