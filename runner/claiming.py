@@ -16,6 +16,8 @@ from runner.finalize import batch_duplicates, finalize, finished_chunks, work_ch
 
 log = logging.getLogger("dropbatch.runner")
 
+INPUT_CHANGED = "An input object changed after it was admitted."
+
 
 def take(
     ctx: Context, metrics: Metrics, entry: QueueEntry, lease: Lease, group: list[Claimed], addresses: set[str]
@@ -29,7 +31,7 @@ def take(
     if settle_without_engine(ctx, metrics, entry, lease, record):
         return None
     if not inputs_unchanged(ctx, record):
-        fail(ctx, metrics, entry, lease, record, "input_changed", "An input object changed after it was admitted.")
+        fail(ctx, metrics, entry, lease, record, "input_changed", INPUT_CHANGED)
         return None
     if record.content_sha256 in addresses:
         ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
@@ -101,11 +103,21 @@ def inputs_unchanged(ctx: Context, record: BatchRecord) -> bool:
 
 
 def fail(
-    ctx: Context, metrics: Metrics, entry: QueueEntry, lease: Lease, record: BatchRecord, code: str, message: str
+    ctx: Context,
+    metrics: Metrics,
+    entry: QueueEntry,
+    lease: Lease,
+    record: BatchRecord,
+    code: str,
+    message: str,
+    *,
+    release_quota: bool = True,
 ) -> None:
+    """Fail the batch and take it off the queue; ``release_quota`` when none of its lines ran."""
     error = BatchError(code=code, message=message)
     ctx.batches.update(record.tenant, record.id, lambda b: None if b.status.is_terminal else b.fail([error], ctx.now()))
-    ctx.quotas.release(record.tenant, record.id)
+    if release_quota:
+        ctx.quotas.release(record.tenant, record.id)
     metrics.batches_finished.labels(BatchStatus.FAILED.value).inc()
     log.warning("batch failed", extra={"tenant": record.tenant, "batch_id": record.id, "code": code})
     done(ctx, entry, lease)

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 
 from dropbatch.engine.base import LineResult, WorkChunk
 from dropbatch.engine.requests import TASK_OF_ENDPOINT
+from dropbatch.errors import EngineError
+from dropbatch.models import BatchStatus
 from runner.claimed import Claimed, Taken
+from runner.claiming import INPUT_CHANGED, fail, inputs_unchanged
 from runner.finalize import write_chunk_result
 from runner.leases import LeaseKeeper
 from runner.observe import record_line
@@ -33,11 +36,19 @@ class GroupRun:
     def execute(self) -> None:
         """Engine passes over the group's remaining chunks, then retry passes for failed lines."""
         runner, group = self.runner, self.group
-        work = [chunk for claimed in group for chunk in claimed.remaining.values()]
+        work = self._unfinished()
         log.info("engine run", extra={"batches": len(group), "lines": sum(c.lines_left for c in group)})
         while work:
-            if self._passes(work):
-                return  # a batch must stop now
+            try:
+                if self._passes(work):
+                    return  # a batch must stop now
+            except EngineError:
+                # A tenant may rewrite its own input while the pass reads it: that fails its batch, not the
+                # group's other batches (other tenants'), which go on at once with what is left of them.
+                if not self._fail_changed_inputs():
+                    raise
+                work = self._unfinished()
+                continue
             work, wait = self._due_retries()
             if work:
                 log.info("retrying failed lines", extra={"lines": sum(len(c.only) for c in work), "wait": wait})
@@ -83,6 +94,33 @@ class GroupRun:
                     close()
                 runner.metrics.pass_duration.observe(time.monotonic() - started)
         return runner.publish_progress(self.group, self.keeper)
+
+    def _unfinished(self) -> list[WorkChunk]:
+        """The unanswered chunks of the group's batches still running (lines answered already are ignored)."""
+        return [chunk for c in self.group if c.active and not c.settled for chunk in c.remaining.values()]
+
+    def _fail_changed_inputs(self) -> bool:
+        """Fail the group's batches whose inputs no longer hold the admitted bytes; True if there was one.
+
+        Their hour's quota stays spent: lines of theirs may have run already.
+        """
+        runner = self.runner
+        changed = [c for c in self.group if c.active and not c.settled and not inputs_unchanged(runner.ctx, c.record)]
+        for claimed in changed:
+            self.keeper.drop(claimed.lease.batch_id)
+            fail(
+                runner.ctx,
+                runner.metrics,
+                claimed.entry,
+                claimed.lease,
+                claimed.record,
+                "input_changed",
+                INPUT_CHANGED,
+                release_quota=False,
+            )
+            claimed.stop_as = BatchStatus.FAILED
+            claimed.settled = True
+        return bool(changed)
 
     def _demands(self) -> dict[str, Demand]:
         return {

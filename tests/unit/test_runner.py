@@ -454,6 +454,29 @@ def test_changed_input_after_admission_fails_the_batch_and_runs_nothing(make_con
     assert list(ctx.store.list(ctx.outbox)) == []
 
 
+def test_an_input_changed_mid_pass_fails_its_batch_alone(make_context, submit, make_tenant, make_jsonl, drop_job) -> None:
+    """A tenant rewriting its own input while its batch runs fails that batch; the others of its group finish."""
+    ctx = make_context(DROPBATCH_CHUNK_LINES="2")
+    victim = submit(ctx, "j1", 4)
+    rival_key = make_tenant(ctx, "rival", "enterprise")[1]
+    rival = admit_manifest(ctx, drop_job(ctx, "rival", "r1", make_jsonl(4), key=rival_key).ref)
+    assert rival is not None
+    key = rival.inputs[0].key
+
+    def rewrite(i: int) -> None:
+        if i == 0:  # the first answer is out: the rival's chunks are not all read yet
+            data, _ = ctx.store.get(ctx.inbox, key)
+            ctx.store.put(ctx.inbox, key, data.replace(b"w3_0", b"w3_X"))
+
+    engine = Wrapped(EchoEngine(ctx.store, ctx.settings), rewrite)
+    assert Runner(ctx, engine).run_once() == 2
+    assert ctx.batches.get("acme", victim.id).status == BatchStatus.COMPLETED
+    failed = ctx.batches.get("rival", rival.id)
+    assert failed.status == BatchStatus.FAILED and [e.code for e in failed.errors.data] == ["input_changed"]
+    assert list(ctx.queue.entries()) == []
+    assert ctx.quotas.usage("rival", "enterprise")[0] == 4  # lines ran for it: the hour still counts them
+
+
 @contextmanager
 def running(runner: Runner, gate: threading.Event) -> Iterator[tuple[threading.Event, threading.Thread]]:
     """The runner's service loop in a thread; on the way out the gate opens and the loop must stop within 30 s."""
