@@ -250,4 +250,7 @@ def test_applied_configuration_matches_what_the_services_expect(applied: Applied
         document = json.loads(document)
     by_sid = {st["Sid"]: st for st in document["Statement"]}
     assert by_sid["InboxWriteOwnPrefix"]["Resource"] == f"{inbox}/{TENANT}/*"
+    # Listing is by key prefix: a bare "acme" would also list acme2/…, another tenant's keys, sizes and ETags.
+    listing = by_sid["ListOwnPrefix"]["Condition"]["StringLike"]["s3:prefix"]
+    assert set(listing if isinstance(listing, list) else [listing]) == {f"{TENANT}/", f"{TENANT}/*"}
     assert by_sid["OutboxReadOwnPrefix"]["Resource"] == f"{outbox}/{TENANT}/*"

@@ -249,10 +249,11 @@ data "aws_iam_policy_document" "tenant" {
     sid       = "ListOwnPrefix"
     actions   = ["s3:ListBucket"]
     resources = [local.arn.inbox, local.arn.outbox]
+    # "<tenant>/", never the bare name: S3 lists by key prefix, so "acme" would list acme2/… too.
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = [each.key, "${each.key}/*"]
+      values   = ["${each.key}/", "${each.key}/*"]
     }
   }
   statement {
