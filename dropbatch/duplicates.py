@@ -80,6 +80,7 @@ class DuplicateFinder:
         self._chunks: dict[int, ChunkDuplicates] = {}
         self._current = -1
         self._copy_cost: dict[str, int] = {}  # copy custom_id → the requests it would have cost
+        self._saved = 0  # their sum, kept as lines are added: the watcher weighs it against the quota per line
 
     def add(self, chunk: int, custom_id: str, body: dict[str, Any], cost: int = 1) -> None:
         """Note a valid line of ``chunk``; ``cost`` is what it counts against the quota."""
@@ -100,11 +101,12 @@ class DuplicateFinder:
         else:
             here.copies[custom_id] = original
             self._copy_cost[custom_id] = cost
+            self._saved += cost
 
     @property
     def saved_requests(self) -> int:
-        """Quota requests the copies do not cost (final once ``result()`` has run)."""
-        return sum(self._copy_cost.values())
+        """Quota requests the copies do not cost (final once ``result()`` has run, never more before)."""
+        return self._saved
 
     def _drop_if_no_copies(self, chunk: int) -> None:
         if chunk in self._chunks and not self._chunks[chunk].copies:
@@ -117,7 +119,7 @@ class DuplicateFinder:
                 # The engine runs every line of a chunk with none selected: compute one copy anyway.
                 first = next(iter(found.copies))
                 del found.copies[first]
-                del self._copy_cost[first]
+                self._saved -= self._copy_cost.pop(first)
                 found.keep.append(first)
         return Duplicates(chunks={i: c for i, c in self._chunks.items() if c.copies})
 

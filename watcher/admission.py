@@ -128,6 +128,8 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
     limits = ctx.settings.limits
     tenant = ctx.tenants.get(ref.tenant)
     check_window(limits, manifest.completion_window, tenant.tier)
+    # Work the outbox holds already costs no quota; anything else stops being read once past what is left.
+    budget = None if _done_before(ctx, ref, manifest) else ctx.quotas.budget(ref.tenant, tenant.tier, record.id)
     scan = scan_inputs(
         ctx.store,
         ctx.inbox,
@@ -138,6 +140,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         default_max_tokens=ctx.settings.engine.default_max_tokens,
         body_limits=body_limits(ctx.settings),
         dedup=limits.dedup,
+        budget=budget,
     )
     if scan.errors:
         if scan.error_count > len(scan.errors):
@@ -146,13 +149,7 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
             )
         return _fail(ctx, ref, record, "invalid_input", "The input file failed validation.", scan.errors)
 
-    sha256 = content_address(
-        input_sha256s=[item.sha256 for item in manifest.inputs],
-        model=manifest.model,
-        endpoint=manifest.endpoint,
-        engine_fingerprint=engine_fingerprint(ctx.settings.engine.for_model(manifest.model)),
-        sampled_batch_id=record.id if scan.sampled else None,
-    )
+    sha256 = _address(ctx, manifest, sampled_batch_id=record.id if scan.sampled else None)
     prefix = OutputPrefix(ref.tenant, sha256)
     input_file_id = record.input_file_id or _register_input_file(ctx, ref, manifest)
 
@@ -203,6 +200,22 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
                "chunks": len(scan.chunks), "duplicates": scan.duplicates.count},
     )
     return record
+
+
+def _address(ctx: Context, manifest: Manifest, *, sampled_batch_id: str | None = None) -> str:
+    return content_address(
+        input_sha256s=[item.sha256 for item in manifest.inputs],
+        model=manifest.model,
+        endpoint=manifest.endpoint,
+        engine_fingerprint=engine_fingerprint(ctx.settings.engine.for_model(manifest.model)),
+        sampled_batch_id=sampled_batch_id,
+    )
+
+
+def _done_before(ctx: Context, ref: JobRef, manifest: Manifest) -> bool:
+    """Whether the tenant's outbox holds this work already, if its lines are deterministic (read before them)."""
+    summary = read_summary(ctx, OutputPrefix(ref.tenant, _address(ctx, manifest)))
+    return summary is not None and not summary.partial
 
 
 def _verify(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -> None:

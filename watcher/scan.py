@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dropbatch.auth.quota import QuotaBudget
 from dropbatch.bodies import BodyLimits
 from dropbatch.duplicates import DuplicateFinder, Duplicates
 from dropbatch.errors import InvalidRequest, ManifestRejected, ObjectNotFound
@@ -161,11 +162,15 @@ def scan_inputs(
     default_max_tokens: int = 256,
     body_limits: BodyLimits | None = None,
     dedup: bool = True,
+    budget: QuotaBudget | None = None,
 ) -> ScanResult:
     """Check every input against the manifest and every line against OpenAI's rules.
 
     Raises ``ManifestRejected`` when an input's bytes are not the ones signed for;
     line problems are collected in the result (the batch then fails validation).
+    With a ``budget``, raises ``QuotaExceeded`` at the first line that takes the batch
+    past it, reading no further (copies of earlier lines cost nothing, so the count
+    so far never exceeds the batch's final one).
     """
     total = sum(item.size for item in inputs)
     if total > limits.max_file_bytes:
@@ -219,6 +224,8 @@ def scan_inputs(
                 )
             seen.add(request.custom_id)
             finder.add(len(result.chunks), request.custom_id, request.body, request.cost)
+            if budget is not None and result.requests - finder.saved_requests > budget.left:
+                raise budget.refusal(result.requests - finder.saved_requests, result.lines)
             # Bound memory: once too many lines, keep hashing but stop remembering ids.
             if len(seen) > limits.max_file_lines:
                 seen.clear()

@@ -12,6 +12,8 @@ several watchers admitting at once never over-admit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, Field
 
 from dropbatch.errors import ObjectExists, QuotaExceeded
@@ -33,6 +35,21 @@ class QuotaLedger(BaseModel):
 
     def used(self, now: int) -> int:
         return sum(e.lines for e in self.entries if e.at > now - WINDOW_SECONDS)
+
+
+@dataclass(frozen=True)
+class QuotaBudget:
+    """What one batch may still use of its tenant's hour, read before its lines are, so reading stops past it."""
+
+    ledger: QuotaLedger  # the other batches' entries: an admission retried after a crash has its own already
+    tier: str
+    limit: int
+    now: int
+    left: int
+
+    def refusal(self, requests: int, lines: int) -> QuotaExceeded:
+        """The ``QuotaExceeded`` of a batch whose first ``lines`` lines already ask for ``requests`` (> ``left``)."""
+        return _exceeded(self.ledger, self.tier, self.limit, requests, self.now, lines, at_least=True)
 
 
 class Quotas:
@@ -70,6 +87,14 @@ class Quotas:
 
         self.records.update(key, QuotaLedger, admit)
 
+    def budget(self, tenant: str, tier: str, batch_id: str) -> QuotaBudget:
+        """What ``batch_id`` may use of ``tenant``'s hour now (a reservation it holds already not counted); no write."""
+        now = int(self.clock())
+        ledger = self.records.get(ControlKeys.quota(tenant), QuotaLedger) or QuotaLedger(tenant=tenant)
+        ledger.entries = [e for e in ledger.entries if e.batch_id != batch_id and e.at > now - WINDOW_SECONDS]
+        limit = self.limit(tier)
+        return QuotaBudget(ledger=ledger, tier=tier, limit=limit, now=now, left=limit - ledger.used(now))
+
     def release(self, tenant: str, batch_id: str) -> None:
         """Give back a reservation (a batch that failed before running anything)."""
 
@@ -85,7 +110,9 @@ class Quotas:
         return ledger.used(int(self.clock())), self.limit(tier)
 
 
-def _counted(requests: int, lines: int | None) -> str:
+def _counted(requests: int, lines: int | None, *, at_least: bool = False) -> str:
+    if at_least:  # admission stopped reading the batch there: it cannot fit, whatever follows
+        return f"at least {_counted(requests, lines)}, read no further"
     if lines is None or lines == requests:
         return f"{requests} requests"
     return (
@@ -94,11 +121,14 @@ def _counted(requests: int, lines: int | None) -> str:
     )
 
 
-def _exceeded(ledger: QuotaLedger, tier: str, limit: int, requests: int, now: int, lines: int | None) -> QuotaExceeded:
+def _exceeded(
+    ledger: QuotaLedger, tier: str, limit: int, requests: int, now: int, lines: int | None, *, at_least: bool = False
+) -> QuotaExceeded:
     used = ledger.used(now)
+    asks = _counted(requests, lines, at_least=at_least)
     if requests > limit:
         return QuotaExceeded(
-            f"The batch asks for {_counted(requests, lines)}; the {tier} tier allows {limit} requests per hour, "
+            f"The batch asks for {asks}; the {tier} tier allows {limit} requests per hour, "
             "so it can never fit. Split it into smaller batches or move to a higher tier.",
             retry_at=now,
         )
@@ -110,7 +140,7 @@ def _exceeded(ledger: QuotaLedger, tier: str, limit: int, requests: int, now: in
         if needed <= 0:
             break
     return QuotaExceeded(
-        f"The batch asks for {_counted(requests, lines)} but the {tier} tier has {limit - used} of {limit} left "
+        f"The batch asks for {asks} but the {tier} tier has {limit - used} of {limit} left "
         f"this hour; it would fit in {retry_at - now} s (at unix time {retry_at}).",
         retry_at=retry_at,
     )

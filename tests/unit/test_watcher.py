@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from dropbatch.engine.echo import EchoEngine
 from dropbatch.errors import ObjectNotFound
 from dropbatch.models import BatchStatus
 from dropbatch.queues import Manifested, manifests_in_message
 from dropbatch.storage.keys import ControlKeys, JobRef
+from runner.service import Runner
+from watcher import scan
 from watcher.admission import admit_manifest
 from watcher.service import Watcher
 
@@ -177,6 +180,54 @@ def test_rejections_are_readable_and_nothing_runs(case, make_context, make_tenan
     assert list(ctx.store.list(ctx.outbox)) == []
     if spec["code"] != "quota_exceeded":
         assert ctx.quotas.usage("acme", "basic")[0] == 0
+
+
+def test_a_batch_past_the_hours_quota_is_refused_without_reading_the_rest(
+    make_context, make_tenant, make_jsonl, drop_job, monkeypatch
+) -> None:
+    """The quota decides while the lines are read: a batch that cannot fit stops being read there.
+
+    Else a tenant with no quota left could make the watcher read and validate any number of
+    200 MB batches (a free token makes 60 a minute from one upload), every other tenant's admissions waiting.
+    """
+    ctx = make_context(DROPBATCH_TIER_QUOTAS="basic=10")
+    _, key = make_tenant(ctx, "acme", "basic")
+    parsed = 0
+    parse = scan.parse_request_line
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "parse_request_line", counted)
+    job = drop_job(ctx, "acme", "j1", make_jsonl(2000), key=key)
+    record = admit_manifest(ctx, job.ref)
+    assert record is not None and record.status == BatchStatus.FAILED
+    assert [e.code for e in record.errors.data] == ["quota_exceeded"]
+    assert "at least 11 requests" in record.errors.data[0].message
+    assert parsed == 11  # the first line past the 10 left
+    assert ctx.quotas.usage("acme", "basic") == (0, 10)
+
+    # What fits is admitted and spends the hour; then nothing is left, and one line is read.
+    assert admit_manifest(ctx, drop_job(ctx, "acme", "j2", make_jsonl(10), key=key).ref).status == BatchStatus.IN_PROGRESS
+    parsed = 0
+    record = admit_manifest(ctx, drop_job(ctx, "acme", "j3", make_jsonl(5), key=key).ref)
+    assert [e.code for e in record.errors.data] == ["quota_exceeded"] and parsed == 1
+
+
+def test_work_done_before_is_answered_from_the_outbox_with_the_hour_used_up(
+    make_context, make_tenant, make_jsonl, drop_job
+) -> None:
+    ctx = make_context(DROPBATCH_TIER_QUOTAS="basic=4")
+    _, key = make_tenant(ctx, "acme", "basic")
+    data = make_jsonl(4, body=lambda i, b: {**b, "temperature": 0})
+    first = admit_manifest(ctx, drop_job(ctx, "acme", "j1", data, key=key).ref)
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    assert ctx.batches.get("acme", first.id).status == BatchStatus.COMPLETED
+    assert ctx.quotas.usage("acme", "basic") == (4, 4)
+    again = admit_manifest(ctx, drop_job(ctx, "acme", "j2", data, key=key).ref)
+    assert again is not None and again.status == BatchStatus.COMPLETED and again.cached
 
 
 def test_rejection_lists_line_numbers_in_the_record(make_context, make_tenant, make_jsonl, drop_job) -> None:
