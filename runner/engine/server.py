@@ -183,6 +183,9 @@ class EngineServer:
             request = self._request_types[url](body)
         except pydantic.ValidationError as exc:
             return _validation_answer(exc)
+        except Exception as exc:  # vLLM's request models raise VLLMValidationError (tools: [], prompt: "" …)
+            # as vLLM's server answers it: this line's 400, never an exception that fails every line sent with it
+            return _to_answer(create_error_response(exc))
         try:
             async with self._gate.admitted(getattr(request, "priority", 0) or 0):
                 response = await handler(request, None)

@@ -228,3 +228,35 @@ def test_each_engine_keeps_its_sockets_in_a_directory_the_next_engine_or_the_run
     assert first.is_dir() and other_session.is_dir() and sibling.is_dir()
     assert remove_socket_dirs("s1") == 2  # the runner on its way out: its session's, not another runner's
     assert sorted(tmp_path.iterdir()) == sorted([other_session, someone_else])
+
+
+@pytest.mark.parametrize("url, body, param", [
+    ("/v1/completions", {"model": "m", "prompt": ""}, "prompt"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": []}, "tools"),
+])
+def test_a_body_vllms_request_model_refuses_is_its_own_400_line_and_the_others_are_answered(url, body, param):
+    """vLLM's request models raise VLLMValidationError (not pydantic's) from their validators: one such line
+    failed the whole ``answer`` call, so every line sent with it was retried as an engine restart."""
+    from starlette.responses import JSONResponse
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    from runner.engine.server import EngineServer, EngineSpec
+    from runner.schedule import EngineGate
+
+    server = EngineServer(EngineSpec(model="m", served_name="m", task="generate", cli_args=()))
+    server._engine, server._gate = object(), EngineGate(4)  # started: no vLLM engine behind the handlers
+
+    async def answered(request, raw_request):
+        return JSONResponse({"object": "answered", "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+
+    server._handlers = {url: answered}
+    server._request_types = {"/v1/chat/completions": ChatCompletionRequest.model_validate_json,
+                             "/v1/completions": CompletionRequest.model_validate_json}
+    good = {"model": "m", "prompt": "hi"} if url == "/v1/completions" else {**body, "tools": None}
+    rows = asyncio.run(server.answer([(url, json.dumps(good)), (url, json.dumps(body))]))
+
+    assert rows[0]["status"] == 200 and json.loads(rows[0]["body_json"])["object"] == "answered"
+    refused = json.loads(rows[1]["body_json"])["error"]
+    assert rows[1]["status"] == 400 and refused["param"] == param, refused
+    assert (server.inflight, server.finished) == (0, 2)
