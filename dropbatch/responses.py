@@ -3,7 +3,8 @@
 Lines are answered by vLLM's own ``OpenAIServingResponses`` in the warm engine.
 A batch has no response store and no hosted tools, so what needs them
 (``previous_response_id``, ``store: true``, ``background``, built-in tools,
-``include``, ``reasoning``, ``prompt`` templates, ``truncation: auto``) is refused
+``include`` other than the output's logprobs, ``reasoning``, ``prompt`` templates,
+``truncation: auto``) is refused
 at admission naming the field, rather than silently ignored as vLLM would.
 """
 
@@ -101,6 +102,19 @@ def _tool_choice(value: Any, param: str) -> None:
     fields(value, param, {"type": one_of("function"), "name": function_name}, ("type", "name"))
 
 
+# What ``include`` may ask for: the engine adds the output's logprobs; the rest needs hosted tools, images or reasoning.
+INCLUDABLE = ("message.output_text.logprobs",)
+
+
+def _include(value: Any, param: str) -> None:
+    """``include`` may ask for the output's logprobs (``top_logprobs`` alternatives); nothing else is served."""
+    array_of(string)(value, param)
+    for index, item in enumerate(value):
+        if item not in INCLUDABLE:
+            fail(f"{param}[{index}]", f"is {item[:64]!r}, which this deployment does not serve; only "
+                 f"{', '.join(repr(i) for i in INCLUDABLE)} is.", "unsupported_parameter")
+
+
 def _refused(why: str) -> Check:
     def check(value: Any, param: str) -> None:
         fail(param, why, "unsupported_parameter")
@@ -141,7 +155,7 @@ RESPONSES_RULES: dict[str, Check] = {
     "truncation": _only("disabled", "'auto' is not served: a too-long input is an error line."),
     "previous_response_id": _refused(NO_STORE),
     "conversation": _refused(NO_STORE),
-    "include": _refused("is valid in OpenAI's API but not served by this deployment; remove it."),
+    "include": _include,
     "reasoning": _refused("is valid in OpenAI's API but the served models do not reason; remove it."),
     "prompt": _refused("prompt templates are stored objects, which this deployment has none of; remove it."),
     "max_tool_calls": _refused("is valid in OpenAI's API but not served by this deployment; remove it."),

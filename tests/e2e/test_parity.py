@@ -138,7 +138,7 @@ def responses_corpus() -> list[dict]:
                            "instructions": "Answer briefly."},
               "schema": {"input": "spam or ham?", "text": {"format": schema}},
               "nucleus": {"input": "Go on", "top_p": 0.5, "metadata": {"k": "v"}},
-              "logprobs": {"input": "Go on", "top_logprobs": 2}}
+              "logprobs": {"input": "Go on", "top_logprobs": 2, "include": ["message.output_text.logprobs"]}}
     return [{"custom_id": f"r-{name}", "method": "POST", "url": RESPONSES,
              "body": {"model": MODEL, "temperature": 0, "max_output_tokens": 16, **body}}
             for name, body in bodies.items()]

@@ -31,13 +31,14 @@ def test_responses_lines_come_back_as_response_objects(stack):
         *[line(f"schema-{i}", temperature=1, text={"format": {"type": "json_schema", "name": "label",
                                                               "schema": SCHEMA, "strict": True}})
           for i in range(6)],
+        line("logprobs", temperature=0, top_logprobs=2, include=["message.output_text.logprobs"]),
     ]
     ref = submit(stack.ctx, "e2e-responses", "responses", lines, endpoint="/v1/responses")
     stack.drain()
     record = stack.ctx.batches.for_job(ref)
     assert record.status == BatchStatus.COMPLETED
     got = outputs(stack, record)
-    assert (record.request_counts.completed, record.request_counts.failed) == (8, 0), got
+    assert (record.request_counts.completed, record.request_counts.failed) == (9, 0), got
     for custom_id, answer in got.items():
         body = answer["response"]["body"]
         assert body["object"] == "response" and body["model"] == MODEL, custom_id
@@ -49,6 +50,9 @@ def test_responses_lines_come_back_as_response_objects(stack):
     )  # the batch's usage adds up the Responses API's input/output_tokens
     assert got["chat"]["response"]["body"]["instructions"] == "Answer briefly."
     assert got["chat"]["response"]["body"]["metadata"] == {"k": "v"}
+    body = got["logprobs"]["response"]["body"]  # include asks for them, as in OpenAI's Responses API
+    logprobs = body["output"][0]["content"][0]["logprobs"]
+    assert len(logprobs) == body["usage"]["output_tokens"] and all(len(lp["top_logprobs"]) == 2 for lp in logprobs)
     finished = 0
     for i in range(6):
         body = got[f"schema-{i}"]["response"]["body"]

@@ -365,6 +365,7 @@ RESPONSES_GOOD = [
     {"text": {"format": {"type": "json_object"}}, "metadata": {"k": "v"}, "store": False, "stream": False},
     {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tool_choice": "required"},
     {"tool_choice": {"type": "function", "name": "f"}, "top_logprobs": 2, "background": False, "truncation": "disabled"},
+    {"include": ["message.output_text.logprobs"], "top_logprobs": 2},  # how the Responses API asks for logprobs
 ]
 
 
@@ -387,7 +388,10 @@ RESPONSES_BAD = [
     ({"stream": True}, "unsupported_parameter", "body.stream"),
     ({"tools": [{"type": "web_search"}]}, "unsupported_parameter", "body.tools[0].type"),
     ({"reasoning": {"effort": "low"}}, "unsupported_parameter", "body.reasoning"),
-    ({"include": ["message.output_text.logprobs"]}, "unsupported_parameter", "body.include"),
+    ({"include": ["reasoning.encrypted_content"]}, "unsupported_parameter", "body.include[0]"),
+    ({"include": ["message.output_text.logprobs", "file_search_call.results"]}, "unsupported_parameter",
+     "body.include[1]"),
+    ({"include": "message.output_text.logprobs"}, "invalid_body", "body.include"),
     ({"truncation": "auto"}, "unsupported_parameter", "body.truncation"),
     ({"messages": []}, "unknown_parameter", "body.messages"),
     ({"input": None}, "missing_required_parameter", "body.input"),
