@@ -32,6 +32,7 @@ NOT_YET_SERVED: dict[str, tuple[Any, ...]] = {
     **{name: () for name in REFUSED_UNTYPED},
     "modalities": (["text"],),
     "service_tier": ("auto", "default"),
+    "store": (False,),  # chat completions stored for distillation and evals: a batch keeps none to list or retrieve
     "stream_options": (),
 }
 

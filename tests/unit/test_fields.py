@@ -136,6 +136,7 @@ CHAT_BAD = [
     ({"metadata": {"k": 1}}, "invalid_body", "body.metadata.k"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "invalid_body", "body.metadata"),
     ({"store": "yes"}, "invalid_body", "body.store"),
+    ({"store": True}, "unsupported_parameter", "body.store"),  # nothing would be stored: refused, not dropped
     ({"temprature": 1}, "unknown_parameter", "body.temprature"),
     ({"prompt": "hi"}, "unknown_parameter", "body.prompt"),
     ({"messages": None}, "missing_required_parameter", "body.messages"),
