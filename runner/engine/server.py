@@ -167,6 +167,14 @@ class EngineServer:
         except TimeoutError:
             return error_answer(503, f"The engine did not answer within {self.spec.request_timeout_s:.0f} s.",
                                 code="engine_timeout", type_="server_error")
+        except Exception as exc:
+            if self._errored(exc):
+                raise  # a dead engine: the call fails, and its supervisor restarts it and retries the lines
+            # Anything else is this line's failure (a 5xx: retried, then its error line), never the call's:
+            # an exception out of ``answer`` fails every line sent with it and reads as an engine restart.
+            log.exception("request failed in the engine actor", extra={"url": url})
+            return error_answer(500, f"The engine failed on this request ({type(exc).__name__}: {exc}).",
+                                code="engine_error", type_="server_error")
         finally:
             self.inflight -= 1
             self.finished += 1
@@ -190,7 +198,7 @@ class EngineServer:
             async with self._gate.admitted(getattr(request, "priority", 0) or 0):
                 response = await handler(request, None)
         except Exception as exc:  # vLLM's server turns any handler exception into an error response too
-            if self._engine is not None and getattr(self._engine, "errored", False):
+            if self._errored(exc):
                 raise  # a dead engine is the supervisor's business, not this line's
             response = create_error_response(exc)
         return _to_answer(response, by_alias=url == RESPONSES)
@@ -201,6 +209,15 @@ class EngineServer:
         answer = await self._one(*probe_request(self.spec.task, self.spec.served_name))
         return answer.status == 200
 
+    def _errored(self, exc: BaseException | None = None) -> bool:
+        """Whether vLLM's engine is dead (it says so, or ``exc`` is its EngineDeadError)."""
+        if exc is not None:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            if isinstance(exc, EngineDeadError):
+                return True
+        return bool(self._engine is not None and getattr(self._engine, "errored", False))
+
     def stats(self) -> dict[str, Any]:
         return {
             "inflight": self.inflight,
@@ -208,7 +225,7 @@ class EngineServer:
             "idle_seconds": time.monotonic() - self.last_progress,
             "ready": self._engine is not None,
             "started_at": self.started_at,
-            "errored": bool(self._engine is not None and getattr(self._engine, "errored", False)),
+            "errored": self._errored(),
         }
 
     async def shutdown(self) -> None:

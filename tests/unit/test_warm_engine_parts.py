@@ -260,3 +260,35 @@ def test_a_body_vllms_request_model_refuses_is_its_own_400_line_and_the_others_a
     refused = json.loads(rows[1]["body_json"])["error"]
     assert rows[1]["status"] == 400 and refused["param"] == param, refused
     assert (server.inflight, server.finished) == (0, 2)
+
+
+def test_a_request_that_fails_inside_the_actor_is_its_own_5xx_line_unless_the_engine_is_dead():
+    """Any exception out of one request (here vLLM answering with a body that is not JSON) is that line's
+    500, retried and then its error line; only a dead engine fails the call, for its supervisor to restart."""
+    from starlette.responses import Response
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from runner.engine.server import EngineServer, EngineSpec
+    from runner.schedule import EngineGate
+
+    server = EngineServer(EngineSpec(model="m", served_name="m", task="generate", cli_args=()))
+    server._engine, server._gate = object(), EngineGate(4)
+
+    async def answered(request, raw_request):
+        if request.prompt == "broken":
+            return Response(b"not json", status_code=200)
+        if request.prompt == "dead":
+            raise EngineDeadError()
+        return Response(b'{"object": "text_completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
+
+    server._handlers = {"/v1/completions": answered}
+    server._request_types = {"/v1/completions": CompletionRequest.model_validate_json}
+    ask = [("/v1/completions", json.dumps({"model": "m", "prompt": p})) for p in ("ok", "broken")]
+    rows = asyncio.run(server.answer(ask))
+    assert [r["status"] for r in rows] == [200, 500]
+    error = json.loads(rows[1]["body_json"])["error"]
+    assert error["code"] == "engine_error" and error["type"] == "server_error" and "JSONDecodeError" in error["message"]
+    with pytest.raises(EngineDeadError):
+        asyncio.run(server.answer([*ask, ("/v1/completions", json.dumps({"model": "m", "prompt": "dead"}))]))
+    assert (server.inflight, server.finished) == (0, 5)
