@@ -199,6 +199,10 @@ RULES: dict[str, dict[str, Check]] = {
         "store": boolean,
         "modalities": array_of(one_of("text", "audio")),
         "service_tier": one_of("auto", "default", "flex", "scale", "priority"),
+        # identifiers and a cache hint that change no answer (like ``user``); vLLM caches shared prefixes anyway
+        "safety_identifier": string,
+        "prompt_cache_key": string,
+        "prompt_cache_retention": one_of("in_memory", "24h"),
         **{name: _refused_anyway for name in REFUSED_UNTYPED},
     },
     COMPLETIONS: {

@@ -132,6 +132,16 @@ def _only(neutral: Any, why: str) -> Check:
     return check
 
 
+def _one_of(neutral: tuple[str, ...], why: str) -> Check:
+    """Valid only with one of the values that change nothing here."""
+
+    def check(value: Any, param: str) -> None:
+        if not isinstance(value, str) or value not in neutral:
+            fail(param, why, "unsupported_parameter")
+
+    return check
+
+
 NO_STORE = "needs stored responses, which a batch does not keep; remove it."
 
 RESPONSES_RULES: dict[str, Check] = {
@@ -148,7 +158,11 @@ RESPONSES_RULES: dict[str, Check] = {
     "parallel_tool_calls": boolean,
     "metadata": metadata,
     "user": string,
-    "service_tier": _only("auto", "is valid in OpenAI's API but not served by this deployment; remove it."),
+    "service_tier": _one_of(("auto", "default"), "is valid in OpenAI's API but not served by this deployment; remove it."),
+    "safety_identifier": string,
+    "prompt_cache_key": string,
+    "prompt_cache_retention": _one_of(("in_memory",), "'24h' is not served: the prefix cache keeps what fits in memory."),
+    "stream_options": _refused("applies only to streams, and batch results are files; remove it."),
     "stream": _only(False, "must be false or absent: batch results are files, not streams."),
     "store": _only(False, "is not honoured: a batch keeps no responses to retrieve later; set it to false."),
     "background": _only(False, "must be false or absent: every batch line already runs in the background."),

@@ -158,7 +158,8 @@ class EngineSettings(_Frozen):
         600.0, gt=0, description="One request longer than this in the engine becomes a retryable error line."
     )
     default_max_tokens: int = Field(
-        256, description="max_tokens for a request line that does not set one."
+        256, description="max_tokens for a chat or Responses line that sets none (OpenAI's would run to the "
+        "context's end); completions lines default to 16, as OpenAI's do."
     )
     structured_outputs_config: dict[str, Any] | None = Field(
         {"backend": "xgrammar", "disable_any_whitespace": True},

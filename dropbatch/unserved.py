@@ -26,12 +26,13 @@ REFUSED_UNTYPED = ("audio", "functions", "function_call", "prediction", "reasoni
 # Paths with [] are checked inside messages (dropbatch.messages) and prompts.
 NOT_YET_SERVED: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),  # vLLM's V1 engine has no best_of: it would be ignored
-    "suffix": ("",),  # fill-in-the-middle: the served models have no FIM rendering
+    "suffix": (),  # fill-in-the-middle: the served models have none (vLLM refuses even "" for them)
     "messages[].function_call": (),
     "messages[].audio": (),
     **{name: () for name in REFUSED_UNTYPED},
     "modalities": (["text"],),
     "service_tier": ("auto", "default"),
+    "prompt_cache_retention": ("in_memory",),  # '24h' extended retention: the prefix cache keeps what fits in memory
     "store": (False,),  # chat completions stored for distillation and evals: a batch keeps none to list or retrieve
     "stream_options": (),
 }

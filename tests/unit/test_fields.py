@@ -132,6 +132,9 @@ CHAT_BAD = [
     ({"tool_choice": "sometimes"}, "invalid_body", "body.tool_choice"),
     ({"tool_choice": {"type": "function", "function": {"name": "has space"}}}, "invalid_body", "body.tool_choice.function.name"),
     ({"service_tier": "flex"}, "unsupported_parameter", "body.service_tier"),
+    ({"prompt_cache_retention": "24h"}, "unsupported_parameter", "body.prompt_cache_retention"),
+    ({"prompt_cache_retention": "forever"}, "invalid_body", "body.prompt_cache_retention"),
+    ({"safety_identifier": 5}, "invalid_body", "body.safety_identifier"),
     ({"parallel_tool_calls": "no"}, "invalid_body", "body.parallel_tool_calls"),
     ({"metadata": {"k": 1}}, "invalid_body", "body.metadata.k"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "invalid_body", "body.metadata"),
@@ -160,6 +163,7 @@ COMPLETIONS_BAD = [
     ({"best_of": 3}, "unsupported_parameter", "body.best_of"),
     ({"suffix": 5}, "invalid_body", "body.suffix"),
     ({"suffix": "end"}, "unsupported_parameter", "body.suffix"),
+    ({"suffix": ""}, "unsupported_parameter", "body.suffix"),  # vLLM refuses it too, for a model with no FIM
     ({"logprobs": 6}, "invalid_body", "body.logprobs"),
     ({"logprobs": True}, "invalid_body", "body.logprobs"),
     ({"messages": []}, "unknown_parameter", "body.messages"),
@@ -220,7 +224,9 @@ GOOD = [
             ]
         },
     ),
-    (COMPLETIONS, {"prompt": ["one"], "echo": False, "best_of": 1, "suffix": "", "logprobs": None, "seed": 7}),
+    (COMPLETIONS, {"prompt": ["one"], "echo": False, "best_of": 1, "logprobs": None, "seed": 7}),
+    # OpenAI's newer identifiers and cache hint, which change no answer (like user): admitted, as OpenAI's are
+    (CHAT, {"safety_identifier": "u-1", "prompt_cache_key": "k", "prompt_cache_retention": "in_memory"}),
     (EMBEDDINGS, {"input": ["a"] * MAX_EMBEDDING_INPUTS, "encoding_format": "float", "user": "u"}),
     # Served by vLLM's own OpenAI layer in the warm engine (no longer refused as not yet served):
     (CHAT, {"n": 2, "temperature": 1, "logprobs": True, "top_logprobs": 3, "logit_bias": {"17": -5}}),
@@ -367,6 +373,7 @@ RESPONSES_GOOD = [
     {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tool_choice": "required"},
     {"tool_choice": {"type": "function", "name": "f"}, "top_logprobs": 2, "background": False, "truncation": "disabled"},
     {"include": ["message.output_text.logprobs"], "top_logprobs": 2},  # how the Responses API asks for logprobs
+    {"service_tier": "default", "safety_identifier": "u-1", "prompt_cache_key": "k", "prompt_cache_retention": "in_memory"},
 ]
 
 
@@ -394,6 +401,9 @@ RESPONSES_BAD = [
      "body.include[1]"),
     ({"include": "message.output_text.logprobs"}, "invalid_body", "body.include"),
     ({"truncation": "auto"}, "unsupported_parameter", "body.truncation"),
+    ({"service_tier": "flex"}, "unsupported_parameter", "body.service_tier"),
+    ({"prompt_cache_retention": "24h"}, "unsupported_parameter", "body.prompt_cache_retention"),
+    ({"stream_options": {"include_usage": True}}, "unsupported_parameter", "body.stream_options"),
     ({"messages": []}, "unknown_parameter", "body.messages"),
     ({"input": None}, "missing_required_parameter", "body.input"),
 ]
