@@ -29,6 +29,7 @@ from dropbatch.records import (
     audit_entry,
     batch_not_found,
     batch_writes,
+    bytes_due,
     conflict_pause,
     dump,
     file_not_found,
@@ -333,7 +334,9 @@ class AsyncFileStore:
         return record
 
     async def delete(self, tenant: str, file_id: str) -> FileRecord:
+        """Delete the file as ``files.delete`` does: gone for readers now, its bytes at the next sweep."""
         record = await self.get(tenant, file_id)
+        await self.records.write(bytes_due(record, int(self.clock())))  # before the record, as FileStore.delete
         store, bucket = self.records.store, self.records.bucket
         await store.delete(bucket, ControlKeys.file_index(tenant, record.created_at, file_id))
         await store.delete(bucket, ControlKeys.file(tenant, file_id))

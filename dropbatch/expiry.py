@@ -4,7 +4,8 @@ A file with ``expires_after`` (an upload) or from a batch with
 ``output_expires_after`` (its output and error files) answers 404 from the
 moment it expires (``FileStore`` checks the clock on every read). This sweep,
 run by the watcher, then deletes what is left, due entries of
-``index/expiry/`` oldest first:
+``index/expiry/`` oldest first (``files.delete`` writes one due at once, so a
+deleted file's bytes go the same way):
 
 - the File record and its listing entry;
 - the bytes, unless something still needs them: an upload read by a batch that

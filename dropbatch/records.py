@@ -228,7 +228,10 @@ class FileStore:
         return record
 
     def delete(self, tenant: str, file_id: str) -> FileRecord:
+        """Delete the file as ``files.delete`` does: gone for readers now, its bytes at the next sweep."""
         record = self.get(tenant, file_id)
+        due = bytes_due(record, int(self.clock()))  # before the record: a crash in between leaves a harmless entry
+        self.records.store.put(self.records.bucket, due.key, due.body, content_type=due.content_type)
         self.remove(record)
         return record
 
@@ -288,12 +291,21 @@ def file_writes(record: FileRecord) -> Iterator[Write]:
     The expiry entry comes before the record: a crash in between leaves a harmless entry.
     """
     if record.expires_at is not None:
-        due = ExpiryEntry(
-            tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
-        )
-        yield Write(ControlKeys.expiry(record.expires_at, record.tenant, record.id), dump(due), False, JSON)
+        yield bytes_due(record, record.expires_at)
     yield Write(ControlKeys.file(record.tenant, record.id), dump(record), True, JSON)
     yield Write(ControlKeys.file_index(record.tenant, record.created_at, record.id), b"", False, OCTETS)
+
+
+def bytes_due(record: FileRecord, due_at: int) -> Write:
+    """The expiry entry that has the watcher's sweep delete ``record``'s bytes from ``due_at`` on.
+
+    Written at create for a file with ``expires_at``, and by a delete with the time of the delete: the
+    sweep deletes the bytes once nothing reads them (a batch still running on an upload keeps them).
+    """
+    due = ExpiryEntry(
+        tenant=record.tenant, file_id=record.id, bucket=record.bucket, key=record.key, created_at=record.created_at
+    )
+    return Write(ControlKeys.expiry(due_at, record.tenant, record.id), dump(due), False, JSON)
 
 
 def batch_writes(record: BatchRecord) -> Iterator[Write]:

@@ -158,6 +158,29 @@ def test_an_expired_upload_a_running_batch_reads_keeps_its_bytes_until_it_finish
     assert not exists(timed.ctx, timed.ctx.inbox, key)
 
 
+def test_a_deleted_file_loses_its_bytes_once_nothing_reads_them(timed, tenant_token, sdk, drain) -> None:
+    client = sdk(timed, tenant_token(timed.ctx, "acme").token)
+    file = client.files.create(file=("in.jsonl", jsonl_bytes(make_jsonl(3))), purpose="batch")
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    key = uploaded_file_key("acme", file.id)
+    client.files.delete(file.id)
+    Watcher(timed.ctx).sweep_expired()  # the batch still has to read it
+    assert exists(timed.ctx, timed.ctx.inbox, key)
+
+    drain(timed.ctx)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.error_file_id is None, done
+    Watcher(timed.ctx).sweep_expired()
+    assert not exists(timed.ctx, timed.ctx.inbox, key)
+
+    location = timed.ctx.batches.get("acme", batch.id).result
+    client.files.delete(done.output_file_id)
+    Watcher(timed.ctx).sweep_expired()
+    for key in (location.output_key, location.errors_key, location.summary_key):
+        assert not exists(timed.ctx, timed.ctx.outbox, key)
+    assert control_keys(timed.ctx, "index/expiry/") == []
+
+
 @pytest.mark.parametrize(
     "policy",
     [
