@@ -77,8 +77,8 @@ def settle_without_engine(ctx: Context, metrics: Metrics, entry: QueueEntry, lea
             return True
         return False
     closed = finalize(ctx, record, final=final)
-    if closed.status == BatchStatus.CANCELLED and closed.request_counts.completed == 0:
-        ctx.quotas.release(record.tenant, record.id)  # cancelled before any line ran: nothing was used
+    if closed.status in (BatchStatus.CANCELLED, BatchStatus.EXPIRED) and closed.request_counts.completed == 0:
+        ctx.quotas.release(record.tenant, record.id)  # cancelled or expired before any line ran: nothing was used
     metrics.batches_finished.labels(closed.status.value).inc()
     done(ctx, entry, lease)
     return True

@@ -347,6 +347,19 @@ def test_cancel_before_run(make_context, submit) -> None:
     assert_settled(ctx, record)
 
 
+def test_a_batch_that_expires_before_it_starts_gives_its_quota_back(make_context, make_clock, submit) -> None:
+    clock = make_clock()
+    ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2, DROPBATCH_COMPLETION_WINDOWS="24h=60")
+    admitted = submit(ctx, "j1", 5)
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 5
+    clock.now = admitted.expires_at + 1
+    engine = EchoEngine(ctx.store, ctx.settings)
+    Runner(ctx, engine).run_once()
+    assert engine.runs == []
+    assert ctx.batches.get("acme", admitted.id).status == BatchStatus.EXPIRED
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 0  # nothing ran, as for a batch cancelled before it ran
+
+
 def test_cancel_during_run_keeps_finished_lines(make_context, submit) -> None:
     ctx = make_context(DROPBATCH_CHUNK_LINES=2)
     admitted = submit(ctx, "j1", 6)
