@@ -76,9 +76,11 @@ def settle_without_engine(ctx: Context, metrics: Metrics, entry: QueueEntry, lea
             done(ctx, entry, lease)
             return True
         return False
+    ran = record.request_counts  # what earlier passes ran, before the stop's error lines are added
     closed = finalize(ctx, record, final=final)
-    if closed.status in (BatchStatus.CANCELLED, BatchStatus.EXPIRED) and closed.request_counts.completed == 0:
-        ctx.quotas.release(record.tenant, record.id)  # cancelled or expired before any line ran: nothing was used
+    if closed.status in (BatchStatus.CANCELLED, BatchStatus.EXPIRED) and ran.total:
+        # The hour counts engine work: lines that never ran give their share back (all of it if none ran).
+        ctx.quotas.keep_share(record.tenant, record.id, (ran.completed + ran.failed) / ran.total)
     metrics.batches_finished.labels(closed.status.value).inc()
     done(ctx, entry, lease)
     return True

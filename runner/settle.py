@@ -70,7 +70,10 @@ def settle(ctx: Context, metrics: Metrics, claimed: Claimed) -> None:
         for index, lines in claimed.buffers.items():
             write_chunk_result(ctx, claimed.record.id, index, list(lines.values()),
                                total=claimed.remaining[index].lines, copies=claimed.copies)
+        ran = claimed.counts()
         closed = finalize(ctx, claimed.record, final=claimed.stop_as)
+        if ran.total:  # the hour counts engine work: the lines that never ran give their share back
+            ctx.quotas.keep_share(claimed.record.tenant, claimed.record.id, (ran.completed + ran.failed) / ran.total)
         metrics.batches_finished.labels(closed.status.value).inc()
         done(ctx, claimed.entry, claimed.lease)
         return

@@ -12,6 +12,7 @@ several watchers admitting at once never over-admit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -103,6 +104,21 @@ class Quotas:
 
         if self.records.get(ControlKeys.quota(tenant), QuotaLedger) is not None:
             self.records.update(ControlKeys.quota(tenant), QuotaLedger, drop)
+
+    def keep_share(self, tenant: str, batch_id: str, share: float) -> None:
+        """Keep ``share`` (0-1) of ``batch_id``'s reservation: a batch stopped early used only what ran.
+
+        Requests are kept in proportion to the lines that ran, rounded up; a share of 0 gives it all back.
+        """
+
+        def cut(ledger: QuotaLedger) -> None:
+            for entry in ledger.entries:
+                if entry.batch_id == batch_id:
+                    entry.lines = min(entry.lines, math.ceil(entry.lines * max(share, 0.0)))
+            ledger.entries = [e for e in ledger.entries if e.lines > 0]
+
+        if self.records.get(ControlKeys.quota(tenant), QuotaLedger) is not None:
+            self.records.update(ControlKeys.quota(tenant), QuotaLedger, cut)
 
     def usage(self, tenant: str, tier: str) -> tuple[int, int]:
         """(requests used in the last hour, hourly limit)."""

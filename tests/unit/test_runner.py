@@ -360,6 +360,27 @@ def test_a_batch_that_expires_before_it_starts_gives_its_quota_back(make_context
     assert ctx.quotas.usage("acme", "enterprise")[0] == 0  # nothing ran, as for a batch cancelled before it ran
 
 
+def test_a_batch_that_expires_after_a_partial_pass_keeps_only_what_ran_of_its_quota(
+    make_context, make_clock, submit
+) -> None:
+    clock = make_clock()
+    ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2, DROPBATCH_COMPLETION_WINDOWS="24h=60")
+    admitted = submit(ctx, "j1", 6)
+
+    def die_after_three(i: int) -> None:
+        if i == 3:
+            raise EngineError("engine died")
+
+    with pytest.raises(EngineError):
+        Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), die_after_three), progress_seconds=0).run_once()
+    ran = ctx.batches.get("acme", admitted.id).request_counts
+    assert (ran.completed, ran.failed) == (3, 0)
+    clock.now = admitted.expires_at + 1
+    Runner(ctx, EchoEngine(ctx.store, ctx.settings)).run_once()
+    assert ctx.batches.get("acme", admitted.id).status == BatchStatus.EXPIRED
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 3  # what ran (as published); the rest gives its share back
+
+
 def test_cancel_during_run_keeps_finished_lines(make_context, submit) -> None:
     ctx = make_context(DROPBATCH_CHUNK_LINES=2)
     admitted = submit(ctx, "j1", 6)
@@ -379,6 +400,7 @@ def test_cancel_during_run_keeps_finished_lines(make_context, submit) -> None:
     assert all(line["error"]["code"] == "batch_cancelled" for line in errors)
     assert (record.request_counts.completed, record.request_counts.failed) == (4, 2)
     assert list(ctx.store.list(ctx.outbox, OutputPrefix("acme", record.content_sha256).summary_key)) == []
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 4  # the hour counts the 4 lines that ran, not the 6
 
 
 def test_expiry_keeps_partial_results_apart(make_context, make_clock, submit) -> None:
