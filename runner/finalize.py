@@ -105,15 +105,19 @@ def write_chunk_result(
 
 
 def finalize(ctx: Context, record: BatchRecord, *, final: BatchStatus = BatchStatus.COMPLETED) -> BatchRecord:
-    """Write output.jsonl, errors.jsonl and summary.json (last), then close the record."""
+    """Write output.jsonl, errors.jsonl and summary.json (last), then close the record.
+
+    A batch cancelled while its last lines came back is closed ``cancelled`` with every line: the
+    cancel was accepted (the client saw ``cancelling``), so it is honoured.
+    """
+    if final == BatchStatus.COMPLETED:
+        record = ctx.batches.update(record.tenant, record.id, lambda b: _finalizing(b, ctx.now()))
+        if record.status == BatchStatus.CANCELLING:
+            final = BatchStatus.CANCELLED
     partial = final != BatchStatus.COMPLETED
     prefix = OutputPrefix(record.tenant, record.content_sha256 or "", partial_of=record.id if partial else None)
     summary = read_summary(ctx, prefix)
     if summary is None:
-        if final == BatchStatus.COMPLETED:
-            record = ctx.batches.update(
-                record.tenant, record.id, lambda b: b.transition(BatchStatus.FINALIZING, ctx.now())
-            )
         summary = _write_outputs(ctx, record, prefix, final)
     closed = close_batch(ctx, record, summary, final=final)
     for info in list(ctx.store.list(ctx.settings.storage.control_bucket, ControlKeys.chunk_prefix(record.id))):
@@ -129,6 +133,11 @@ def finalize(ctx: Context, record: BatchRecord, *, final: BatchStatus = BatchSta
         },
     )
     return closed
+
+
+def _finalizing(batch: BatchRecord, now: int) -> None:
+    if batch.status != BatchStatus.CANCELLING and not batch.status.is_terminal:
+        batch.transition(BatchStatus.FINALIZING, now)
 
 
 def _write_outputs(ctx: Context, record: BatchRecord, prefix: OutputPrefix, final: BatchStatus) -> Summary:

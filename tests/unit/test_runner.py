@@ -403,6 +403,27 @@ def test_cancel_during_run_keeps_finished_lines(make_context, submit) -> None:
     assert ctx.quotas.usage("acme", "enterprise")[0] == 4  # the hour counts the 4 lines that ran, not the 6
 
 
+def test_a_cancel_that_comes_with_the_last_lines_closes_the_batch_cancelled_with_every_line(
+    make_context, submit
+) -> None:
+    """The client saw ``cancelling``: the batch ends ``cancelled``, at once and with all its lines, not
+    stuck until its lease runs out (finalize tried cancelling → finalizing, which is no transition)."""
+    ctx = make_context(DROPBATCH_CHUNK_LINES=2)
+    admitted = submit(ctx, "j1", 6)
+
+    def cancel_at_the_last(i: int) -> None:
+        if i == 5:  # every line is out of the engine: the batch is closed next
+            ctx.batches.update("acme", admitted.id, lambda b: b.transition(BatchStatus.CANCELLING, ctx.now()))
+
+    Runner(ctx, Wrapped(EchoEngine(ctx.store, ctx.settings), cancel_at_the_last)).run_once()
+    record = ctx.batches.get("acme", admitted.id)
+    assert record.status == BatchStatus.CANCELLED and record.cancelled_at is not None
+    output, errors = results(ctx, record)
+    assert {line["custom_id"] for line in output} == {f"req-{i}" for i in range(6)} and errors == []
+    assert (record.request_counts.completed, record.request_counts.failed) == (6, 0)
+    assert list(ctx.queue.entries()) == []
+
+
 def test_expiry_keeps_partial_results_apart(make_context, make_clock, submit) -> None:
     clock = make_clock()
     ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
