@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from dropbatch.context import Context
 from dropbatch.errors import NotFound, ObjectNotFound
@@ -20,9 +21,19 @@ INPUT_CHANGED = "An input object changed after it was admitted."
 
 
 def take(
-    ctx: Context, metrics: Metrics, entry: QueueEntry, lease: Lease, group: list[Claimed], addresses: set[str]
+    ctx: Context,
+    metrics: Metrics,
+    entry: QueueEntry,
+    lease: Lease,
+    group: list[Claimed],
+    start_work: Callable[[tuple[str, str]], bool],
 ) -> Claimed | None:
-    """Add the leased batch to ``group`` if it needs the engine (settling it otherwise)."""
+    """Add the leased batch to ``group`` if it needs the engine (settling it otherwise).
+
+    ``start_work((tenant, content address))`` says False when the runner runs that work already
+    (another batch of the tenant with the same bytes, model and settings): the batch waits in the
+    queue and is answered from the outbox once that one is done, neither run nor charged twice.
+    """
     try:
         record = ctx.batches.get(entry.tenant, entry.batch_id)
     except NotFound:
@@ -33,10 +44,9 @@ def take(
     if not inputs_unchanged(ctx, record):
         fail(ctx, metrics, entry, lease, record, "input_changed", INPUT_CHANGED)
         return None
-    if record.content_sha256 in addresses:
-        ctx.queue.release(lease)  # identical work in this run; the next run answers it from the outbox
+    if not start_work((record.tenant, record.content_sha256 or "")):
+        ctx.queue.release(lease)  # identical work runs now; a later claim answers it from the outbox
         return None
-    addresses.add(record.content_sha256 or "")
     finished = finished_chunks(ctx, record.id)
     committed = RequestCounts(
         total=record.request_counts.total,

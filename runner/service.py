@@ -10,6 +10,7 @@ the next lease holder reruns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -57,6 +58,7 @@ class Runner:
         # over in blocks, so 0 (look after every result) makes a stop land right after a given line.
         self.progress_seconds = progress_seconds
         self._active: set[str] = set()  # batch ids a group of this runner is running now
+        self._work: dict[str, tuple[str, str]] = {}  # their (tenant, content address), by batch id
         self._active_lock = threading.Lock()
         limits = ctx.settings.limits
         # One for every group of this runner: they all feed the same warm engines.
@@ -73,7 +75,6 @@ class Runner:
         ctx = self.ctx
         limit = ctx.settings.limits.coalesce_max_lines
         group: list[Claimed] = []
-        addresses: set[str] = set()
         with self._active_lock:
             running = frozenset(self._active)
         for entry in ctx.queue.entries(skip=running):  # our own running batches: one LIST, no GET each poll
@@ -88,10 +89,19 @@ class Runner:
                 if lease is None:
                     continue
                 self._active.add(entry.batch_id)
-            if take(self.ctx, self.metrics, entry, lease, group, addresses) is None:
+            if take(self.ctx, self.metrics, entry, lease, group, functools.partial(self._start_work, entry.batch_id)) is None:
                 with self._active_lock:
                     self._active.discard(entry.batch_id)
+                    self._work.pop(entry.batch_id, None)
         return group
+
+    def _start_work(self, batch_id: str, work: tuple[str, str]) -> bool:
+        """Note that ``batch_id`` runs ``work``; False if a batch of any group of ours runs it already."""
+        with self._active_lock:
+            if work in self._work.values():
+                return False
+            self._work[batch_id] = work
+            return True
 
     # -- running ----------------------------------------------------------------------
 
@@ -116,7 +126,9 @@ class Runner:
                     settle.settle(self.ctx, self.metrics, claimed)
         finally:
             with self._active_lock:
-                self._active.difference_update(c.record.id for c in group)
+                for claimed in group:
+                    self._active.discard(claimed.record.id)
+                    self._work.pop(claimed.record.id, None)
 
     def _observe_forever(self, stop: threading.Event) -> None:
         while True:

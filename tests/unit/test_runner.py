@@ -299,6 +299,41 @@ def test_identical_work_queued_together_runs_once(make_context, submit, make_jso
     assert records[0].result == records[1].result
 
 
+def test_identical_work_claimed_by_another_group_waits_for_the_first(make_context, submit, make_jsonl) -> None:
+    """A second group of the same runner (another of its slots) leaves identical work queued while the
+    first group runs it, so it is answered from the outbox afterwards: neither run nor charged twice."""
+    ctx = make_context()
+    data = make_jsonl(3, body=deterministic)
+    first = submit(ctx, "j1", 0, data=data)
+    engine = EchoEngine(ctx.store, ctx.settings)
+    runner_ = Runner(ctx, engine)
+    running = runner_.claim_group()
+    assert [c.record.id for c in running] == [first.id]
+    second = submit(ctx, "j2", 0, data=data)
+    assert runner_.claim_group() == []  # the other slot: j2 stays queued
+    runner_.run_group(running)
+    runner_.run_once()
+    again = ctx.batches.get("acme", second.id)
+    assert again.status == BatchStatus.COMPLETED and again.cached
+    assert engine.runs == [3]
+    assert ctx.quotas.usage("acme", "enterprise")[0] == 3  # j1's lines; j2 was answered from the outbox
+
+
+def test_the_same_bytes_from_two_tenants_run_for_each_at_once(make_context, submit, make_jsonl, make_tenant,
+                                                              drop_job) -> None:
+    """Work is shared within a tenant only, so another tenant's identical batch never waits for it."""
+    ctx = make_context()
+    data = make_jsonl(3, body=deterministic)
+    first = submit(ctx, "j1", 0, data=data)
+    rival = admit_manifest(ctx, drop_job(ctx, "rival", "r1", data, key=make_tenant(ctx, "rival", "enterprise")[1]).ref)
+    assert rival.content_sha256 == first.content_sha256
+    runner_ = Runner(ctx, EchoEngine(ctx.store, ctx.settings))
+    group = runner_.claim_group()
+    assert sorted(c.record.id for c in group) == sorted([first.id, rival.id])
+    runner_.run_group(group)
+    assert [ctx.batches.get(t, b.id).cached for t, b in (("acme", first), ("rival", rival))] == [False, False]
+
+
 def test_resume_after_engine_failure(make_context, make_clock, submit) -> None:
     clock = make_clock()
     ctx = make_context(clock=clock, DROPBATCH_CHUNK_LINES=2)
