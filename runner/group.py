@@ -144,7 +144,7 @@ class GroupRun:
             self.runner.metrics.line_retries.inc()
         if taken != Taken.KEPT:
             return
-        record_line(self.runner.metrics, claimed.record, result)
+        record_line(self.runner.metrics, claimed.record, result, claimed.weight(result.custom_id))
         lines = claimed.complete_chunk(result.chunk)
         if lines is not None:
             write_chunk_result(

@@ -10,13 +10,15 @@ from dropbatch.observability.metrics import Metrics
 from dropbatch.storage.keys import ControlKeys
 
 
-def record_line(m: Metrics, record: BatchRecord, result: LineResult) -> None:
-    """Count one finished request line (and its tokens) by tenant, endpoint, model, code."""
+def record_line(m: Metrics, record: BatchRecord, result: LineResult, lines: int = 1) -> None:
+    """Count one engine answer by tenant, endpoint, model, code: as the ``lines`` request lines it settles
+    (the line and its duplicates' copies, as the batch record counts them), and its tokens once (engine work).
+    """
     model = record.model or ""
     if result.ok:
-        m.requests_completed.labels(record.tenant, record.endpoint, model).inc()
+        m.requests_completed.labels(record.tenant, record.endpoint, model).inc(lines)
     else:
-        m.requests_failed.labels(record.tenant, record.endpoint, model, failure_code(result.line)).inc()
+        m.requests_failed.labels(record.tenant, record.endpoint, model, failure_code(result.line)).inc(lines)
     m.record_tokens(record.tenant, model, result.prompt_tokens, result.completion_tokens)
     m.lines_rate.add(1)
 

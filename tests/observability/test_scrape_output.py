@@ -12,16 +12,25 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from manifests import build_manifest, dumps, sign
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from dropbatch.context import Context
+from dropbatch.engine.echo import EchoEngine
 from dropbatch.observability.health import Health, ServiceHttp, buckets_check
 from dropbatch.observability.metrics import Metrics
 from dropbatch.settings import Settings
+from dropbatch.storage.keys import JobRef
 from dropbatch.storage.memory import MemoryObjectStore
 from gateway.app import create_app
 from gateway.ratelimit import TierRate
+from runner.service import Runner
+from watcher.service import Watcher
+
+MODEL = "dropbatch-tiny"
+CHAT = "/v1/chat/completions"
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -134,3 +143,41 @@ def test_gateway_scrape_passes_promtool_and_counts_requests(run_promtool):
         assert total(scrape, "dropbatch_http_requests_total", route="/v1/batches", status=code) == 1
     assert total(scrape, "dropbatch_http_requests_total", route="/health", status="200") == 1
     assert total(scrape, "dropbatch_http_request_duration_seconds_count", route="/v1/batches") == 3
+
+
+def test_request_line_counters_count_the_copies_of_duplicate_lines(tmp_path):
+    """Identical deterministic lines run once (DROPBATCH_DEDUP) but are request lines each: the
+    completed and failed counters agree with the batch record, so the error ratio is the lines'."""
+    settings = Settings.from_env({})
+    storage = settings.storage
+    store = MemoryObjectStore([storage.inbox_bucket, storage.outbox_bucket, storage.control_bucket])
+    ctx = Context(settings=settings, store=store)
+    ctx.tenants.create("acme", "enterprise")
+    key = ctx.tenants.create_signing_key("acme")
+
+    def line(i: int, content: str) -> dict:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0}
+        return {"custom_id": f"req-{i}", "method": "POST", "url": CHAT, "body": body}
+
+    # Four copies of one failing request, two of one answered request: two engine calls, six lines.
+    lines = [line(i, "too long") for i in range(4)] + [line(i, "hello") for i in (4, 5)]
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    local = tmp_path / "input.jsonl"
+    local.write_bytes(data)
+    manifest = build_manifest([local], tenant="acme", job="dup", key_id=key.key_id, endpoint=CHAT, model=MODEL,
+                              created_at=int(ctx.clock()), input_keys=["acme/dup/input.jsonl"])
+    store.put(ctx.inbox, "acme/dup/input.jsonl", data)
+    store.put(ctx.inbox, "acme/dup/manifest.json", dumps(sign(manifest, key.secret)))
+    Watcher(ctx, metrics=Metrics("watcher")).run_once()
+    engine = EchoEngine(store, settings, fail=lambda row: "RuntimeError: boom" if row["custom_id"] == "req-0" else None)
+    metrics = Metrics("runner")
+    runner = Runner(ctx, engine, metrics=metrics, sleep=lambda seconds: None)
+    for _ in range(5):
+        if not runner.run_once():
+            break
+
+    record = ctx.batches.for_job(JobRef("acme", "dup"))
+    assert (record.request_counts.completed, record.request_counts.failed) == (2, 4)
+    scrape = samples(generate_latest(metrics.registry).decode())
+    assert total(scrape, "dropbatch_requests_completed_total", tenant="acme") == 2
+    assert total(scrape, "dropbatch_requests_failed_total", tenant="acme") == 4
