@@ -8,6 +8,7 @@ raw AWS error codes.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from dropbatch.errors import DropbatchError, ObjectNotFound
@@ -15,6 +16,8 @@ from dropbatch.queues.base import Delivery, manifests_in_message
 from dropbatch.settings import StorageSettings
 from dropbatch.storage.keys import MANIFEST_NAME
 from dropbatch.storage.s3 import call_aws, make_client
+
+log = logging.getLogger("dropbatch.queues")
 
 VISIBILITY_TIMEOUT_SECONDS = 120
 MAX_RECEIVES_BEFORE_DEAD_LETTER = 5
@@ -45,10 +48,12 @@ class SqsEventQueue:
         call_aws(self.client.delete_message, QueueUrl=self.queue_url, ReceiptHandle=receipt, what="sqs")
 
     def check(self) -> str | None:
+        """Readiness, answered unauthenticated: the queue by its role; its URL and the error go to the log."""
         try:
             call_aws(self.client.get_queue_attributes, QueueUrl=self.queue_url, AttributeNames=["QueueArn"], what="sqs")
         except DropbatchError as exc:
-            return f"queue {self.queue_url}: {exc.message}"
+            log.warning("intake queue not usable", extra={"queue_url": self.queue_url, "error": exc.message})
+            return f"the intake queue is {'missing' if isinstance(exc, ObjectNotFound) else 'unreachable'}"
         return None
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from dropbatch.emulator import free_port
 from dropbatch.observability.health import buckets_check, observed
+from dropbatch.queues import SqsEventQueue
+from dropbatch.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +82,17 @@ def test_watcher_and_runner_health_name_no_endpoint_or_bucket(make_settings, mak
     for answer in (health, ready):
         _assert_says_nothing(answer, settings)
         assert "outbox-that-is-not-there" not in answer.text
+
+
+def test_watcher_queue_readiness_names_no_queue_url_or_endpoint():
+    """The intake queue down: /ready says so by role, not with the queue URL (account id) or the endpoint."""
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    settings = Settings.from_env({"DROPBATCH_S3_ENDPOINT": endpoint, "DROPBATCH_S3_MAX_ATTEMPTS": "1"})
+    queue_url = f"{endpoint}/123456789012/dropbatch-intake"
+    queue = SqsEventQueue(settings.storage, queue_url)
+    with observed("watcher", "127.0.0.1", 0, {"queue": queue.check}) as (_, _, port):
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=30)
+    assert ready.status_code == 503
+    assert ready.json()["components"]["queue"] == {"status": "down", "reason": "the intake queue is unreachable"}
+    for secret in (endpoint, endpoint.removeprefix("http://"), "123456789012", "dropbatch-intake"):
+        assert secret not in ready.text, f"/ready names {secret!r}: {ready.text}"
