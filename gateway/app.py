@@ -88,6 +88,7 @@ def create_app(
     """
     ctx = ctx or Context.from_settings(settings)
     registry = Metrics("gateway")
+    registry.export_tiers(settings.limits.tier_quotas)
     pool = settings.service.gateway_s3_pool
     store = async_twin(ctx.store, settings.storage, pool_size=pool)
     records = AsyncRecords(store, settings.storage.control_bucket, concurrency=pool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from threading import Lock
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -126,6 +127,11 @@ class Metrics:
         self.lines_rate = TokenRate()  # request lines per second, for the SLA projection
         for status in FINAL_STATUSES:  # export zeros from the start, so increase() sees the first one
             self.batches_finished.labels(status)
+
+    def export_tiers(self, tiers: Iterable[str]) -> None:
+        """Export the 429 counter at 0 for each tier: a series born with its first burst has no rate()."""
+        for tier in tiers:
+            self.rate_limited.labels(tier)
 
     def tokens_rate_now(self) -> float:
         """Generated tokens per second over the last minute (0 once the runner idles)."""

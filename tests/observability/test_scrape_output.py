@@ -181,3 +181,15 @@ def test_request_line_counters_count_the_copies_of_duplicate_lines(tmp_path):
     scrape = samples(generate_latest(metrics.registry).decode())
     assert total(scrape, "dropbatch_requests_completed_total", tenant="acme") == 2
     assert total(scrape, "dropbatch_requests_failed_total", tenant="acme") == 4
+
+
+def test_429s_are_exported_at_zero_for_every_tier_before_the_first_one():
+    """A counter series born with its first value has no increase() or rate() in Prometheus: the
+    first burst of 429s after a gateway start would read 0 on the dashboard's 429s panel."""
+    settings = Settings.from_env({"DROPBATCH_TIER_QUOTAS": "free=100,basic=500,premium=2000,enterprise=10000,gold=9"})
+    storage = settings.storage
+    ctx = Context(settings=settings, store=MemoryObjectStore([storage.inbox_bucket, storage.control_bucket]))
+    with TestClient(create_app(settings, ctx=ctx)) as client:
+        gateway = samples(client.get("/metrics").text)
+    for tier in ("free", "basic", "premium", "enterprise", "gold"):
+        assert gateway[("dropbatch_rate_limited_total", frozenset({("tier", tier)}))] == 0
