@@ -12,7 +12,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from manifests import build_manifest, dumps, sign
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -26,6 +25,7 @@ from dropbatch.storage.keys import JobRef
 from dropbatch.storage.memory import MemoryObjectStore
 from gateway.app import create_app
 from gateway.ratelimit import TierRate
+from manifests import build_manifest, dumps, sign
 from runner.service import Runner
 from watcher.service import Watcher
 
