@@ -12,6 +12,7 @@ so unauthenticated probes cannot turn into a stream of S3 requests.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import aclosing
 from typing import Any
@@ -29,15 +30,17 @@ from gateway.state import Gateway, gateway_of
 
 SERVICE = "dropbatch-gateway"
 CHECK_CACHE_SECONDS = 1.0
+CHECK_SECONDS = 5.0
 
 
 async def bucket_status(store: AsyncObjectStore, bucket: str) -> str:
+    """``ok``, ``missing`` or ``unreachable`` (no answer within ``CHECK_SECONDS``: S3's own retries took 70 s)."""
     try:
-        async with aclosing(store.list(bucket, "health-check/", page_size=1)) as listing:
+        async with asyncio.timeout(CHECK_SECONDS), aclosing(store.list(bucket, "health-check/", page_size=1)) as listing:
             await anext(listing, None)
     except ObjectNotFound:
         return "missing"
-    except DropbatchError:
+    except (DropbatchError, TimeoutError):
         return "unreachable"
     return "ok"
 
@@ -45,14 +48,9 @@ async def bucket_status(store: AsyncObjectStore, bucket: str) -> str:
 async def check(ctx: Context, store: AsyncObjectStore) -> dict[str, Any]:
     """The operator's report: every component with its name and state."""
     storage = ctx.settings.storage
-    buckets = {
-        name: {"bucket": bucket, "status": await bucket_status(store, bucket)}
-        for name, bucket in (
-            ("inbox", storage.inbox_bucket),
-            ("outbox", storage.outbox_bucket),
-            ("control", storage.control_bucket),
-        )
-    }
+    roles = {"inbox": storage.inbox_bucket, "outbox": storage.outbox_bucket, "control": storage.control_bucket}
+    states = await asyncio.gather(*(bucket_status(store, bucket) for bucket in roles.values()))
+    buckets = {name: {"bucket": bucket, "status": state} for (name, bucket), state in zip(roles.items(), states, strict=False)}
     reachable = any(b["status"] != "unreachable" for b in buckets.values())
     healthy = all(b["status"] == "ok" for b in buckets.values())
     return {

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,25 +30,57 @@ log = logging.getLogger("dropbatch.health")
 Check = Callable[[], str | None]  # None when healthy, else why not (no endpoint or bucket name: it is public)
 
 
+CHECK_SECONDS = 5.0  # a probe waits no longer: S3's own retries and timeouts took 70-150 s to say it was down
+
+
 @dataclass
 class Health:
+    """Component checks for ``/ready``: run side by side, each given ``timeout`` seconds to answer.
+
+    A check still running from an earlier report is waited on again rather than started twice, so an
+    outage that hangs the checks never piles up threads, however often ``/ready`` is asked.
+    """
+
     service: str
     checks: dict[str, Check] = field(default_factory=dict)
+    timeout: float = CHECK_SECONDS
+    _running: dict[str, Future[str | None]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, check: Check) -> None:
         self.checks[name] = check
 
+    def _start(self, name: str, check: Check) -> Future[str | None]:
+        with self._lock:
+            future = self._running.get(name)
+            if future is None or future.done():
+                future = self._running[name] = Future()
+                threading.Thread(target=_settle, args=(check, future), name=f"check-{name}", daemon=True).start()
+            return future
+
     def report(self) -> tuple[bool, dict]:
+        futures = {name: self._start(name, check) for name, check in self.checks.items()}
+        deadline = time.monotonic() + self.timeout
         components = {}
-        for name, check in self.checks.items():
+        for name, future in futures.items():
             try:
-                problem = check()
+                problem = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("health check timed out", extra={"component": name, "seconds": self.timeout})
+                problem = f"no answer within {self.timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - a check must report, never crash the endpoint
                 log.warning("health check failed", extra={"component": name, "error": f"{type(exc).__name__}: {exc}"})
                 problem = f"the check failed ({type(exc).__name__}; see the {self.service}'s log)"
             components[name] = {"status": "ok"} if problem is None else {"status": "down", "reason": problem}
         ready = all(c["status"] == "ok" for c in components.values())
         return ready, {"status": "ready" if ready else "unavailable", "components": components}
+
+
+def _settle(check: Check, future: Future[str | None]) -> None:
+    try:
+        future.set_result(check())
+    except Exception as exc:  # noqa: BLE001 - reported by Health.report
+        future.set_exception(exc)
 
 
 def buckets_check(store: ObjectStore, buckets: Mapping[str, str]) -> Check:

@@ -57,3 +57,49 @@ def test_a_check_that_raises_reports_down_instead_of_crashing_the_endpoint():
         "status": "down",
         "reason": "the check failed (RuntimeError; see the watcher's log)",
     }
+
+
+def test_a_check_that_hangs_is_down_after_the_timeout_and_is_never_started_twice():
+    """S3 that accepts connections and never answers held /ready for 70-150 s (botocore's retries)."""
+    import threading
+    import time
+
+    from dropbatch.observability.health import Health
+
+    release, calls = threading.Event(), []
+
+    def hanging() -> str | None:
+        calls.append(1)
+        release.wait(30)
+        return None
+
+    health = Health("watcher", {"s3": hanging, "fine": lambda: None}, timeout=0.3)
+    began = time.monotonic()
+    ready, body = health.report()
+    assert time.monotonic() - began < 2
+    assert not ready and body["components"] == {"s3": {"status": "down", "reason": "no answer within 0.3 s"},
+                                                "fine": {"status": "ok"}}
+    assert health.report()[0] is False and calls == [1]  # waited on again, not started again
+    release.set()
+    assert health.report()[0] is True and len(calls) <= 2
+
+
+def test_the_gateway_calls_an_s3_that_does_not_answer_unreachable_within_its_timeout(monkeypatch):
+    import asyncio
+    import time
+
+    from gateway import health
+
+    class Silent:
+        async def list(self, bucket, prefix, page_size=1000):
+            await asyncio.sleep(60)
+            yield None
+
+    monkeypatch.setattr(health, "CHECK_SECONDS", 0.3)
+    began = time.monotonic()
+
+    async def all_three() -> list[str]:
+        return await asyncio.wait_for(asyncio.gather(*(health.bucket_status(Silent(), b) for b in "abc")), 10)
+
+    states = asyncio.run(all_three())
+    assert states == ["unreachable"] * 3 and time.monotonic() - began < 2  # side by side, each bounded
