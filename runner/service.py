@@ -142,6 +142,9 @@ class Runner:
     def observe_queue(self) -> None:
         """Refresh the queue, SLA and engine-memory gauges, and scale the engine to the queue."""
         queued = observe_queue(self.ctx, self.metrics, self.owner)
+        problem = getattr(self.engine, "problem", None)  # the warm engine: up while no replica restarts
+        if problem is not None and self.stop_event is not None and not self.stop_event.is_set():
+            self.metrics.engine_up.set(0 if problem() else 1)
         scale = getattr(self.engine, "scale", None)  # engines with replicas to grow (the warm engine)
         if scale is not None:
             scale(queued)

@@ -85,7 +85,7 @@ def runner_command(state: State, as_json: bool) -> None:
         "s3": buckets_check(
             ctx.store, {"inbox": ctx.inbox, "outbox": ctx.outbox, "control": settings.storage.control_bucket}
         ),
-        "engine": lambda: None if engine.ready else "the engine is not loaded, or has not answered its probe yet",
+        "engine": engine.problem,
     }
     service = settings.service
     with observed("runner", service.metrics_host, service.runner_port, checks) as (metrics, health, port):

@@ -82,7 +82,7 @@ class Metrics:
             "Engine passes that failed, and warm engines restarted by the watchdog (dead or stalled).",
             registry=r,
         )
-        self.engine_up = Gauge("dropbatch_engine_up", "1 once the engine (Ray session) is started.", registry=r)
+        self.engine_up = Gauge("dropbatch_engine_up", "1 while the engine serves: started, and no replica restarting (the runner's /ready says the same).", registry=r)
         # Queue and SLA
         self.queue_batches = Gauge(
             "dropbatch_queue_batches", "Admitted, unfinished batches: queued (no lease) or running (leased).",

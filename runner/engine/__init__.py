@@ -75,6 +75,8 @@ class WarmEngine:
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self.ready = False
+        self._down: dict[str, str] = {}  # engine actor name → why it is not serving now (the watchdog's view)
+        self._loading: dict[str, Any] = {}  # engine actor name → its probe in flight, while it loads again
         self.restarts = 0
         self.stall_seconds = settings.engine.stall_seconds  # tests shorten it on a running engine
 
@@ -224,11 +226,13 @@ class WarmEngine:
         while not self._stop.wait(WATCHDOG_SECONDS):
             with self._lock:
                 actors = dict(self._actors)
+            down: dict[str, str] = {}
             for name, handle in actors.items():
                 try:
                     stats = ray.get(handle.stats.remote(), timeout=10)
                 except (ray.exceptions.RayError, TimeoutError):
-                    continue  # restarting, or busy starting: Ray brings it back
+                    down[name] = self._down.get(name, "not answering")  # restarting, or busy starting
+                    continue
                 stalled = stats["inflight"] > 0 and stats["idle_seconds"] > self.stall_seconds
                 if stats["errored"] or stalled:
                     why = "engine process died" if stats["errored"] else f"no progress for {stats['idle_seconds']:.0f} s"
@@ -239,6 +243,28 @@ class WarmEngine:
                     ray.kill(handle, no_restart=False)
                     # A stalled engine process cannot notice its actor is gone: reap what it left.
                     reap_engine_processes(self._session, orphans_only=True)
+                    down[name] = why
+                elif not stats["ready"]:  # restarted by Ray, engine not built: build it now, not for the next batch
+                    down[name] = self._down.get(name, "loading")
+                    self._load(name, handle)
+            self._down = down
+
+    def _load(self, name: str, handle: Any) -> None:
+        """Have a replica that is up but has no engine (Ray restarted it) load one: one probe at a time."""
+        import ray
+
+        pending = self._loading.get(name)
+        if pending is None or ray.wait([pending], timeout=0)[0]:
+            self._loading[name] = handle.probe.remote()
+
+    def problem(self) -> str | None:
+        """Why the engine cannot serve now (the runner's /ready), or None: loaded, and no replica restarting."""
+        if not self.ready:
+            return "the engine is not loaded, or has not answered its probe yet"
+        down = self._down
+        if down:
+            return f"{len(down)} of {len(self._actors)} engine replicas are restarting ({sorted(down.values())[0]})"
+        return None
 
     # -- running ----------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+import time
 
 import psutil
 import pytest
@@ -39,8 +41,21 @@ def test_killing_the_engine_mid_pass_loses_and_duplicates_nothing(stack):
     ref = submit(stack.ctx, "e2e-dead-engine", "dead", request_lines(LINES, "dead"))
     Watcher(stack.ctx).run_once()
     killed: list[int] = []
-    stack.engine.after(100, lambda: killed.append(kill_engine(stack.engine.engine._session)))
+    seen_down: list[str] = []  # what the runner's /ready check said while the engine came back
 
+    def watch_ready() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen_down:
+            problem = stack.engine.engine.problem()
+            if problem is not None:
+                seen_down.append(problem)
+            time.sleep(0.2)
+
+    def kill() -> None:
+        killed.append(kill_engine(stack.engine.engine._session))
+        threading.Thread(target=watch_ready, daemon=True).start()
+
+    stack.engine.after(100, kill)
     stack.drain()
 
     assert len(killed) == 1 and killed[0] >= 1, "the running engine's processes were killed"
@@ -52,3 +67,8 @@ def test_killing_the_engine_mid_pass_loses_and_duplicates_nothing(stack):
         data, _ = stack.ctx.store.get(stack.ctx.outbox, key)
         seen += [json.loads(line)["custom_id"] for line in data.splitlines()]
     assert sorted(seen) == sorted(f"dead-{i}" for i in range(LINES)), "every custom_id exactly once"
+    assert seen_down and "restarting" in seen_down[0], "the runner's /ready said the engine was restarting"
+    deadline = time.monotonic() + 120
+    while stack.engine.engine.problem() is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.engine.engine.problem() is None, "ready again once the restarted engine answers"
