@@ -44,7 +44,7 @@ def take(
     if not inputs_unchanged(ctx, record):
         fail(ctx, metrics, entry, lease, record, "input_changed", INPUT_CHANGED)
         return None
-    if not start_work((record.tenant, record.content_sha256 or "")):
+    if record.content_sha256 and not start_work((record.tenant, record.content_sha256)):
         ctx.queue.release(lease)  # identical work runs now; a later claim answers it from the outbox
         return None
     finished = finished_chunks(ctx, record.id)

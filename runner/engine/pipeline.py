@@ -67,8 +67,9 @@ def warm_stages(settings: Settings, probes: Sequence[tuple[str, str, str]], pati
     barrier = ray.remote(num_cpus=0)(Barrier).remote(len(rows))
     try:
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.flat_map(StoreWarmer(settings.storage, barrier), num_cpus=STAGE_CPUS, concurrency=len(rows))
-        ds = ds.map_batches(EngineAsker(patience), num_cpus=STAGE_CPUS, concurrency=len(rows))
+        pool = ray.data.TaskPoolStrategy(size=len(rows))
+        ds = ds.flat_map(StoreWarmer(settings.storage, barrier), num_cpus=STAGE_CPUS, compute=pool)
+        ds = ds.map_batches(EngineAsker(patience), num_cpus=STAGE_CPUS, compute=pool)
         answered = sum(1 for row in ds.iter_rows() if int(row["status"]) == 200)
         together = ray.get(barrier.peak.remote())
     finally:
@@ -87,9 +88,10 @@ def stream_chunks(settings: Settings, chunks: Sequence[WorkChunk],
     # A few chunks per engine in flight keep vLLM's batches full; more only costs worker memory,
     # and task slots that another group's run (a small batch behind a big one) needs at once.
     streams = min(STREAMS_PER_ENGINE * max(len(names) for names in engines.values()), len(chunks))
-    ds = ds.flat_map(ChunkReader(settings, engines), num_cpus=STAGE_CPUS, concurrency=streams)
+    pool = ray.data.TaskPoolStrategy(size=streams)  # tasks (callable instances, not classes), at most this many
+    ds = ds.flat_map(ChunkReader(settings, engines), num_cpus=STAGE_CPUS, compute=pool)
     ds = ds.map_batches(EngineAsker(settings.engine.stall_seconds), batch_size=settings.engine.batch_size,
-                        num_cpus=STAGE_CPUS, concurrency=streams)
+                        num_cpus=STAGE_CPUS, compute=pool)
     expected = sum(c.answers for c in chunks)
     produced = 0
     try:
