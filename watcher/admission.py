@@ -34,7 +34,7 @@ from dropbatch.ids import batch_id_for, content_address
 from dropbatch.models import BatchError, BatchRecord, BatchStatus, FileRecord
 from dropbatch.queue import QueueEntry
 from dropbatch.records import audit
-from dropbatch.results import close_batch, read_summary, result_location
+from dropbatch.results import Summary, close_batch, read_summary, result_location
 from dropbatch.served import check_model
 from dropbatch.storage.keys import ControlKeys, JobRef, OutputPrefix
 from manifests import Manifest, loads, verify_signature
@@ -129,7 +129,8 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
     tenant = ctx.tenants.get(ref.tenant)
     check_window(limits, manifest.completion_window, tenant.tier)
     # Work the outbox holds already costs no quota; anything else stops being read once past what is left.
-    budget = None if _done_before(ctx, ref, manifest) else ctx.quotas.budget(ref.tenant, tenant.tier, record.id)
+    done = _done_before(ctx, ref, manifest)
+    budget = None if done is not None else ctx.quotas.budget(ref.tenant, tenant.tier, record.id)
     scan = scan_inputs(
         ctx.store,
         ctx.inbox,
@@ -170,7 +171,8 @@ def _admit(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -
         batch.duplicate_lines = scan.duplicates.count
 
     record = ctx.batches.update(ref.tenant, record.id, plan)
-    summary = read_summary(ctx, prefix)
+    # A deterministic batch's address is the one read before its lines: that read answers it, no second GET.
+    summary = read_summary(ctx, prefix) if scan.sampled else done
     if summary is not None and not summary.partial:
         # The same work is done: nothing runs, so nothing counts against the hour's quota.
         ctx.quotas.release(ref.tenant, record.id)  # a reservation an interrupted earlier attempt made
@@ -212,10 +214,10 @@ def _address(ctx: Context, manifest: Manifest, *, sampled_batch_id: str | None =
     )
 
 
-def _done_before(ctx: Context, ref: JobRef, manifest: Manifest) -> bool:
-    """Whether the tenant's outbox holds this work already, if its lines are deterministic (read before them)."""
+def _done_before(ctx: Context, ref: JobRef, manifest: Manifest) -> Summary | None:
+    """The finished summary of this work in the tenant's outbox, if its lines are deterministic (read before them)."""
     summary = read_summary(ctx, OutputPrefix(ref.tenant, _address(ctx, manifest)))
-    return summary is not None and not summary.partial
+    return summary if summary is not None and not summary.partial else None
 
 
 def _verify(ctx: Context, ref: JobRef, record: BatchRecord, manifest: Manifest) -> None:
